@@ -1,0 +1,44 @@
+"""exekutor: a PostgreSQL-backed background job queue for synchronous Python, with a gevent worker.
+
+The public API is what this module exports; everything else is internal.
+"""
+from exekutor import config, hooks
+from exekutor.config import configure
+from exekutor.enqueue import JobRequest, enqueue_many
+from exekutor.errors import (
+    ConfigError,
+    DiscardJob,
+    ExekutorError,
+    JobTimeoutError,
+    QueueTimeoutError,
+    SerializationError,
+    UnknownJobError,
+)
+from exekutor.jobs import Job, Retry, job, registry
+from exekutor.serialization import serializers
+from exekutor.version import __version__
+
+
+def __getattr__(name):
+    # The worker imports gevent; an application that only enqueues never needs it.
+    if name == "Worker":
+        from exekutor.worker import Worker
+
+        return Worker
+    if name == "Cleanup":
+        from exekutor.cleanup import Cleanup
+
+        return Cleanup
+    raise AttributeError(f"module 'exekutor' has no attribute {name!r}")
+
+
+def load_plugin(name):
+    """Register a bundled plugin's hooks, e.g. `exekutor.load_plugin("sentry")`."""
+    from exekutor.plugins import load
+
+    return load(name)
+
+
+__all__ = ["config", "configure", "hooks", "job", "Job", "Retry", "registry", "enqueue_many", "JobRequest",
+           "serializers", "Worker", "Cleanup", "load_plugin", "DiscardJob", "ConfigError", "ExekutorError",
+           "JobTimeoutError", "QueueTimeoutError", "SerializationError", "UnknownJobError", "__version__"]

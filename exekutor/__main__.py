@@ -1,0 +1,3 @@
+from exekutor.cli import main
+
+main()

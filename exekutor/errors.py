@@ -1,0 +1,33 @@
+"""Exception types that users of exekutor may catch."""
+
+
+class ExekutorError(Exception):
+    """Base class of exekutor's own errors."""
+
+
+class ConfigError(ExekutorError, ValueError):
+    """A bad configuration value: the message is one line naming the key and its source."""
+
+
+class SerializationError(ExekutorError, TypeError):
+    """A job argument that cannot be serialized (at enqueue) or deserialized (in the worker)."""
+
+
+class DiscardJob(ExekutorError):
+    """Raise from a job to end it as discarded instead of failed (no retry)."""
+
+
+class UnknownJobError(ExekutorError):
+    """A payload names a job that this process does not know; it is never imported or called."""
+
+
+class JobTimeoutError(ExekutorError):
+    """A job ran longer than its execution_timeout."""
+
+
+class QueueTimeoutError(ExekutorError):
+    """A job waited in the queue longer than its queue_timeout and was not started."""
+
+
+class PluginError(ExekutorError, ImportError):
+    """An unknown plugin, or a plugin whose library is not installed."""

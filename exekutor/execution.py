@@ -1,0 +1,133 @@
+"""Running one job: argument loading, the execution hooks, and turning what happened into an outcome.
+
+The worker's executor and `perform_now` share this path. What a job's run ends as:
+  completed  - it returned;
+  discarded  - it raised DiscardJob or one of its discard_on errors, timed out, or waited past queue_timeout;
+  retry      - it raised an error its Retry policy covers and attempts remain (pending again, later);
+  release    - its database connection was lost (pending again: not the job's fault);
+  failed     - anything else, including a payload naming an unknown job or arguments that do not load.
+"""
+import time
+import traceback
+
+import psycopg2
+
+from exekutor import hooks
+from exekutor.errors import DiscardJob, JobTimeoutError, QueueTimeoutError, SerializationError, UnknownJobError
+from exekutor.jobs import registry
+from exekutor.serialization import load_arguments
+
+COMPLETED, FAILED, DISCARDED, RETRY, RELEASE = "c", "f", "d", "retry", "release"
+# A job that keeps losing its connection is failed after this many attempts instead of released forever.
+MAX_RELEASES = 25
+RELEASE_DELAY = 5.0
+
+
+class Outcome:
+    __slots__ = ("job_id", "status", "runtime", "error", "delay", "queue", "attempts")
+
+    def __init__(self, job_id, status, runtime=None, error=None, delay=None, queue=None, attempts=None):
+        self.job_id = job_id
+        self.status = status
+        self.runtime = runtime
+        self.error = error
+        self.delay = delay
+        self.queue = queue
+        self.attempts = attempts
+
+    def __repr__(self):
+        return f"<Outcome {self.job_id} {self.status}>"
+
+
+def error_record(error):
+    """What is stored for a failed attempt: type, message and traceback."""
+    kind = type(error)
+    return {
+        "type": f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__,
+        "message": str(error),
+        "traceback": "".join(traceback.format_exception(kind, error, error.__traceback__)),
+    }
+
+
+def is_connection_error(error):
+    return isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError))
+
+
+def resolve(info):
+    """(definition, args, kwargs) for a job info mapping; raises UnknownJobError / SerializationError."""
+    payload = info["payload"]
+    name = payload.get("job") if isinstance(payload, dict) else None
+    definition = registry.get(name) if isinstance(name, str) else None
+    if definition is None:
+        raise UnknownJobError(f"unknown job {name!r}: not registered in this worker (jobs are registered by "
+                              "importing the modules that define them; see the --app option)")
+    args, kwargs = load_arguments(payload)
+    return definition, args, kwargs
+
+
+def queue_timeout_expired(info, now):
+    limit = (info.get("options") or {}).get("queue_timeout")
+    return limit is not None and now - info["enqueued_at"].timestamp() > limit
+
+
+def run(definition, args, kwargs, info):
+    """Call the job with the execution hooks around it; returns its result, raises its error."""
+    if not _has_execution_hooks():
+        return definition.func(*args, **kwargs)
+    hooks.run_before("before_job_execution", info)
+    result = hooks.run_around("around_job_execution", lambda: definition.func(*args, **kwargs), info)
+    hooks.run_after("after_job_execution", info)
+    return result
+
+
+def classify(definition, info, error, runtime):
+    """The outcome of a job run that raised `error`."""
+    job_id, attempts = info["id"], info["attempts"]
+    record = error_record(error)
+    if isinstance(error, DiscardJob) or (definition and isinstance(error, definition.discard_on)):
+        return Outcome(job_id, DISCARDED, runtime, record)
+    if isinstance(error, (JobTimeoutError, QueueTimeoutError)):
+        return Outcome(job_id, DISCARDED, runtime, record)
+    if is_connection_error(error) and attempts < MAX_RELEASES:
+        return Outcome(job_id, RELEASE, runtime, record, delay=RELEASE_DELAY)
+    if not isinstance(error, (UnknownJobError, SerializationError)):
+        hooks.run_on("on_job_failure", info, error)
+    retry = definition.retry if definition else None
+    if retry is not None and retry.should_retry(error, attempts):
+        return Outcome(job_id, RETRY, runtime, record, delay=retry.delay(attempts))
+    return Outcome(job_id, FAILED, runtime, record)
+
+
+def execute(info, call=run):
+    """Run the job described by `info` and return its Outcome. `call` lets the worker add a time limit."""
+    started = time.time()
+    if queue_timeout_expired(info, started):
+        error = QueueTimeoutError(f"job waited longer than its queue_timeout of {info['options']['queue_timeout']}s")
+        return Outcome(info["id"], DISCARDED, 0.0, error_record(error))
+    definition = None
+    try:
+        definition, args, kwargs = resolve(info)
+        call(definition, args, kwargs, info)
+    except Exception as error:  # noqa: BLE001 - every job error becomes a recorded outcome
+        return classify(definition, info, error, time.time() - started)
+    return Outcome(info["id"], COMPLETED, time.time() - started)
+
+
+def perform_inline(definition, args, kwargs, options):
+    """`perform_now`: run in this process with the execution hooks; the job's errors propagate."""
+    info = {"id": None, "queue": options.get("queue") or definition.options.get("queue") or "default",
+            "priority": options.get("priority") or definition.options.get("priority"),
+            "options": {}, "payload": {"job": definition.name, "args": list(args), "kwargs": kwargs},
+            "scheduled_at": None, "enqueued_at": None, "attempts": 1}
+    try:
+        return run(definition, args, kwargs, info)
+    except DiscardJob:
+        raise
+    except Exception as error:
+        hooks.run_on("on_job_failure", info, error)
+        raise
+
+
+def _has_execution_hooks():
+    return any(hooks.has_hooks(point) for point in ("before_job_execution", "around_job_execution",
+                                                    "after_job_execution"))

@@ -1,0 +1,351 @@
+"""Job definitions: the `@exekutor.job` decorator, class-style `exekutor.Job`, options, retries and the registry.
+
+A worker runs only jobs registered here by importing the application's modules: a payload is looked up by
+name in `registry` and nothing is ever imported because a payload says so.
+"""
+import datetime as _dt
+import difflib
+import functools
+import random
+import sys
+
+from exekutor import config
+
+MAX_QUEUE_NAME_LENGTH = 63
+MIN_PRIORITY, MAX_PRIORITY = 1, 32767
+DEFAULT_QUEUE = "default"
+# Options that `.set()` accepts; the first four may also be given at definition.
+DEFINITION_OPTIONS = ("queue", "priority", "execution_timeout", "queue_timeout")
+ENQUEUE_OPTIONS = DEFINITION_OPTIONS + ("wait", "wait_until", "connection")
+
+
+# --- validation -------------------------------------------------------------------------------------------
+
+def _unknown_option(name, allowed):
+    hint = difflib.get_close_matches(name, allowed, n=1)
+    suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
+    return ValueError(f"unknown job option '{name}'{suffix}; allowed: {', '.join(allowed)}")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_queue(queue):
+    if not isinstance(queue, str) or not queue:
+        raise ValueError(f"invalid queue name {queue!r}: expected a non-empty string")
+    if len(queue) > MAX_QUEUE_NAME_LENGTH:
+        raise ValueError(f"invalid queue name {queue[:20]!r}...: longer than {MAX_QUEUE_NAME_LENGTH} characters")
+    return queue
+
+
+def check_priority(priority):
+    if not isinstance(priority, int) or isinstance(priority, bool) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(f"invalid priority {priority!r}: expected an integer from {MIN_PRIORITY} (highest) "
+                         f"to {MAX_PRIORITY} (lowest)")
+    return priority
+
+
+def check_seconds(name, value, allow_zero=False):
+    """A duration option as seconds (float); timedelta accepted."""
+    if isinstance(value, _dt.timedelta):
+        value = value.total_seconds()
+    if not _is_number(value) or value < 0 or (value == 0 and not allow_zero) or value != value:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"invalid {name} {value!r}: expected a number of seconds {bound}")
+    return float(value)
+
+
+def check_wait_until(value):
+    if not isinstance(value, _dt.datetime):
+        raise ValueError(f"invalid wait_until {value!r}: expected a datetime")
+    # A naive datetime means local time, as datetime.now() would give.
+    return value if value.tzinfo else value.astimezone()
+
+
+_CHECKS = {
+    "queue": check_queue,
+    "priority": check_priority,
+    "execution_timeout": lambda v: check_seconds("execution_timeout", v),
+    "queue_timeout": lambda v: check_seconds("queue_timeout", v),
+    "wait": lambda v: check_seconds("wait", v, allow_zero=True),
+    "wait_until": check_wait_until,
+    "connection": lambda v: v,
+}
+
+
+def validate_options(options, allowed=ENQUEUE_OPTIONS):
+    """Checked copy of job options; None values mean "not set" and are dropped."""
+    checked = {}
+    for name, value in options.items():
+        if name not in allowed:
+            raise _unknown_option(name, allowed)
+        if value is not None:
+            checked[name] = _CHECKS[name](value)
+    if "wait" in checked and "wait_until" in checked:
+        raise ValueError("give either wait or wait_until, not both")
+    return checked
+
+
+# --- retries ----------------------------------------------------------------------------------------------
+
+class Retry:
+    """How a failing job is retried: at most `attempts` runs in all, waiting longer after each failure.
+
+    backoff: "exponential" (wait, 2×wait, 4×wait, …), "linear" (wait, 2×wait, …), "fixed", or a callable
+    taking the attempt number (1 for the first failure) and returning seconds. Only errors that are
+    instances of `on` are retried; others fail the job at once.
+    """
+
+    BACKOFFS = ("exponential", "linear", "fixed")
+
+    def __init__(self, attempts=5, backoff="exponential", wait=3.0, max_wait=3600.0, on=(Exception,), jitter=0.1):
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+            raise ValueError(f"invalid Retry attempts {attempts!r}: expected an integer >= 1")
+        if not callable(backoff) and backoff not in self.BACKOFFS:
+            raise ValueError(f"invalid Retry backoff {backoff!r}: expected one of {', '.join(self.BACKOFFS)} "
+                             "or a callable")
+        self.attempts = attempts
+        self.backoff = backoff
+        self.wait = check_seconds("Retry wait", wait, allow_zero=True)
+        self.max_wait = check_seconds("Retry max_wait", max_wait)
+        self.on = _exception_tuple("Retry on", on)
+        if not _is_number(jitter) or not 0 <= jitter <= 1:
+            raise ValueError(f"invalid Retry jitter {jitter!r}: expected a fraction from 0 to 1")
+        self.jitter = jitter
+
+    def should_retry(self, error, attempt):
+        return attempt < self.attempts and isinstance(error, self.on)
+
+    def delay(self, attempt):
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        if callable(self.backoff):
+            base = float(self.backoff(attempt))
+        elif self.backoff == "exponential":
+            base = self.wait * 2 ** min(attempt - 1, 62)
+        elif self.backoff == "linear":
+            base = self.wait * attempt
+        else:
+            base = self.wait
+        base = min(base, self.max_wait)
+        return max(0.0, base * (1 + self.jitter * (random.random() - 0.5)))
+
+    def __repr__(self):
+        return f"Retry(attempts={self.attempts}, backoff={self.backoff!r}, wait={self.wait})"
+
+
+def _exception_tuple(what, value):
+    value = value if isinstance(value, (tuple, list)) else (value,)
+    for item in value:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise ValueError(f"invalid {what} {item!r}: expected exception classes")
+    return tuple(value)
+
+
+# --- definitions ------------------------------------------------------------------------------------------
+
+class JobRegistry:
+    """Registered jobs by name: what a worker is allowed to run."""
+
+    def __init__(self):
+        self._jobs = {}
+
+    def add(self, definition):
+        existing = self._jobs.get(definition.name)
+        if existing is not None and existing.target_id != definition.target_id:
+            raise ValueError(f"a different job is already registered as {definition.name!r}; "
+                             "give one of them another name=")
+        self._jobs[definition.name] = definition
+
+    def get(self, name):
+        return self._jobs.get(name)
+
+    def remove(self, name):
+        self._jobs.pop(name, None)
+
+    def names(self):
+        return sorted(self._jobs)
+
+    def __contains__(self, name):
+        return name in self._jobs
+
+
+registry = JobRegistry()
+
+
+def default_name(obj):
+    """`module:qualname`, with a script's `__main__` replaced by the name it is importable as."""
+    module = obj.__module__
+    if module == "__main__":
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        elif getattr(main, "__file__", None):
+            module = main.__file__.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return f"{module}:{obj.__qualname__}"
+
+
+class JobDefinition:
+    """What the worker needs to run one kind of job: the callable and its default options."""
+
+    def __init__(self, name, func, options, retry=None, discard_on=(), target_id=None):
+        self.name = name
+        self.func = func
+        self.options = validate_options(options, DEFINITION_OPTIONS)
+        if retry is not None and not isinstance(retry, Retry):
+            raise ValueError(f"invalid retry {retry!r} for job {name}: expected exekutor.Retry(...)")
+        self.retry = retry
+        self.discard_on = _exception_tuple(f"discard_on of job {name}", discard_on or ())
+        self.target_id = target_id if target_id is not None else id(func)
+
+    def __repr__(self):
+        return f"<job {self.name}>"
+
+
+class Enqueueable:
+    """The enqueue API shared by decorated functions, Job classes and configured (`.set()`) jobs."""
+
+    def _definition(self):
+        raise NotImplementedError
+
+    def _enqueue_options(self):
+        return {}
+
+    def set(self, **options):
+        """A copy with per-enqueue options: queue, priority, wait, wait_until, execution_timeout,
+        queue_timeout, connection."""
+        merged = dict(self._enqueue_options())
+        merged.update(validate_options(options))
+        return ConfiguredJob(self._definition(), merged)
+
+    def job(self, *args, **kwargs):
+        """A job request to pass to `exekutor.enqueue_many`; arguments are serialized (and checked) now."""
+        from exekutor.enqueue import JobRequest
+
+        return JobRequest(self._definition(), args, kwargs, self._enqueue_options())
+
+    def perform_later(self, *args, **kwargs):
+        """Enqueue the job; returns its request, whose `id` is the job's id."""
+        from exekutor.enqueue import enqueue
+
+        request = self.job(*args, **kwargs)
+        enqueue([request], connection=self._enqueue_options().get("connection"))
+        return request
+
+    def perform_now(self, *args, **kwargs):
+        """Run the job inline, with the job execution hooks."""
+        from exekutor.execution import perform_inline
+
+        return perform_inline(self._definition(), args, kwargs, self._enqueue_options())
+
+
+class ConfiguredJob(Enqueueable):
+    def __init__(self, definition, options):
+        self.__definition = definition
+        self.__options = options
+
+    def _definition(self):
+        return self.__definition
+
+    def _enqueue_options(self):
+        return self.__options
+
+    def __repr__(self):
+        return f"<job {self.__definition.name} with {self.__options}>"
+
+
+class JobFunction(Enqueueable):
+    """A function decorated with `@exekutor.job`: still a plain function when called."""
+
+    def __init__(self, func, name=None, retry=None, discard_on=(), **options):
+        functools.update_wrapper(self, func)
+        self.definition = JobDefinition(name or default_name(func), func, options, retry, discard_on)
+        registry.add(self.definition)
+
+    def _definition(self):
+        return self.definition
+
+    def __call__(self, *args, **kwargs):
+        return self.__wrapped__(*args, **kwargs)
+
+    def __repr__(self):
+        return f"<exekutor job {self.definition.name}>"
+
+
+def job(func=None, *, name=None, queue=None, priority=None, execution_timeout=None, queue_timeout=None,
+        retry=None, discard_on=()):
+    """Register a function as a job: `@exekutor.job` or `@exekutor.job(queue=..., priority=..., ...)`."""
+    options = dict(queue=queue, priority=priority, execution_timeout=execution_timeout, queue_timeout=queue_timeout)
+
+    def decorate(f):
+        if not callable(f):
+            raise TypeError(f"@exekutor.job needs a function, got {f!r}")
+        return JobFunction(f, name=name, retry=retry, discard_on=discard_on, **options)
+
+    return decorate(func) if func is not None else decorate
+
+
+class _ClassEnqueue:
+    """Makes `MyJob.perform_later(...)` work on the class itself."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def __get__(self, instance, owner):
+        return functools.partial(getattr(Enqueueable, self.method), owner._exekutor_api)
+
+
+class _JobClassAPI(Enqueueable):
+    def __init__(self, definition):
+        self.definition = definition
+
+    def _definition(self):
+        return self.definition
+
+
+class Job:
+    """Class-style jobs: subclass, set options as class attributes, implement `perform`.
+
+    A new instance runs each job, so instance attributes are per-execution state. Set `abstract = True` on
+    a base class that should not be registered.
+    """
+
+    name = None
+    queue = None
+    priority = None
+    execution_timeout = None
+    queue_timeout = None
+    retry = None
+    discard_on = ()
+    abstract = True
+
+    set = _ClassEnqueue("set")
+    job = _ClassEnqueue("job")
+    perform_later = _ClassEnqueue("perform_later")
+    perform_now = _ClassEnqueue("perform_now")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("abstract", False):
+            return
+        options = {key: getattr(cls, key) for key in DEFINITION_OPTIONS}
+        definition = JobDefinition(cls.__dict__.get("name") or default_name(cls), _class_runner(cls), options,
+                                   cls.retry, cls.discard_on, target_id=id(cls))
+        cls._exekutor_api = _JobClassAPI(definition)
+        registry.add(definition)
+
+    def perform(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must implement perform()")
+
+
+def _class_runner(cls):
+    def run(*args, **kwargs):
+        return cls().perform(*args, **kwargs)
+
+    run.__name__ = run.__qualname__ = cls.__qualname__
+    return run
+
+
+def effective_priority(options):
+    return options.get("priority") or config.get("default_queue_priority")

@@ -1,0 +1,86 @@
+"""A worker component: one long-lived greenlet that restarts itself after errors, with backoff.
+
+A component whose loop raises (the database went away, a query failed) reports the error through the
+on_fatal_error hooks and the log, sleeps with exponential backoff (capped), and runs again: the worker
+never busy-loops and never exits because the database was down for a while.
+"""
+import logging
+
+import gevent
+
+from exekutor import hooks
+
+logger = logging.getLogger("exekutor")
+
+
+class Backoff:
+    def __init__(self, initial=0.1, maximum=10.0):
+        self.initial, self.maximum = initial, maximum
+        self.current = initial
+
+    def next(self):
+        delay = self.current
+        self.current = min(self.maximum, self.current * 2)
+        return delay
+
+    def reset(self):
+        self.current = self.initial
+
+
+class Component:
+    name = "component"
+    # After this many errors in a row the component counts as unhealthy (health checks say so).
+    ERROR_THRESHOLD = 5
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.greenlet = None
+        self.consecutive_errors = 0
+        self.last_error = None
+        self._backoff = Backoff()
+
+    @property
+    def healthy(self):
+        return self.consecutive_errors < self.ERROR_THRESHOLD
+
+    def start(self):
+        self.greenlet = gevent.spawn(self._supervise)
+        self.greenlet.name = f"exekutor-{self.name}"
+        return self.greenlet
+
+    def succeeded(self):
+        """Called by the loop after a round that worked: clears the error streak."""
+        if self.consecutive_errors:
+            logger.info("exekutor %s recovered after %d error(s)", self.name, self.consecutive_errors)
+        self.consecutive_errors = 0
+        self.last_error = None
+        self._backoff.reset()
+
+    def _supervise(self):
+        while True:
+            try:
+                self.run()
+                return
+            except gevent.GreenletExit:
+                raise
+            except Exception as error:  # noqa: BLE001 - a component never dies of an error
+                self.consecutive_errors += 1
+                self.last_error = error
+                delay = self._backoff.next()
+                logger.error("exekutor %s error (%d in a row, retrying in %.1fs): %s: %s", self.name,
+                             self.consecutive_errors, delay, type(error).__name__, str(error).strip())
+                hooks.run_on("on_fatal_error", error)
+                if self.worker.stopped_or_killed():
+                    return
+                gevent.sleep(delay)
+
+    def run(self):
+        raise NotImplementedError
+
+    def kill(self, block=True, timeout=None):
+        if self.greenlet is not None:
+            self.greenlet.kill(block=block, timeout=timeout)
+
+    def join(self, timeout=None):
+        if self.greenlet is not None:
+            self.greenlet.join(timeout)

