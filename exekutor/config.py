@@ -41,7 +41,8 @@ _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no"
 # wait_for_termination: "0" must stay a duration (kill now), so only the words are booleans there.
 _WAIT_WORDS = {**{word: flag for word, flag in _BOOLS.items() if not word.isdigit()}, "none": None, "null": None}
 _NULL_WORDS = {"", "none", "null"}
-_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+# A module, optionally with the name of a factory to call in it ("myapp:create_app").
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?")
 
 
 def parse_duration(value, unit="s"):
@@ -164,7 +165,7 @@ WAIT_TIME = Check(lambda value: value is None or isinstance(value, bool) or valu
 QUEUE_NAMES = Check(lambda names: bool(names) and all(0 < len(name) <= 63 for name in names),
                     "queue names (1 to 63 characters each)")
 MODULE_NAMES = Check(lambda names: all(_MODULE_NAME.fullmatch(name) for name in names),
-                     "module names like 'app.jobs'")
+                     "module names like 'app.jobs' or 'app:create_app'")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 import datetime as _dt
 import uuid
 
+import psycopg2
+import psycopg2.errors
+
 from exekutor import config, hooks
 from exekutor.db.pool import default_pool
 from exekutor.jobs import DEFAULT_QUEUE, effective_priority
@@ -78,8 +81,25 @@ def _insert(jobs, connection):
         with raw_connection(connection).cursor() as cursor:
             cursor.execute(INSERT_JOBS, params)
         return
-    with default_pool().connection() as conn, conn.cursor() as cursor:
-        cursor.execute(INSERT_JOBS, params)
+    _insert_autocommit(params)
+
+
+def _insert_autocommit(params):
+    """Insert on a pooled connection, once more on a fresh one if the pooled one turns out dead (the server
+    restarted, or an idle connection was terminated). The ids are generated here, so a retry after a first
+    attempt that did commit fails with a unique violation: then the jobs are in, as wanted."""
+    for attempt in (1, 2):
+        try:
+            with default_pool().connection() as conn, conn.cursor() as cursor:
+                cursor.execute(INSERT_JOBS, params)
+            return
+        except psycopg2.errors.UniqueViolation:
+            if attempt == 1:
+                raise
+            return
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            if attempt == 2:
+                raise
 
 
 def _insert_params(jobs):

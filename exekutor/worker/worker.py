@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import uuid
+from contextlib import contextmanager
 
 import gevent
 from gevent.event import Event
@@ -14,7 +15,7 @@ from gevent.event import Event
 from exekutor import config, hooks
 from exekutor.db.pool import ConnectionPool
 from exekutor.db.queries import DELETE_WORKER, REGISTER_WORKER, SET_WORKER_STATUS
-from exekutor.errors import ConfigError
+from exekutor.errors import ConfigError, DatabaseTimeout
 from exekutor.execution import COMPLETED, DISCARDED, FAILED
 from exekutor.jobs import MAX_PRIORITY, MIN_PRIORITY
 from exekutor.serialization import json_backend
@@ -63,6 +64,7 @@ class Worker:
         self.polling_interval = settings["polling_interval"]
         self.polling_jitter = settings["polling_jitter"]
         self.wait_for_termination = settings["wait_for_termination"]
+        self.statement_timeout = config.get("statement_timeout")
         self.state = "new"
         self.pool = None
         self._stopped = Event()
@@ -105,6 +107,25 @@ class Worker:
             return None
         return f"exekutor {self.identifier or self.id[:8]} {component}"
 
+    @contextmanager
+    def db(self):
+        """A pooled connection for the worker's own queries, limited to statement_timeout. Client-side, so it
+        also works behind PgBouncer; a query cut off this way loses its connection (the pool closes it)."""
+        limit = self.statement_timeout
+        timer = gevent.Timeout(limit) if limit else None
+        if timer is not None:
+            timer.start()
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except gevent.Timeout as timeout:
+            if timeout is not timer:
+                raise
+            raise DatabaseTimeout(f"a worker query took longer than statement_timeout ({limit:g}s)") from None
+        finally:
+            if timer is not None:
+                timer.close()
+
     def components(self):
         return [c for c in (self.provider, self.completer, self.heartbeat, self.listener) if c is not None]
 
@@ -139,12 +160,12 @@ class Worker:
                   "min_threads": self.executor.min_threads, "max_threads": self.executor.max_threads,
                   "info": Json({"polling_interval": self.polling_interval,
                                 "enable_listener": self.listener is not None})}
-        with self.pool.connection() as conn, conn.cursor() as cursor:
+        with self.db() as conn, conn.cursor() as cursor:
             cursor.execute(REGISTER_WORKER, params)
 
     def _set_status(self, status):
         try:
-            with self.pool.connection() as conn, conn.cursor() as cursor:
+            with self.db() as conn, conn.cursor() as cursor:
                 cursor.execute(SET_WORKER_STATUS, (status, self.id))
         except Exception as error:  # noqa: BLE001 - the heartbeat keeps trying; status is informational
             logger.warning("exekutor worker %s: could not record status %r: %s", self.id, status, error)
@@ -254,7 +275,7 @@ class Worker:
             delay = 0.1
             while True:
                 try:
-                    with self.pool.connection() as conn, conn.cursor() as cursor:
+                    with self.db() as conn, conn.cursor() as cursor:
                         cursor.execute(DELETE_WORKER, (self.id,))
                     return
                 except Exception as error:  # noqa: BLE001
