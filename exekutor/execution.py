@@ -3,16 +3,19 @@
 The worker's executor and `perform_now` share this path. What a job's run ends as:
   completed  - it returned;
   discarded  - it raised DiscardJob or one of its discard_on errors, timed out, or waited past queue_timeout;
+               or its payload names a method not declared asynchronous (see exekutor.asynchronous);
   retry      - it raised an error its Retry policy covers and attempts remain (pending again, later);
   release    - its database connection was lost (pending again: not the job's fault);
   failed     - anything else, including a payload naming an unknown job or arguments that do not load.
 """
+import functools
 import time
 import traceback
 
 import psycopg2
 
 from exekutor import hooks
+from exekutor.asynchronous import reject_undeclared_method
 from exekutor.errors import DiscardJob, JobTimeoutError, QueueTimeoutError, SerializationError, UnknownJobError
 from exekutor.jobs import registry
 from exekutor.serialization import load_arguments
@@ -53,15 +56,23 @@ def is_connection_error(error):
     return isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError))
 
 
-def resolve(info):
-    """(definition, args, kwargs) for a job info mapping; raises UnknownJobError / SerializationError."""
+def find_definition(info):
+    """The registered definition a job info mapping names; raises UnknownJobError, or NotAsynchronousError (a
+    DiscardJob) for a method not declared asynchronous in a class that declares others."""
     payload = info["payload"]
     name = payload.get("job") if isinstance(payload, dict) else None
     definition = registry.get(name) if isinstance(name, str) else None
     if definition is None:
+        reject_undeclared_method(name)
         raise UnknownJobError(f"unknown job {name!r}: not registered in this worker (jobs are registered by "
                               "importing the modules that define them; see the --app option)")
-    args, kwargs = load_arguments(payload)
+    return definition
+
+
+def resolve(info):
+    """(definition, args, kwargs) for a job info mapping; raises UnknownJobError / SerializationError."""
+    definition = find_definition(info)
+    args, kwargs = load_arguments(info["payload"])
     return definition, args, kwargs
 
 
@@ -71,13 +82,26 @@ def queue_timeout_expired(info, now):
 
 
 def run(definition, args, kwargs, info):
-    """Call the job with the execution hooks around it; returns its result, raises its error."""
+    """Call the job with the execution hooks around it; returns its result, raises its error.
+
+    With `args` None (the worker's path) the arguments are loaded from info's payload inside the hooks, as
+    ActiveJob does, so that a serializer can use what an around hook sets up (a Flask app context, a session).
+    """
+    if args is None:
+        call = functools.partial(_call_with_payload, definition, info["payload"])
+    else:
+        call = functools.partial(definition.func, *args, **kwargs)
     if not _has_execution_hooks():
-        return definition.func(*args, **kwargs)
+        return call()
     hooks.run_before("before_job_execution", info)
-    result = hooks.run_around("around_job_execution", lambda: definition.func(*args, **kwargs), info)
+    result = hooks.run_around("around_job_execution", call, info)
     hooks.run_after("after_job_execution", info)
     return result
+
+
+def _call_with_payload(definition, payload):
+    args, kwargs = load_arguments(payload)
+    return definition.func(*args, **kwargs)
 
 
 def classify(definition, info, error, runtime):
@@ -106,8 +130,8 @@ def execute(info, call=run):
         return Outcome(info["id"], DISCARDED, 0.0, error_record(error))
     definition = None
     try:
-        definition, args, kwargs = resolve(info)
-        call(definition, args, kwargs, info)
+        definition = find_definition(info)
+        call(definition, None, None, info)  # run() loads the arguments, inside the execution hooks
     except Exception as error:  # noqa: BLE001 - every job error becomes a recorded outcome
         return classify(definition, info, error, time.time() - started)
     return Outcome(info["id"], COMPLETED, time.time() - started)

@@ -21,6 +21,11 @@ def executions(db):
     return db
 
 
+def listening(db):
+    return scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                      "application_name LIKE 'exekutor %%listener' AND query LIKE 'LISTEN%%'")
+
+
 def statuses(db):
     return dict(query(db, "SELECT status, count(*) FROM exekutor_jobs GROUP BY status"))
 
@@ -34,7 +39,7 @@ def all_finished(db, total):
 
 @pytest.mark.timeout(90)
 def test_200_sleeping_jobs_run_concurrently_on_a_bounded_number_of_connections(start_worker, db):
-    worker = start_worker("--threads", "200", "--poll-interval", "1")
+    worker = start_worker("--threads", "200", "--poll-interval", "1", "--identifier", "big")
     exekutor.enqueue_many([jobs_app.sleep.job(0.5) for _ in range(200)])
     peak = 0
     deadline = time.monotonic() + 60
@@ -55,8 +60,7 @@ def test_200_sleeping_jobs_run_concurrently_on_a_bounded_number_of_connections(s
 def test_listener_starts_a_job_within_a_second_when_polling_is_slow(start_worker, db):
     start_worker("--poll-interval", "60")
     # Give the listener a moment to LISTEN after the worker row appears.
-    wait_for(lambda: scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
-                                "'exekutor %%listener' AND query LIKE 'LISTEN%%'"), 10, message="listener")
+    wait_for(lambda: listening(db), 10, message="listener")
     delays = []
     for _ in range(3):
         handle = jobs_app.noop.perform_later()
@@ -238,8 +242,7 @@ def test_wait_for_termination_zero_kills_jobs_at_once(start_worker, executions):
 @pytest.mark.timeout(60)
 def test_future_jobs_start_when_due_without_a_poll(start_worker, db):
     start_worker("--poll-interval", "60")
-    wait_for(lambda: scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
-                                "'exekutor %%listener' AND query LIKE 'LISTEN%%'"), 10, message="listener")
+    wait_for(lambda: listening(db), 10, message="listener")
     handle = jobs_app.noop.set(wait=2).perform_later()
     wait_for(lambda: handle.fetch()["status"] == "completed", 20, message="the scheduled job to run")
     row = handle.fetch()

@@ -6,7 +6,9 @@ signal kills it.
 """
 import importlib
 import logging
+import os
 import signal
+import socket
 import sys
 
 
@@ -46,14 +48,64 @@ def run(options, on_started=None):
         signals["count"] += 1
         if signals["count"] == 1:
             logging.getLogger("exekutor").info("exekutor worker %s: stopping (signal again to kill)", worker.id)
+            set_title(worker, "stopping")
+            notify_systemd("STOPPING=1")
             gevent.spawn(worker.stop)
         else:
+            set_title(worker, "killing")
             gevent.spawn(worker.kill)
 
+    set_title(worker, "starting")
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, on_signal)
-    worker.start()
+    try:
+        worker.start()
+    except BaseException:
+        _kill_quietly(worker)
+        raise
+    set_title(worker)
     if on_started is not None:
         on_started(worker)
+    notify_systemd("READY=1")
     worker.join()
     return 0
+
+
+def _kill_quietly(worker):
+    """After a failed start: whatever did start (row, greenlets) must not outlive it, and the error that
+    made the start fail is the one to report."""
+    try:
+        worker.kill()
+    except Exception as error:  # noqa: BLE001
+        logging.getLogger("exekutor").warning("exekutor worker %s: cleanup after a failed start: %s", worker.id, error)
+
+
+def set_title(worker, state=None):
+    """`exekutor-gevent worker ID [IDENTIFIER] queues=... threads=MIN-MAX (state)` in ps and top.
+
+    Built from the worker alone, never from argv, which may hold a database URL with its password.
+    """
+    from setproctitle import setproctitle
+
+    parts = ["exekutor-gevent worker", worker.id]
+    if worker.identifier:
+        parts.append(f"[{worker.identifier}]")
+    parts.append("queues=" + (",".join(worker.queues) if worker.queues else "*"))
+    parts.append(f"threads={worker.executor.min_threads}-{worker.executor.max_threads}")
+    if state:
+        parts.append(f"({state})")
+    setproctitle(" ".join(parts))
+
+
+def notify_systemd(state):
+    """sd_notify(3) without libsystemd, for `Type=notify` units: READY=1 once the worker runs, STOPPING=1."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as error:
+        logging.getLogger("exekutor").warning("exekutor: could not notify systemd (%s): %s", address, error)
