@@ -3,6 +3,7 @@
 The public API is what this module exports; everything else is internal.
 """
 from exekutor import config, hooks
+from exekutor.asynchronous import NotAsynchronousError, asynchronous
 from exekutor.config import configure
 from exekutor.enqueue import JobRequest, enqueue_many
 from exekutor.errors import (
@@ -40,5 +41,6 @@ def load_plugin(name):
 
 
 __all__ = ["config", "configure", "hooks", "job", "Job", "Retry", "registry", "enqueue_many", "JobRequest",
+           "asynchronous", "NotAsynchronousError",
            "serializers", "Worker", "Cleanup", "load_plugin", "DiscardJob", "ConfigError", "ExekutorError",
            "JobTimeoutError", "QueueTimeoutError", "SerializationError", "UnknownJobError", "__version__"]

@@ -233,6 +233,12 @@ OPTIONS = {option.name: option for option in [
            "Address the health check server binds to; use `0.0.0.0` in containers."),
     Option("healthcheck_timeout", DURATION, 30, "m", POSITIVE,
            "The health check reports the worker down when its heartbeat is older than this (minutes)."),
+    Option("max_blocking_time", DURATION, 5, "s", NON_NEGATIVE,
+           "With the health check server on: a job that blocks the gevent event loop longer than this is logged "
+           "with its stack, and `/live` and `/ready` answer 503 while the block lasts; 0 = do not watch."),
+    Option("metrics", BOOL, None, None, ANY,
+           "Prometheus metrics (at the health check server's `/metrics`): true, false, or none = on when "
+           "prometheus-client (the `metrics` extra) is installed."),
     Option("quiet", BOOL, False, None, ANY, "Print only errors to the console."),
     Option("wait_for_termination", WAIT, 120, "s", WAIT_TIME,
            "On stop, how long to let running jobs finish before killing them: true = forever, "
@@ -269,7 +275,7 @@ _WORKER_KEYWORDS = (
     "identifier", "queues", "min_priority", "max_priority", "enable_listener", "min_threads", "max_threads",
     "max_thread_idletime", "polling_interval", "polling_jitter", "set_db_connection_name", "wait_for_termination",
     "healthcheck_port", "healthcheck_host", "healthcheck_timeout", "worker_timeout", "heartbeat_interval",
-    "delete_completed_jobs", "delete_failed_jobs", "delete_discarded_jobs", "quiet",
+    "delete_completed_jobs", "delete_failed_jobs", "delete_discarded_jobs", "quiet", "max_blocking_time", "metrics",
 )
 
 

@@ -1,24 +1,41 @@
 """Putting jobs in the queue: one INSERT per batch, in the caller's transaction when a connection is given."""
-import datetime as _dt
-import uuid
+import os
+import time
 
 import psycopg2
 import psycopg2.errors
 
 from exekutor import config, hooks
 from exekutor.db.pool import default_pool
-from exekutor.jobs import DEFAULT_QUEUE, effective_priority
+from exekutor.jobs import DEFAULT_QUEUE
 from exekutor.serialization import dump_arguments, json_backend
 
-# unnest keeps it one statement for any batch size; COPY is not an option under psycogreen.
+# One statement for any batch size, with the whole batch as one JSON parameter: one C-speed encode on this
+# side and one parse on the server (COPY is not an option under psycogreen; a list parameter per column would
+# be 7 × N literals for the planner).
 INSERT_JOBS = """
 INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options)
-SELECT id, queue, priority, coalesce(scheduled_at, now() + delay * interval '1 second'), payload, options
-FROM unnest(%s::uuid[], %s::text[], %s::smallint[], %s::timestamptz[], %s::float8[], %s::jsonb[], %s::jsonb[])
-    AS batch(id, queue, priority, scheduled_at, delay, payload, options)
+SELECT id, queue, priority, coalesce(scheduled_at, now() + coalesce(delay, 0) * interval '1 second'), payload,
+       options
+FROM json_to_recordset(%s::json) AS batch(id uuid, queue text, priority smallint, scheduled_at timestamptz,
+                                          delay float8, payload jsonb, options jsonb)
 """
 
 _JOB_STATUS = {"p": "pending", "e": "executing", "c": "completed", "f": "failed", "d": "discarded"}
+_TIMEOUT_OPTIONS = ("execution_timeout", "queue_timeout")
+
+
+def new_job_id():
+    """A time-ordered UUID (version 7): new jobs land at the right edge of the primary key index instead of
+    at random places in it, which keeps bulk inserts fast on a big table."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis << 80) | (0x7 << 76) | (((rand >> 68) & 0xFFF) << 64) | (0b10 << 62) | (rand & _RAND_B)
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+_RAND_B = (1 << 62) - 1
 
 
 class JobRequest:
@@ -28,19 +45,34 @@ class JobRequest:
                  "payload")
 
     def __init__(self, definition, args, kwargs, options):
-        merged = dict(definition.options)
-        merged.update(options)
-        self.id = str(uuid.uuid4())
+        if options:
+            merged = dict(definition.options)
+            merged.update(options)
+        else:
+            merged = definition.options
+        self.id = new_job_id()
         self.definition = definition
         self.args = args
         self.kwargs = kwargs
         self.queue = merged.get("queue") or DEFAULT_QUEUE
-        self.priority = effective_priority(merged)
+        self.priority = merged.get("priority") or config.get("default_queue_priority")
         self.wait = merged.get("wait")
         self.wait_until = merged.get("wait_until")
-        self.options = {k: merged[k] for k in ("execution_timeout", "queue_timeout") if k in merged}
+        self.options = {k: merged[k] for k in _TIMEOUT_OPTIONS if k in merged}
         # Serialized now so that a bad argument fails the enqueue call, not the worker.
-        self.payload = {"job": definition.name, **dump_arguments(args, kwargs, job_name=definition.name)}
+        self.payload = dump_arguments(args, kwargs, job_name=definition.name)
+        self.payload["job"] = definition.name
+
+    def row(self):
+        """This job as one element of the insert's JSON parameter (absent keys are NULL: a smaller document)."""
+        row = {"id": self.id, "queue": self.queue, "priority": self.priority, "payload": self.payload}
+        if self.wait_until is not None:
+            row["scheduled_at"] = self.wait_until.isoformat()
+        elif self.wait:
+            row["delay"] = self.wait
+        if self.options:
+            row["options"] = self.options
+        return row
 
     @property
     def name(self):
@@ -103,17 +135,7 @@ def _insert_autocommit(params):
 
 
 def _insert_params(jobs):
-    dumps = json_backend(config.get("json_serializer")).dumps
-    ids, queues, priorities, scheduled, delays, payloads, options = [], [], [], [], [], [], []
-    for job in jobs:
-        ids.append(job.id)
-        queues.append(job.queue)
-        priorities.append(job.priority)
-        scheduled.append(job.wait_until)
-        delays.append(job.wait or 0.0)
-        payloads.append(dumps(job.payload))
-        options.append(dumps(job.options) if job.options else None)
-    return ids, queues, priorities, scheduled, delays, payloads, options
+    return (json_backend(config.get("json_serializer")).dumps([job.row() for job in jobs]),)
 
 
 def raw_connection(connection):
@@ -152,7 +174,3 @@ def fetch_job(job_id, connection=None):
         return run(raw_connection(connection))
     with default_pool().connection() as conn:
         return run(conn)
-
-
-def utcnow():
-    return _dt.datetime.now(_dt.timezone.utc)

@@ -69,13 +69,6 @@ def find_definition(info):
     return definition
 
 
-def resolve(info):
-    """(definition, args, kwargs) for a job info mapping; raises UnknownJobError / SerializationError."""
-    definition = find_definition(info)
-    args, kwargs = load_arguments(info["payload"])
-    return definition, args, kwargs
-
-
 def queue_timeout_expired(info, now):
     limit = (info.get("options") or {}).get("queue_timeout")
     return limit is not None and now - info["enqueued_at"].timestamp() > limit

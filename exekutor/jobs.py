@@ -9,8 +9,6 @@ import functools
 import random
 import sys
 
-from exekutor import config
-
 MAX_QUEUE_NAME_LENGTH = 63
 MIN_PRIORITY, MAX_PRIORITY = 1, 32767
 DEFAULT_QUEUE = "default"
@@ -346,6 +344,3 @@ def _class_runner(cls):
     run.__name__ = run.__qualname__ = cls.__qualname__
     return run
 
-
-def effective_priority(options):
-    return options.get("priority") or config.get("default_queue_priority")

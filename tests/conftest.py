@@ -113,11 +113,12 @@ def _reset_config():
 class WorkerProcess:
     """A real `exekutor-gevent start` process; stopped (and if need be killed) by the test's teardown."""
 
-    def __init__(self, url, args, env=None):
+    def __init__(self, url, args, env=None, apps=("tests.jobs_app",)):
         self.url = url
         environ = dict(os.environ, EXEKUTOR_DATABASE_URL=url, PYTHONUNBUFFERED="1", **(env or {}))
         self.log = tempfile.NamedTemporaryFile(prefix="exekutor-worker-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen([sys.executable, "-m", "exekutor", "start", "--app", "tests.jobs_app", *args],
+        app_args = [arg for app in apps for arg in ("--app", app)]
+        self.proc = subprocess.Popen([sys.executable, "-m", "exekutor", "start", *app_args, *args],
                                      cwd=ROOT, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
 
     @property

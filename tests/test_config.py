@@ -26,6 +26,8 @@ DEFAULTS = {
     "healthcheck_port": None,
     "healthcheck_host": "127.0.0.1",
     "healthcheck_timeout": 30,
+    "max_blocking_time": 5,
+    "metrics": None,
     "quiet": False,
     "wait_for_termination": 120,
     "queues": None,
@@ -682,7 +684,10 @@ def test_bad_database_url_in_env_hides_password():
     assert "s3cret" not in message and "EXEKUTOR_DATABASE_URL" in message
 
 
-def test_database_url_fallbacks():
+def test_database_url_fallbacks(monkeypatch):
+    # The database fixture exports EXEKUTOR_DATABASE_URL for the whole run.
+    monkeypatch.delenv("EXEKUTOR_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
     assert config.database_url() is None
     config.load(environ={"DATABASE_URL": "postgresql://plain/app"})
     assert config.database_url() == "postgresql://plain/app"
@@ -716,7 +721,7 @@ def test_worker_options():
         polling_interval="10s", polling_jitter=0.2, set_db_connection_name=True, wait_for_termination=True,
         healthcheck_port=9000, healthcheck_host="0.0.0.0", healthcheck_timeout="2h", worker_timeout="10m",
         heartbeat_interval=60, delete_completed_jobs=True, delete_failed_jobs=True, delete_discarded_jobs=True,
-        quiet=True,
+        quiet=True, max_blocking_time="2s", metrics=False,
     )
     assert config.worker_options() == {
         "identifier": "w1", "queues": ["mail"], "min_priority": 1, "max_priority": 100, "enable_listener": False,
@@ -724,7 +729,8 @@ def test_worker_options():
         "polling_jitter": 0.2, "set_db_connection_name": True, "wait_for_termination": True,
         "healthcheck_port": 9000, "healthcheck_host": "0.0.0.0", "healthcheck_timeout": 120,
         "worker_timeout": 600, "heartbeat_interval": 60, "delete_completed_jobs": True,
-        "delete_failed_jobs": True, "delete_discarded_jobs": True, "quiet": True,
+        "delete_failed_jobs": True, "delete_discarded_jobs": True, "quiet": True, "max_blocking_time": 2,
+        "metrics": False,
     }
 
 

@@ -66,6 +66,7 @@ class Component:
             except Exception as error:  # noqa: BLE001 - a component never dies of an error
                 self.consecutive_errors += 1
                 self.last_error = error
+                self.worker.metrics.component_error(self.name, error)
                 delay = self._backoff.next()
                 logger.error("exekutor %s error (%d in a row, retrying in %.1fs): %s: %s", self.name,
                              self.consecutive_errors, delay, type(error).__name__, str(error).strip())

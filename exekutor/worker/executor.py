@@ -73,6 +73,7 @@ class Executor:
         self.running[info["id"]] = (gevent.getcurrent(), info)
         outcome = None
         try:
+            self.worker.job_started(info)
             outcome = execute(info, call=self._call_with_time_limit)
         finally:
             del self.running[info["id"]]

@@ -2,7 +2,8 @@
 
 Order matters: gevent's monkeypatching and psycogreen come before anything else is imported, then the
 application modules that register the jobs, then the worker. SIGTERM/SIGINT stop it gracefully; a second
-signal kills it.
+signal kills it. The process title shows the worker (id, identifier, queues, threads, state), and under
+systemd (`Type=notify`) the worker reports READY=1 once it runs and STOPPING=1 when a signal stops it.
 """
 import importlib
 import logging
@@ -38,6 +39,7 @@ def import_applications(modules):
 def run(options, on_started=None):
     """Start a worker with `options`, block until it stops; returns the process exit status."""
     import gevent
+    import psycopg2
 
     from exekutor.worker import Worker
 
@@ -60,6 +62,8 @@ def run(options, on_started=None):
         gevent.signal_handler(signum, on_signal)
     try:
         worker.start()
+    except psycopg2.OperationalError:
+        raise  # the database is unreachable: nothing was registered, and nothing could be cleaned up there
     except BaseException:
         _kill_quietly(worker)
         raise

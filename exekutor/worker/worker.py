@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import gevent
 from gevent.event import Event
 
-from exekutor import config, hooks
+from exekutor import config, hooks, log, metrics
 from exekutor.db.pool import ConnectionPool
 from exekutor.db.queries import DELETE_WORKER, REGISTER_WORKER, SET_WORKER_STATUS
 from exekutor.errors import ConfigError, DatabaseTimeout
@@ -80,6 +80,7 @@ class Worker:
         self.heartbeat = Heartbeat(self, settings["heartbeat_interval"], settings["worker_timeout"])
         self.listener = Listener(self, self.provider) if settings["enable_listener"] else None
         self.healthcheck = None
+        self.metrics = metrics.for_worker(self)
 
     # --- what components ask ----------------------------------------------------------------------------
 
@@ -136,6 +137,7 @@ class Worker:
             raise RuntimeError(f"worker {self.id} was already started (state: {self.state})")
         _patch_psycopg()
         self.state = "starting"
+        log.apply_quiet(self.options["quiet"])
         hooks.run_before("before_startup", self)
         self.pool = ConnectionPool(POOL_SIZE, application_name=self.connection_name("worker"), autocommit=True)
         self.register(status="i")
@@ -181,14 +183,14 @@ class Worker:
 
     # --- running jobs -----------------------------------------------------------------------------------
 
+    def job_started(self, info):
+        log.job_started(info)
+        self.metrics.job_started(info)
+
     def _job_finished(self, outcome, info):
         self.completer.add(outcome)
-        if outcome.error is None:
-            logger.debug("exekutor job %s (%s) completed in %.3fs", info["id"], _job_name(info), outcome.runtime)
-        else:
-            log = logger.error if outcome.status == FAILED else logger.warning
-            log("exekutor job %s (%s) %s: %s\n%s", info["id"], _job_name(info), _OUTCOME_WORDS[outcome.status],
-                outcome.error["message"], outcome.error["traceback"])
+        log.job_finished(outcome, info)
+        self.metrics.job_finished(outcome, info)
 
     def _capacity_freed(self):
         self.provider.capacity_freed()
@@ -299,15 +301,6 @@ class Worker:
 
     def __repr__(self):
         return f"<exekutor.Worker {self.id} {self.state}>"
-
-
-_OUTCOME_WORDS = {"f": "failed", "d": "was discarded", "retry": "failed and will be retried",
-                  "release": "lost its database connection and was released"}
-
-
-def _job_name(info):
-    payload = info.get("payload")
-    return payload.get("job") if isinstance(payload, dict) else "?"
 
 
 def _patch_psycopg():

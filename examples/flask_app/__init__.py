@@ -1,0 +1,1 @@
+"""The Flask example: see README.md in this directory."""

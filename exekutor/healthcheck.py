@@ -1,0 +1,240 @@
+"""The health check server: `/`, `/ready`, `/live`, `/threads` and `/metrics` over HTTP.
+
+    $ curl localhost:9000/ready
+    [OK] ID: f1a2ee6a-cdac-459c-a4b8-de7c6a8bbae6; State: started
+    $ curl localhost:9000/live
+    [OK] ID: f1a2ee6a-cdac-459c-a4b8-de7c6a8bbae6; State: started; Heartbeat: 2023-04-05T16:27:00Z
+    $ curl localhost:9000/threads
+    {"minimum": 1, "maximum": 10, "available": 4, "usage_percent": 60.0}
+
+A failing check answers 503 with `[Service unavailable] ...; Reason: ...`.
+
+- `/live`: the worker is started, its heartbeat is younger than `healthcheck_timeout`, its components are running,
+  and no greenlet has blocked the event loop for longer than `max_blocking_time` (right now).
+- `/ready`: `/live`, and the database answers a query on the worker's pool within `DATABASE_TIMEOUT`, the listener
+  is connected (when enabled), and no component has failed `Component.ERROR_THRESHOLD` times in a row.
+
+The server is gevent's WSGI server on an OS thread of its own with a hub of its own: it answers while every
+job greenlet is busy, and while a job blocks the worker's event loop (which it then reports). What it needs
+from the worker's hub (the database probe, the metrics) runs there through `eventloop.call_in_hub`.
+"""
+import json
+import logging
+import socket
+import time
+from datetime import datetime, timezone
+
+import gevent
+from gevent import monkey
+
+from exekutor.config import redact_url
+from exekutor.errors import ConfigError
+from exekutor.eventloop import BlockMonitor, SingleFlight, call_in_hub
+from exekutor.log import job_name
+
+logger = logging.getLogger("exekutor")
+
+DATABASE_TIMEOUT = 3.0  # the /ready probe; the answer comes within about this long
+METRICS_TIMEOUT = 10.0
+MAX_CONNECTIONS = 100  # requests served at the same time
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+_REASONS = {200: "OK", 404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
+_start_new_thread = monkey.get_original("_thread", "start_new_thread")
+
+
+class HealthcheckServer:
+    def __init__(self, worker, host, port):
+        self.worker = worker
+        self.host, self.port = host, port
+        self.address = None  # (host, port) once listening
+        self.heartbeat_timeout = worker.options["healthcheck_timeout"] * 60  # the option is in minutes
+        threshold = worker.options.get("max_blocking_time") or 0
+        self.monitor = BlockMonitor(threshold, self._describe, self._blocked) if threshold else None
+        self._probe = SingleFlight(self._probe_database)
+        self._worker_hub = None
+        self._routes = {"/": self._root, "/ready": self._ready, "/live": self._live, "/threads": self._threads,
+                        "/metrics": self._metrics}
+        self._started = self._stopping = self._done = False
+
+    # --- lifecycle (in the worker's hub) ----------------------------------------------------------------
+
+    def start(self):
+        sock = _listen(self.host, self.port)
+        self.address = sock.getsockname()[:2]
+        self._worker_hub = gevent.get_hub()
+        if self.monitor is not None:
+            self.monitor.start()
+        self._started = True
+        _start_new_thread(self._serve, (sock,))
+        logger.info("exekutor worker %s: health check server on http://%s:%d/ (/ready, /live, /threads%s)",
+                    self.worker.id, *self.address, ", /metrics" if self.worker.metrics.enabled else "")
+        return self
+
+    def stop(self):
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        if self.monitor is not None:
+            self.monitor.stop()
+        with gevent.Timeout(5, False):
+            while not self._done:
+                gevent.sleep(0.02)
+
+    def _serve(self, sock):
+        """The server's thread: its own hub, gevent's WSGI server, until stop() says so."""
+        from gevent.pywsgi import WSGIServer
+
+        hub = gevent.get_hub()
+        try:
+            server = WSGIServer(sock, self.app, log=None, error_log=None, spawn=MAX_CONNECTIONS)
+            server.start()
+            while not self._stopping:
+                gevent.sleep(0.1)
+            server.stop(timeout=1)
+        finally:
+            sock.close()
+            self._done = True
+            hub.destroy(destroy_loop=True)
+
+    # --- the WSGI application (in the server's thread) ---------------------------------------------------
+
+    def app(self, environ, start_response):
+        path = environ.get("PATH_INFO") or "/"
+        handler = self._routes.get(path.rstrip("/") or "/")
+        try:
+            status, content_type, body = handler() if handler else (404, TEXT, "Not found")
+        except Exception as error:  # noqa: BLE001 - a health check must answer
+            status, content_type, body = 500, TEXT, f"[Error] {type(error).__name__}"
+        data = body if isinstance(body, bytes) else body.encode()
+        start_response(f"{status} {_REASONS[status]}", [("Content-Type", content_type),
+                                                        ("Content-Length", str(len(data))),
+                                                        ("Cache-Control", "no-store")])
+        return [data]
+
+    def _root(self):
+        lines = ["[Exekutor]",
+                 " - Use GET /ready to check whether the worker is running and connected to the DB",
+                 " - Use GET /live to check whether the worker is running and is not hanging",
+                 " - Use GET /threads to check thread usage"]
+        if self.worker.metrics.enabled:
+            lines.append(" - Use GET /metrics for Prometheus metrics")
+        return 200, TEXT, "\n".join(lines) + "\n"
+
+    def _live(self):
+        beat = datetime.fromtimestamp(self.worker.heartbeat.last_beat, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return self._answer(self.live_problems(), f"Heartbeat: {beat}")
+
+    def _ready(self):
+        return self._answer(self.ready_problems())
+
+    def _answer(self, problems, *fields):
+        parts = [f"ID: {self.worker.id}", f"State: {self.worker.state}", *fields]
+        if problems:
+            return 503, TEXT, "[Service unavailable] " + "; ".join(parts + ["Reason: " + ", ".join(problems)])
+        return 200, TEXT, "[OK] " + "; ".join(parts)
+
+    def _threads(self):
+        if self.worker.state != "started":
+            return 503, JSON, json.dumps({"error": "Worker not running"})
+        return 200, JSON, json.dumps(self.worker.thread_stats())
+
+    def _metrics(self):
+        metrics = self.worker.metrics
+        if not metrics.enabled:
+            return 404, TEXT, ("Not found: metrics are off (install exekutor-gevent[metrics], "
+                               "and do not set metrics: false)")
+        try:
+            content_type, data = call_in_hub(self._worker_hub, metrics.render, METRICS_TIMEOUT)
+        except TimeoutError:
+            return 503, TEXT, (f"[Service unavailable] metrics could not be collected within {METRICS_TIMEOUT:g}s: "
+                               "the worker's event loop is blocked or overloaded")
+        return 200, content_type, data
+
+    # --- the checks -------------------------------------------------------------------------------------
+
+    def live_problems(self):
+        worker = self.worker
+        problems = []
+        if worker.state != "started":
+            problems.append(f"worker is {worker.state}")
+        age = time.time() - worker.heartbeat.last_beat
+        if age > self.heartbeat_timeout:
+            problems.append(f"last heartbeat {age:.0f}s ago (healthcheck_timeout: {self.heartbeat_timeout:g}s)")
+        if self.monitor is not None and self.monitor.blocked():
+            problems.append(f"event loop blocked for {self.monitor.blocked_for():.1f}s by {self.monitor.culprit}")
+        if worker.state == "started":
+            problems += [f"{c.name} is not running" for c in worker.components() if c.greenlet and c.greenlet.dead]
+        return problems
+
+    def ready_problems(self):
+        problems = self.live_problems()
+        if problems:
+            return problems
+        listener = self.worker.listener
+        if listener is not None and not listener.connected:
+            problems.append("listener is not connected")
+        problems += [f"{c.name} failing ({c.consecutive_errors} errors in a row, last: {describe_error(c.last_error)})"
+                     for c in self.worker.components() if not c.healthy]
+        try:
+            problem = call_in_hub(self._worker_hub, lambda: self._probe(DATABASE_TIMEOUT), DATABASE_TIMEOUT + 1)
+        except TimeoutError:
+            problem = f"database did not answer within {DATABASE_TIMEOUT:g}s"
+        if problem:
+            problems.append(problem)
+        return problems
+
+    def _probe_database(self):
+        """SELECT 1 on the worker's pool (in the worker's hub); None when it worked, else why not."""
+        try:
+            with self.worker.db() as conn, conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except Exception as error:  # noqa: BLE001
+            self.worker.metrics.component_error("healthcheck", error)
+            return f"database unreachable ({describe_error(error)})"
+        return None
+
+    # --- blocks of the worker's event loop --------------------------------------------------------------
+
+    def _describe(self, greenlet):
+        """Who blocks the loop (in the monitor thread, while the worker's thread is stuck in it)."""
+        for job_greenlet, info in list(self.worker.executor.running.values()):
+            if job_greenlet is greenlet:
+                return f"job {info['id']} ({job_name(info)})"
+        name = getattr(greenlet, "name", None)
+        return f"greenlet {name}" if name else "a greenlet outside any job"
+
+    def _blocked(self, seconds, culprit, stack):
+        logger.warning("exekutor worker %s: %s blocked the event loop for %.1fs (max_blocking_time: %gs): no other "
+                       "job, heartbeat or query ran meanwhile. Jobs must not call blocking code gevent cannot "
+                       "patch (the original time.sleep, C extensions doing their own IO, long CPU loops). "
+                       "Blocked at:\n%s", self.worker.id, culprit, seconds, self.monitor.threshold, stack.rstrip())
+        self.worker.metrics.event_loop_blocked(seconds)
+
+
+def describe_error(error):
+    """`Type: first line of the message`, with any database password masked."""
+    if error is None:
+        return "unknown error"
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {redact_url(lines[0])}" if lines else type(error).__name__
+
+
+def _listen(host, port):
+    """A listening socket of the original (unpatched) socket module: the server's own hub takes it over."""
+    original = monkey.get_original("socket", ["socket", "getaddrinfo"])
+    try:
+        family, kind, proto, _, address = original[1](host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
+        sock = original[0](family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as error:
+        raise ConfigError(f"healthcheck_port {port}: cannot listen on {host}:{port}: "
+                          f"{error.strerror or error}") from None
+    return sock

@@ -1,0 +1,157 @@
+"""What `exekutor-gevent info` shows: the workers per host and the unfinished jobs per queue.
+
+`collect()` reads both in one snapshot (ages are computed by the database, so the clock of the machine that
+runs `info` does not matter); `render()` turns them into aligned tables whose warnings are styled (the CLI
+strips the styles when stdout is not a terminal), and `to_json()` into what scripts read.
+"""
+import datetime as dt
+import json
+
+import click
+
+from exekutor import config
+
+_WORKERS = """
+SELECT w.id::text, w.hostname, w.pid, w.identifier, w.status, w.queues, w.min_priority, w.max_priority,
+       w.min_threads, w.max_threads, w.info, w.started_at, w.last_heartbeat_at,
+       extract(epoch FROM now() - w.last_heartbeat_at)::float8 AS heartbeat_age,
+       (SELECT count(*) FROM exekutor_jobs j WHERE j.worker_id = w.id AND j.status = 'e')::int AS executing
+FROM exekutor_workers w
+ORDER BY w.hostname, w.started_at, w.id
+"""
+_QUEUES = """
+SELECT queue, count(*) FILTER (WHERE status = 'p')::int AS pending, count(*) FILTER (WHERE due)::int AS due,
+       count(*) FILTER (WHERE status = 'e')::int AS executing,
+       min(scheduled_at) FILTER (WHERE status = 'p' AND NOT due) AS next_scheduled_at,
+       extract(epoch FROM min(scheduled_at) FILTER (WHERE status = 'p' AND NOT due) - now())::float8 AS next_in,
+       min(scheduled_at) FILTER (WHERE due) AS oldest_due_at,
+       extract(epoch FROM now() - min(scheduled_at) FILTER (WHERE due))::float8 AS overdue_for
+FROM (SELECT queue, status, scheduled_at, status = 'p' AND scheduled_at <= now() AS due
+      FROM exekutor_jobs WHERE status IN ('p', 'e')) AS unfinished
+GROUP BY queue
+ORDER BY queue
+"""
+STATUS_NAMES = {"i": "starting", "r": "running", "s": "stopping", "c": "crashed"}
+
+
+def collect(conn):
+    """{'workers': [...], 'queues': [...], 'totals': {...}} with warning flags from the configuration:
+    a heartbeat is late after two heartbeat_intervals and the worker presumed dead after worker_timeout; a queue
+    is overdue when a due job has waited longer than polling_interval (the poll should have found it)."""
+    late, dead = 2 * config.get("heartbeat_interval"), config.get("worker_timeout")
+    overdue = config.get("polling_interval")
+    with conn.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")  # one snapshot for both
+        workers, queues = _fetch(cursor, _WORKERS), _fetch(cursor, _QUEUES)
+    conn.rollback()
+    for worker in workers:
+        worker["status"] = STATUS_NAMES.get(worker["status"], worker["status"])
+        worker["heartbeat_late"] = worker["heartbeat_age"] > late
+        worker["presumed_dead"] = worker["heartbeat_age"] > dead
+    for queue in queues:
+        queue["overdue"] = (queue["overdue_for"] or 0) > overdue
+    totals = {"workers": len(workers), "hosts": len({w["hostname"] for w in workers}),
+              **{key: sum(q[key] for q in queues) for key in ("pending", "due", "executing")}}
+    return {"workers": workers, "queues": queues, "totals": totals}
+
+
+def _fetch(cursor, sql):
+    cursor.execute(sql)
+    columns = [column.name for column in cursor.description]
+    return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
+def to_json(data, database):
+    def default(value):
+        if isinstance(value, dt.datetime):
+            return value.isoformat()
+        raise TypeError(f"cannot serialize {type(value).__name__}")
+
+    return json.dumps({"database": database, **data}, indent=2, default=default)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text
+
+WARN = {"fg": "yellow"}
+ALARM = {"fg": "red", "bold": True}
+
+
+def render(data, database):
+    """The lines of the report; warning cells carry ANSI styles."""
+    workers, queues, totals = data["workers"], data["queues"], data["totals"]
+    lines = [f"Database: {database}", ""]
+    hosts = f"{totals['hosts']} host" + ("s" if totals["hosts"] != 1 else "")
+    lines.append(click.style(f"Workers: {totals['workers']} on {hosts}", bold=True) if workers else
+                 click.style("Workers: none running", **(ALARM if totals["due"] else {}), bold=True))
+    if workers:
+        lines += table(WORKER_COLUMNS, _worker_rows(workers))
+    lines.append("")
+    summary = f"Jobs: {totals['pending']} pending ({totals['due']} due), {totals['executing']} executing"
+    lines.append(click.style(summary if queues else "Jobs: none pending or executing", bold=True))
+    if queues:
+        lines += table(QUEUE_COLUMNS, [_queue_row(queue) for queue in queues])
+    return lines
+
+
+WORKER_COLUMNS = [("HOST", "<"), ("ID", "<"), ("IDENTIFIER", "<"), ("PID", ">"), ("STATUS", "<"),
+                  ("QUEUES", "<"), ("PRIORITIES", "<"), ("THREADS", ">"), ("EXECUTING", ">"), ("STARTED", "<"),
+                  ("LAST HEARTBEAT", "<")]
+QUEUE_COLUMNS = [("QUEUE", "<"), ("PENDING", ">"), ("DUE", ">"), ("EXECUTING", ">"), ("NEXT SCHEDULED", "<"),
+                 ("OLDEST OVERDUE", "<")]
+
+
+def _worker_rows(workers):
+    rows, previous_host = [], None
+    for worker in workers:
+        host = worker["hostname"] if worker["hostname"] != previous_host else ""  # grouped by host
+        previous_host = worker["hostname"]
+        heartbeat = (f"{duration(worker['heartbeat_age'])} ago",
+                     ALARM if worker["presumed_dead"] else WARN if worker["heartbeat_late"] else None)
+        status = (worker["status"], None if worker["status"] == "running" else WARN)
+        rows.append([host, worker["id"], worker["identifier"] or "-", str(worker["pid"]), status,
+                     ", ".join(worker["queues"]) if worker["queues"] else "all",
+                     f"{worker['min_priority'] or 1}-{worker['max_priority'] or 32767}",
+                     f"{worker['min_threads']}-{worker['max_threads']}", str(worker["executing"]),
+                     timestamp(worker["started_at"]), heartbeat])
+    return rows
+
+
+def _queue_row(queue):
+    style = ALARM if queue["overdue"] else None
+    next_scheduled = (f"in {duration(queue['next_in'])} ({timestamp(queue['next_scheduled_at'])})"
+                      if queue["next_scheduled_at"] else "-")
+    overdue = duration(queue["overdue_for"]) if queue["oldest_due_at"] else "-"
+    return [(queue["queue"], style), str(queue["pending"]), str(queue["due"]), str(queue["executing"]),
+            next_scheduled, (overdue, style)]
+
+
+def table(columns, rows):
+    """Aligned lines (header first); a cell is text or (text, style). Styles are applied after padding, so
+    escape codes never count towards a column's width."""
+    rows = [[cell if isinstance(cell, tuple) else (cell, None) for cell in row] for row in rows]
+    widths = [max([len(title)] + [len(row[i][0]) for row in rows]) for i, (title, _) in enumerate(columns)]
+
+    def line(cells):
+        parts = []
+        for (text, style), width, (_, align) in zip(cells, widths, columns):
+            padding = " " * (width - len(text))
+            text = click.style(text, **style) if style else text
+            parts.append(text + padding if align == "<" else padding + text)
+        return "  " + "  ".join(parts).rstrip()
+
+    return [line([(title, {"bold": True}) for title, _ in columns])] + [line(row) for row in rows]
+
+
+def duration(seconds):
+    """12s, 4m 05s, 3h 02m, 2d 03h."""
+    seconds = max(0, int(seconds))
+    for unit, size, sub_unit, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} {seconds % size // sub_size:02d}{sub_unit}"
+    return f"{seconds}s"
+
+
+def timestamp(value):
+    """Local time, to the second."""
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")

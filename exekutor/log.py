@@ -1,0 +1,57 @@
+"""What the worker logs about jobs, in one place (standard `logging`, logger "exekutor").
+
+- a job starting and a job completing: one DEBUG line each;
+- a job failing: one ERROR line with the error and its traceback;
+- a job retried, discarded (including timeouts) or released after losing its connection: one WARNING line with
+  the error and its traceback.
+
+Job arguments are never logged, at any level. Error messages exekutor itself builds from argument values (a
+`SerializationError` while loading them) are left out of the log line, traceback included; the full record is
+in `exekutor_job_errors`. What a job's own exception says is the job's business.
+
+`quiet` (a worker option) lowers the logger to errors only.
+"""
+import logging
+
+from exekutor.errors import SerializationError
+from exekutor.execution import FAILED, error_record
+
+logger = logging.getLogger("exekutor")
+
+_OUTCOME_WORDS = {"f": "failed", "d": "was discarded", "retry": "failed and will be retried",
+                  "release": "lost its database connection and was released"}
+# Errors whose message quotes job arguments (by the type name stored in the outcome's error record).
+_QUOTES_ARGUMENTS = {error_record(SerializationError())["type"]}
+
+
+def job_name(info):
+    payload = info.get("payload")
+    name = payload.get("job") if isinstance(payload, dict) else None
+    return name if isinstance(name, str) else "?"
+
+
+def job_started(info):
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("exekutor job %s (%s) started on queue %s, attempt %s", info["id"], job_name(info),
+                     info.get("queue"), info.get("attempts"))
+
+
+def job_finished(outcome, info):
+    error = outcome.error
+    if error is None:
+        logger.debug("exekutor job %s (%s) completed in %.3fs", info["id"], job_name(info), outcome.runtime or 0.0)
+        return
+    level = logging.ERROR if outcome.status == FAILED else logging.WARNING
+    words = _OUTCOME_WORDS.get(outcome.status, outcome.status)
+    if error["type"] in _QUOTES_ARGUMENTS:
+        logger.log(level, "exekutor job %s (%s) %s: %s: its arguments could not be loaded (the details quote "
+                   "them, so they are only in exekutor_job_errors)", info["id"], job_name(info), words, error["type"])
+        return
+    logger.log(level, "exekutor job %s (%s) %s: %s: %s\n%s", info["id"], job_name(info), words, error["type"],
+               error["message"], error["traceback"].rstrip("\n"))
+
+
+def apply_quiet(quiet):
+    """`quiet`: only errors from exekutor's logger (a level set explicitly higher stays)."""
+    if quiet and logger.getEffectiveLevel() < logging.ERROR:
+        logger.setLevel(logging.ERROR)

@@ -1,0 +1,227 @@
+"""Prometheus metrics of the worker (the `metrics` extra: prometheus-client).
+
+They live in prometheus_client's default registry, so an application that already exposes that registry shows
+them too; the health check server serves it at `/metrics`. Counters and histograms move as jobs run (the worker
+calls `job_started`, `job_finished` and `component_error`); gauges are read when scraped, from the worker itself
+and, for the queues, from one query on the worker's connection pool.
+
+With `metrics: false`, or with the `metrics` option unset and prometheus-client missing, `for_worker` returns
+`DISABLED`, whose methods do nothing.
+"""
+import threading
+import time
+import weakref
+
+import psycopg2
+
+from exekutor.errors import ConfigError, DatabaseTimeout, JobTimeoutError, QueueTimeoutError
+from exekutor.eventloop import SingleFlight
+from exekutor.execution import COMPLETED, DISCARDED, FAILED, RELEASE, RETRY, error_record
+
+# Seconds a scrape waits for the queue query; without an answer the queue gauges are left out of that scrape.
+QUEUE_QUERY_TIMEOUT = 5.0
+QUEUE_STATS = """
+SELECT queue,
+       count(*) FILTER (WHERE scheduled_at <= now()),
+       count(*) FILTER (WHERE scheduled_at > now()),
+       coalesce(extract(epoch FROM now() - min(scheduled_at) FILTER (WHERE scheduled_at <= now())), 0)
+FROM exekutor_jobs WHERE status = 'p' GROUP BY queue
+"""
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+_FINISHED = {COMPLETED: "completed", FAILED: "failed", DISCARDED: "discarded", RETRY: "retried",
+             RELEASE: "released"}
+_TIMEOUTS = {error_record(JobTimeoutError())["type"]: "execution", error_record(QueueTimeoutError())["type"]: "queue"}
+_DATABASE_ERRORS = (psycopg2.Error, DatabaseTimeout, OSError)  # OSError: connection refused, pool timeout
+
+
+class Disabled:
+    """Metrics off: every call is a no-op."""
+
+    enabled = False
+
+    def job_started(self, info):
+        pass
+
+    def job_finished(self, outcome, info):
+        pass
+
+    def component_error(self, component, error):
+        pass
+
+    def event_loop_blocked(self, seconds):
+        pass
+
+
+DISABLED = Disabled()
+
+
+def for_worker(worker):
+    """The worker's metrics per its `metrics` option: true, false, or None (on when prometheus-client is there)."""
+    setting = worker.options.get("metrics")
+    if setting is False:
+        return DISABLED
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        if setting:
+            raise ConfigError("metrics is true but prometheus-client is not installed: "
+                              "pip install 'exekutor-gevent[metrics]'") from None
+        return DISABLED
+    return Metrics(worker)
+
+
+class Metrics:
+    enabled = True
+
+    def __init__(self, worker):
+        self._m = _process_metrics()
+        self._m.collector.workers.add(worker)
+
+    def job_started(self, info):
+        queue = info["queue"]
+        self._m.started.labels(queue).inc()
+        ready_at = info.get("scheduled_at")  # the enqueue time, or the later time a job was scheduled for
+        if ready_at is not None:
+            self._m.latency.labels(queue).observe(max(0.0, time.time() - ready_at.timestamp()))
+
+    def job_finished(self, outcome, info):
+        queue = info["queue"]
+        self._m.finished[_FINISHED.get(outcome.status, "failed")].labels(queue).inc()
+        timeout = _TIMEOUTS.get(outcome.error["type"]) if outcome.error else None
+        if timeout is not None:
+            self._m.timed_out.labels(queue, timeout).inc()
+        if timeout != "queue" and outcome.runtime is not None:  # a queue timeout never ran
+            self._m.runtime.labels(queue).observe(outcome.runtime)
+
+    def component_error(self, component, error):
+        self._m.errors.labels(component).inc()
+        if isinstance(error, _DATABASE_ERRORS):
+            self._m.database_errors.labels(component).inc()
+
+    def event_loop_blocked(self, seconds):
+        self._m.blocks.inc()
+        self._m.blocked_seconds.inc(seconds)
+
+    @staticmethod
+    def render():
+        """(content type, body) of the Prometheus text exposition of the default registry."""
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        return CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+
+
+_metrics = None
+_metrics_lock = threading.Lock()
+
+
+def _process_metrics():
+    """The metric objects, created and registered once per process (shared by its workers)."""
+    global _metrics
+    with _metrics_lock:
+        if _metrics is None:
+            _metrics = _create()
+        return _metrics
+
+
+class _Families:
+    pass
+
+
+def _create():
+    from prometheus_client import REGISTRY, Counter, Histogram
+
+    m = _Families()
+    m.started = Counter("exekutor_jobs_started", "Jobs a greenlet took up (including those then discarded for "
+                        "queue_timeout).", ["queue"])
+    m.finished = {word: Counter(f"exekutor_jobs_{word}", f"Job runs that ended {word}.", ["queue"])
+                  for word in _FINISHED.values()}
+    m.timed_out = Counter("exekutor_jobs_timed_out", "Jobs discarded for exceeding their execution_timeout or "
+                          "queue_timeout (also counted as discarded).", ["queue", "timeout"])
+    m.latency = Histogram("exekutor_job_latency_seconds", "From the time a job could run (enqueued or scheduled "
+                          "for) to its start.", ["queue"], buckets=LATENCY_BUCKETS)
+    m.runtime = Histogram("exekutor_job_runtime_seconds", "Run time of jobs.", ["queue"], buckets=RUNTIME_BUCKETS)
+    m.errors = Counter("exekutor_component_errors", "Errors of the worker's components (each is retried with "
+                       "backoff).", ["component"])
+    m.database_errors = Counter("exekutor_database_errors", "Database errors of the worker's own queries "
+                                "(components, health check, metrics).", ["component"])
+    m.blocks = Counter("exekutor_event_loop_blocks", "Times a greenlet blocked the event loop for longer than "
+                       "max_blocking_time.")
+    m.blocked_seconds = Counter("exekutor_event_loop_blocked_seconds", "Seconds the event loop spent in blocks "
+                                "longer than max_blocking_time.")
+    m.collector = _WorkerCollector(m.database_errors)
+    REGISTRY.register(m.collector)
+    return m
+
+
+class _WorkerCollector:
+    """Gauges read at scrape time from the process's running workers and the jobs table."""
+
+    def __init__(self, database_errors):
+        self.workers = weakref.WeakSet()
+        self._database_errors = database_errors
+        self._queue_stats = SingleFlight(self._query_queues)
+        self._queues_seen = set()
+
+    def describe(self):
+        return self._families(with_queues=True)
+
+    def collect(self):
+        workers = [worker for worker in list(self.workers) if worker.state == "started"]
+        families = self._families(with_queues=bool(workers))
+        (busy, free, heartbeat, unwritten, rescued_workers, rescued_jobs), queue_families = families[:6], families[6:]
+        now = time.time()
+        for worker in workers:
+            busy.add_metric([], worker.executor.busy())
+            free.add_metric([], worker.executor.free())
+            heartbeat.add_metric([], now - worker.heartbeat.last_beat)
+            unwritten.add_metric([], worker.completer.pending_count())
+            rescued_workers.add_metric([], worker.heartbeat.rescued_workers)
+            rescued_jobs.add_metric([], worker.heartbeat.rescued_jobs)
+        yield from families[:6]
+        if workers and self._add_queue_stats(workers[0], *queue_families):
+            yield from queue_families
+
+    @staticmethod
+    def _families(with_queues):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        families = [
+            GaugeMetricFamily("exekutor_greenlets_busy", "Greenlets running a job (or reserved for one)."),
+            GaugeMetricFamily("exekutor_greenlets_free", "Jobs the worker could take up now (max_threads - busy)."),
+            GaugeMetricFamily("exekutor_heartbeat_age_seconds", "Seconds since the worker's last heartbeat."),
+            GaugeMetricFamily("exekutor_outcomes_unwritten", "Finished jobs whose outcome waits to be written."),
+            CounterMetricFamily("exekutor_rescued_workers", "Workers presumed dead (no heartbeat within "
+                                "worker_timeout) whose rows this worker deleted."),
+            CounterMetricFamily("exekutor_rescued_jobs", "Orphaned jobs this worker put back to pending."),
+        ]
+        if with_queues:
+            families += [
+                GaugeMetricFamily("exekutor_jobs_pending", "Pending jobs ready to run.", labels=["queue"]),
+                GaugeMetricFamily("exekutor_jobs_scheduled", "Pending jobs scheduled for later.", labels=["queue"]),
+                GaugeMetricFamily("exekutor_jobs_oldest_pending_age_seconds", "How long the oldest ready pending "
+                                  "job has been waiting.", labels=["queue"]),
+            ]
+        return families
+
+    def _add_queue_stats(self, worker, pending, scheduled, age):
+        try:
+            rows = self._queue_stats(QUEUE_QUERY_TIMEOUT, worker)
+        except Exception as error:  # noqa: BLE001 - a scrape without queue gauges beats a failed scrape
+            if isinstance(error, _DATABASE_ERRORS):
+                self._database_errors.labels("metrics").inc()
+            return False
+        self._queues_seen.update(row[0] for row in rows)
+        stats = {queue: (0, 0, 0.0) for queue in self._queues_seen}  # an emptied queue reads 0, not absent
+        stats.update((queue, (ready, later, oldest)) for queue, ready, later, oldest in rows)
+        for queue, (ready, later, oldest) in sorted(stats.items()):
+            pending.add_metric([queue], ready)
+            scheduled.add_metric([queue], later)
+            age.add_metric([queue], float(oldest))
+        return True
+
+    @staticmethod
+    def _query_queues(worker):
+        with worker.db() as conn, conn.cursor() as cursor:
+            cursor.execute(QUEUE_STATS)
+            return cursor.fetchall()

@@ -1,0 +1,130 @@
+"""Prometheus metrics at /metrics of real workers: parsed as Prometheus text, counters moving as jobs run."""
+import sys
+import uuid
+
+import pytest
+
+import exekutor
+from exekutor.errors import ConfigError
+from tests import health_jobs, jobs_app
+from tests.conftest import query, wait_for
+from tests.health_support import get, metric, metric_values, worker_starter
+from tests.tcpproxy import TCPProxy
+
+
+@pytest.fixture
+def health_worker(start_worker):
+    return worker_starter(start_worker)
+
+
+def finished(db, total):
+    def check():
+        done = query(db, "SELECT count(*) FROM exekutor_jobs WHERE status IN ('c', 'f', 'd')")[0][0]
+        return done == total
+    return check
+
+
+@pytest.mark.timeout(90)
+def test_counters_and_histograms_move_as_jobs_run(health_worker, db):
+    worker = health_worker("--threads", "5", "--queue", "mail", "--queue", "default",
+                           "--poll-interval", "1")
+    before = metric_values(worker.port)
+    assert metric(before, "exekutor_jobs_started_total", queue="mail") == 0
+    assert metric(before, "exekutor_greenlets_free") == 5
+
+    exekutor.enqueue_many([jobs_app.noop.set(queue="mail").job() for _ in range(3)] + [
+        health_jobs.fails.job(),
+        health_jobs.discarded.job(),
+        health_jobs.slow.job(),  # execution_timeout
+        health_jobs.retried.job(),  # fails, retried once, then fails for good
+        health_jobs.sleep.set(wait=1.5, queue_timeout=0.5).job(0),  # waits past its queue_timeout
+    ])
+    wait_for(finished(db, 8), 30, message="8 jobs to finish")
+    values = wait_for(lambda: (lambda v: metric(v, "exekutor_jobs_failed_total", queue="default") == 2 and v)(
+        metric_values(worker.port)), 10, message="the last outcome in the metrics")
+
+    assert metric(values, "exekutor_jobs_started_total", queue="mail") == 3
+    assert metric(values, "exekutor_jobs_completed_total", queue="mail") == 3
+    assert metric(values, "exekutor_job_latency_seconds_count", queue="mail") == 3
+    assert metric(values, "exekutor_job_runtime_seconds_count", queue="mail") == 3
+    assert metric(values, "exekutor_job_latency_seconds_bucket", queue="mail", le="+Inf") == 3
+    # default: fails, discarded, slow, retried twice, queue-timed-out sleep
+    assert metric(values, "exekutor_jobs_started_total", queue="default") == 6
+    assert metric(values, "exekutor_jobs_failed_total", queue="default") == 2
+    assert metric(values, "exekutor_jobs_retried_total", queue="default") == 1
+    assert metric(values, "exekutor_jobs_discarded_total", queue="default") == 3
+    assert metric(values, "exekutor_jobs_timed_out_total", queue="default", timeout="execution") == 1
+    assert metric(values, "exekutor_jobs_timed_out_total", queue="default", timeout="queue") == 1
+    assert metric(values, "exekutor_job_runtime_seconds_count", queue="default") == 5  # not the queue timeout
+    assert metric(values, "exekutor_jobs_completed_total", queue="default") == 0
+    assert metric(values, "exekutor_greenlets_busy") == 0 and metric(values, "exekutor_greenlets_free") == 5
+    assert metric(values, "exekutor_outcomes_unwritten") == 0
+    assert 0 <= metric(values, "exekutor_heartbeat_age_seconds") < 60
+
+
+@pytest.mark.timeout(60)
+def test_gauges_show_busy_greenlets_and_pending_jobs_per_queue(health_worker):
+    worker = health_worker("--threads", "4", "--queue", "default", env={"EXEKUTOR_WAIT_FOR_TERMINATION": "0"})
+    exekutor.enqueue_many([health_jobs.sleep.job(30) for _ in range(3)]  # running
+                          + [jobs_app.noop.set(queue="elsewhere").job() for _ in range(2)]  # not this worker's
+                          + [jobs_app.noop.set(queue="later", wait=3600).job()])
+
+    values = wait_for(lambda: (lambda v: metric(v, "exekutor_greenlets_busy") == 3 and v)(metric_values(worker.port)),
+                      20, message="3 busy greenlets")
+    assert metric(values, "exekutor_greenlets_free") == 1
+    assert metric(values, "exekutor_jobs_pending", queue="elsewhere") == 2
+    assert metric(values, "exekutor_jobs_oldest_pending_age_seconds", queue="elsewhere") > 0
+    assert metric(values, "exekutor_jobs_scheduled", queue="later") == 1
+    assert metric(values, "exekutor_jobs_pending", queue="later") == 0
+    assert metric(values, "exekutor_jobs_pending", queue="default") == 0
+
+
+@pytest.mark.timeout(60)
+def test_rescues_of_dead_workers_and_orphaned_jobs_are_counted(health_worker, db):
+    dead_worker, orphan_owner = str(uuid.uuid4()), str(uuid.uuid4())
+    with db.cursor() as cursor:
+        cursor.execute("INSERT INTO exekutor_workers (id, hostname, pid, status, last_heartbeat_at) "
+                       "VALUES (%s, 'gone', 1, 'r', now() - interval '1 hour')", (dead_worker,))
+        cursor.execute("INSERT INTO exekutor_jobs (payload, status, worker_id, queue, scheduled_at) VALUES "
+                       "('{\"job\": \"tests.noop\"}', 'e', %s, 'rescued', now() + interval '1 hour'), "
+                       "('{\"job\": \"tests.noop\"}', 'e', %s, 'rescued', now() + interval '1 hour')",
+                       (dead_worker, orphan_owner))
+    worker = health_worker(env={"EXEKUTOR_HEARTBEAT_INTERVAL": "0.5"})
+    values = wait_for(lambda: (lambda v: metric(v, "exekutor_rescued_workers_total") == 1 and v)(
+        metric_values(worker.port)), 20, message="the dead worker to be rescued")
+    assert metric(values, "exekutor_rescued_jobs_total") == 1  # the ownerless one; the trigger freed the other
+    assert query(db, "SELECT count(*) FROM exekutor_jobs WHERE status = 'p'")[0][0] == 2
+
+
+@pytest.mark.timeout(90)
+def test_database_errors_are_counted_by_component(database_url, health_worker):
+    with TCPProxy.for_url(database_url) as proxy:
+        worker = health_worker("--database-url", proxy.url(database_url), env={"EXEKUTOR_HEARTBEAT_INTERVAL": "0.5"})
+        assert not [key for key in metric_values(worker.port) if key[0] == "exekutor_database_errors_total"]
+        proxy.down()
+        wait_for(lambda: get(worker.port, "/ready").status == 503, 20, message="the outage to be noticed")
+        wait_for(lambda: metric(metric_values(worker.port), "exekutor_database_errors_total",
+                                component="heartbeat") >= 1, 20, message="a heartbeat error")
+        proxy.up()
+        values = wait_for(lambda: get(worker.port, "/ready").status == 200 and metric_values(worker.port), 40,
+                          message="recovery")
+        assert metric(values, "exekutor_database_errors_total", component="healthcheck") >= 1
+        assert metric(values, "exekutor_component_errors_total", component="heartbeat") >= 1
+        worker.stop()  # while the proxy still runs: the worker needs the database to stop cleanly
+
+
+@pytest.mark.timeout(60)
+def test_metrics_can_be_turned_off(health_worker):
+    worker = health_worker(env={"EXEKUTOR_METRICS": "false"})
+    response = get(worker.port, "/metrics")
+    assert response.status == 404 and "metrics are off" in response.body
+    assert "/metrics" not in get(worker.port, "/").body
+    assert get(worker.port, "/ready").status == 200
+
+
+def test_metrics_true_without_prometheus_client_is_a_config_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # what an import meets when it is not installed
+    with pytest.raises(ConfigError, match=r"metrics is true but prometheus-client is not installed: "
+                                          r"pip install 'exekutor-gevent\[metrics\]'"):
+        exekutor.Worker(metrics=True)
+    assert exekutor.Worker().metrics.enabled is False  # unset: on only when it is installed
