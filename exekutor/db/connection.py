@@ -3,6 +3,7 @@
 The URL comes from the configuration (database_url, EXEKUTOR_DATABASE_URL, DATABASE_URL) or, when none is
 set and the `embedded` extra is installed, from an embedded PostgreSQL started in a local data directory.
 """
+import sys
 import threading
 
 import psycopg2
@@ -58,13 +59,39 @@ def is_usable(conn):
 
 
 def close_quietly(conn):
-    """Close a connection that may be broken or busy; a busy one is cancelled first so its query stops."""
+    """Close a connection that may be broken or busy. A busy one is cancelled first so its query stops on the
+    server; libpq's cancel opens a blocking connection of its own, so under gevent it runs on the hub's
+    thread pool instead of freezing the event loop while the server is unreachable."""
     try:
-        if not conn.closed and conn.isexecuting():
-            conn.cancel()
+        busy = not conn.closed and conn.isexecuting()
     except Exception:  # noqa: BLE001 - the connection is being thrown away anyway
+        busy = False
+    if busy:
+        _off_the_event_loop(_cancel_and_close, conn)
+    else:
+        _close(conn)
+
+
+def _cancel_and_close(conn):
+    try:
+        conn.cancel()
+    except Exception:  # noqa: BLE001
         pass
+    _close(conn)
+
+
+def _close(conn):
     try:
         conn.close()
     except Exception:  # noqa: BLE001
         pass
+
+
+def _off_the_event_loop(function, *args):
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is not None and gevent_monkey.is_module_patched("socket"):
+        import gevent
+
+        gevent.get_hub().threadpool.spawn(function, *args)
+    else:
+        function(*args)

@@ -96,7 +96,8 @@ class Executor:
         except gevent.Timeout as timeout:
             if timeout is not timer:
                 raise
-            raise JobTimeoutError(f"job exceeded its execution_timeout of {limit:g}s") from None
+            # Chained, so the recorded traceback shows where the job was interrupted.
+            raise JobTimeoutError(f"job exceeded its execution_timeout of {limit:g}s") from timeout
         finally:
             timer.close()
 
