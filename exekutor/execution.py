@@ -146,5 +146,5 @@ def perform_inline(definition, args, kwargs, options):
 
 
 def _has_execution_hooks():
-    return any(hooks.has_hooks(point) for point in ("before_job_execution", "around_job_execution",
-                                                    "after_job_execution"))
+    has = hooks.has_hooks
+    return has("before_job_execution") or has("around_job_execution") or has("after_job_execution")

@@ -8,6 +8,8 @@ and, for the queues, from one query on the worker's connection pool.
 With `metrics: false`, or with the `metrics` option unset and prometheus-client missing, `for_worker` returns
 `DISABLED`, whose methods do nothing.
 """
+import bisect
+import collections
 import threading
 import time
 import weakref
@@ -27,8 +29,8 @@ SELECT queue,
        coalesce(extract(epoch FROM now() - min(scheduled_at) FILTER (WHERE scheduled_at <= now())), 0)
 FROM exekutor_jobs WHERE status = 'p' GROUP BY queue
 """
+# Upper bounds (seconds) of the latency and runtime histograms' buckets.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _FINISHED = {COMPLETED: "completed", FAILED: "failed", DISCARDED: "discarded", RETRY: "retried",
              RELEASE: "released"}
 _TIMEOUTS = {error_record(JobTimeoutError())["type"]: "execution", error_record(QueueTimeoutError())["type"]: "queue"}
@@ -72,27 +74,34 @@ def for_worker(worker):
 
 
 class Metrics:
+    """Per-job counting on the hot path is plain dict and list arithmetic (`JobStats`); prometheus-client's
+    metric objects take a lock per update, which under gevent is a gevent lock and costs more than a no-op
+    job. The numbers become metric families when scraped."""
+
     enabled = True
 
     def __init__(self, worker):
         self._m = _process_metrics()
+        self._stats = self._m.jobs
         self._m.collector.workers.add(worker)
 
     def job_started(self, info):
+        stats = self._stats
         queue = info["queue"]
-        self._m.started.labels(queue).inc()
+        stats.counts["started", queue] += 1
         ready_at = info.get("scheduled_at")  # the enqueue time, or the later time a job was scheduled for
         if ready_at is not None:
-            self._m.latency.labels(queue).observe(max(0.0, time.time() - ready_at.timestamp()))
+            stats.observe(stats.latency, queue, max(0.0, time.time() - ready_at.timestamp()))
 
     def job_finished(self, outcome, info):
+        stats = self._stats
         queue = info["queue"]
-        self._m.finished[_FINISHED.get(outcome.status, "failed")].labels(queue).inc()
+        stats.counts[_FINISHED.get(outcome.status, "failed"), queue] += 1
         timeout = _TIMEOUTS.get(outcome.error["type"]) if outcome.error else None
         if timeout is not None:
-            self._m.timed_out.labels(queue, timeout).inc()
+            stats.timeouts[queue, timeout] += 1
         if timeout != "queue" and outcome.runtime is not None:  # a queue timeout never ran
-            self._m.runtime.labels(queue).observe(outcome.runtime)
+            stats.observe(stats.runtime, queue, outcome.runtime)
 
     def component_error(self, component, error):
         self._m.errors.labels(component).inc()
@@ -109,6 +118,55 @@ class Metrics:
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
         return CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+
+
+class JobStats:
+    """Job counters and histograms per queue, as plain numbers (see Metrics)."""
+
+    def __init__(self):
+        self.counts = collections.Counter()  # (word, queue) -> runs
+        self.timeouts = collections.Counter()  # (queue, "execution" | "queue") -> jobs
+        self.latency = {}  # queue -> [bucket counts..., +Inf count, sum]
+        self.runtime = {}
+
+    @staticmethod
+    def observe(histograms, queue, value):
+        counts = histograms.get(queue)
+        if counts is None:
+            counts = histograms[queue] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+        counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
+        counts[-1] += value
+
+    def families(self):
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        started = CounterMetricFamily("exekutor_jobs_started", "Jobs a greenlet took up (including those then "
+                                      "discarded for queue_timeout).", labels=["queue"])
+        finished = {word: CounterMetricFamily(f"exekutor_jobs_{word}", f"Job runs that ended {word}.",
+                                              labels=["queue"]) for word in _FINISHED.values()}
+        for (word, queue), count in sorted(self.counts.items()):
+            (started if word == "started" else finished[word]).add_metric([queue], count)
+        timed_out = CounterMetricFamily("exekutor_jobs_timed_out", "Jobs discarded for exceeding their "
+                                        "execution_timeout or queue_timeout (also counted as discarded).",
+                                        labels=["queue", "timeout"])
+        for (queue, kind), count in sorted(self.timeouts.items()):
+            timed_out.add_metric([queue, kind], count)
+        latency = HistogramMetricFamily("exekutor_job_latency_seconds", "From the time a job could run (enqueued "
+                                        "or scheduled for) to its start.", labels=["queue"])
+        runtime = HistogramMetricFamily("exekutor_job_runtime_seconds", "Run time of jobs.", labels=["queue"])
+        for family, histograms in ((latency, self.latency), (runtime, self.runtime)):
+            for queue, counts in sorted(histograms.items()):
+                family.add_metric([queue], _cumulative(counts), sum_value=counts[-1])
+        return [started, *finished.values(), timed_out, latency, runtime]
+
+
+def _cumulative(counts):
+    bounds = [str(float(bound)) for bound in LATENCY_BUCKETS] + ["+Inf"]
+    total, buckets = 0, []
+    for bound, count in zip(bounds, counts[:-1]):
+        total += count
+        buckets.append((bound, total))
+    return buckets
 
 
 _metrics = None
@@ -129,18 +187,10 @@ class _Families:
 
 
 def _create():
-    from prometheus_client import REGISTRY, Counter, Histogram
+    from prometheus_client import REGISTRY, Counter
 
     m = _Families()
-    m.started = Counter("exekutor_jobs_started", "Jobs a greenlet took up (including those then discarded for "
-                        "queue_timeout).", ["queue"])
-    m.finished = {word: Counter(f"exekutor_jobs_{word}", f"Job runs that ended {word}.", ["queue"])
-                  for word in _FINISHED.values()}
-    m.timed_out = Counter("exekutor_jobs_timed_out", "Jobs discarded for exceeding their execution_timeout or "
-                          "queue_timeout (also counted as discarded).", ["queue", "timeout"])
-    m.latency = Histogram("exekutor_job_latency_seconds", "From the time a job could run (enqueued or scheduled "
-                          "for) to its start.", ["queue"], buckets=LATENCY_BUCKETS)
-    m.runtime = Histogram("exekutor_job_runtime_seconds", "Run time of jobs.", ["queue"], buckets=RUNTIME_BUCKETS)
+    m.jobs = JobStats()
     m.errors = Counter("exekutor_component_errors", "Errors of the worker's components (each is retried with "
                        "backoff).", ["component"])
     m.database_errors = Counter("exekutor_database_errors", "Database errors of the worker's own queries "
@@ -149,7 +199,7 @@ def _create():
                        "max_blocking_time.")
     m.blocked_seconds = Counter("exekutor_event_loop_blocked_seconds", "Seconds the event loop spent in blocks "
                                 "longer than max_blocking_time.")
-    m.collector = _WorkerCollector(m.database_errors)
+    m.collector = _WorkerCollector(m.database_errors, m.jobs)
     REGISTRY.register(m.collector)
     return m
 
@@ -157,14 +207,15 @@ def _create():
 class _WorkerCollector:
     """Gauges read at scrape time from the process's running workers and the jobs table."""
 
-    def __init__(self, database_errors):
+    def __init__(self, database_errors, jobs):
         self.workers = weakref.WeakSet()
+        self._jobs = jobs
         self._database_errors = database_errors
         self._queue_stats = SingleFlight(self._query_queues)
         self._queues_seen = set()
 
     def describe(self):
-        return self._families(with_queues=True)
+        return self._families(with_queues=True) + self._jobs.families()
 
     def collect(self):
         workers = [worker for worker in list(self.workers) if worker.state == "started"]
@@ -179,6 +230,7 @@ class _WorkerCollector:
             rescued_workers.add_metric([], worker.heartbeat.rescued_workers)
             rescued_jobs.add_metric([], worker.heartbeat.rescued_jobs)
         yield from families[:6]
+        yield from self._jobs.families()
         if workers and self._add_queue_stats(workers[0], *queue_families):
             yield from queue_families
 

@@ -65,16 +65,32 @@ class Completer(Component):
                            "owned by this worker", len(batch) - written)
 
     def _params(self, batch):
+        # Each column goes as one array literal ('{a,b,c}'): psycopg2 would send a Python list as
+        # ARRAY[...] with one constant per element, which costs the planner more than the update itself.
         dumps = self._dumps
         ids, statuses, runtimes, delays, errors = [], [], [], [], []
         for outcome in batch:
             ids.append(outcome.job_id)
             statuses.append(_STORED_STATUS.get(outcome.status, outcome.status))
-            runtimes.append(outcome.runtime)
-            delays.append(outcome.delay)
-            errors.append(dumps(outcome.error) if outcome.error is not None else None)
-        return {"ids": ids, "statuses": statuses, "runtimes": runtimes, "delays": delays, "errors": errors,
-                "delete_statuses": self._delete_statuses, "worker_id": self.worker.id}
+            runtimes.append(_number(outcome.runtime))
+            delays.append(_number(outcome.delay))
+            errors.append(_quoted(dumps(outcome.error)) if outcome.error is not None else "NULL")
+        return {"ids": _array(ids), "statuses": _array(statuses), "runtimes": _array(runtimes),
+                "delays": _array(delays), "errors": _array(errors), "delete_statuses": _array(self._delete_statuses),
+                "worker_id": self.worker.id}
 
     def stop(self):
         self._wake.set()
+
+
+def _array(items):
+    return "{" + ",".join(items) + "}"
+
+
+def _number(value):
+    return "NULL" if value is None else repr(float(value))
+
+
+def _quoted(text):
+    """An element of an array literal: in double quotes, with backslashes and quotes escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
