@@ -60,7 +60,10 @@ def find_definition(info):
     """The registered definition a job info mapping names; raises UnknownJobError, or NotAsynchronousError (a
     DiscardJob) for a method not declared asynchronous in a class that declares others."""
     payload = info["payload"]
-    name = payload.get("job") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict):
+        raise UnknownJobError(f"malformed payload {str(payload)[:100]}: expected a JSON object naming the job (a "
+                              "payload that does not parse, for example one nested too deeply, reads as None)")
+    name = payload.get("job")
     definition = registry.get(name) if isinstance(name, str) else None
     if definition is None:
         reject_undeclared_method(name)
@@ -72,6 +75,18 @@ def find_definition(info):
 def queue_timeout_expired(info, now):
     limit = (info.get("options") or {}).get("queue_timeout")
     return limit is not None and now - info["enqueued_at"].timestamp() > limit
+
+
+def check_options(info):
+    """A row whose options are not what exekutor writes (a hand-made or foreign row) fails with a clear error
+    instead of breaking the code that reads them."""
+    options = info.get("options") or {}
+    values = [options.get(name) for name in ("execution_timeout", "queue_timeout")] if isinstance(options, dict) else []
+    bad = not isinstance(options, dict) or any(
+        value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))) for value in values)
+    if bad:
+        raise SerializationError(f"malformed job options {str(options)[:200]}: expected an object whose "
+                                 "execution_timeout and queue_timeout are numbers of seconds")
 
 
 def run(definition, args, kwargs, info):
@@ -118,11 +133,13 @@ def classify(definition, info, error, runtime):
 def execute(info, call=run):
     """Run the job described by `info` and return its Outcome. `call` lets the worker add a time limit."""
     started = time.time()
-    if queue_timeout_expired(info, started):
-        error = QueueTimeoutError(f"job waited longer than its queue_timeout of {info['options']['queue_timeout']}s")
-        return Outcome(info["id"], DISCARDED, 0.0, error_record(error))
     definition = None
     try:
+        check_options(info)
+        if queue_timeout_expired(info, started):
+            limit = info["options"]["queue_timeout"]
+            error = QueueTimeoutError(f"job waited longer than its queue_timeout of {limit}s")
+            return Outcome(info["id"], DISCARDED, 0.0, error_record(error))
         definition = find_definition(info)
         call(definition, None, None, info)  # run() loads the arguments, inside the execution hooks
     except Exception as error:  # noqa: BLE001 - every job error becomes a recorded outcome

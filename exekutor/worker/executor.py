@@ -10,7 +10,7 @@ import gevent
 from gevent.queue import Empty, Queue
 
 from exekutor.errors import JobTimeoutError
-from exekutor.execution import execute, run
+from exekutor.execution import FAILED, Outcome, error_record, execute, run
 
 logger = logging.getLogger("exekutor")
 
@@ -75,6 +75,9 @@ class Executor:
         try:
             self.worker.job_started(info)
             outcome = execute(info, call=self._call_with_time_limit)
+        except Exception as error:  # noqa: BLE001 - a bug of ours must not leave the job executing forever
+            logger.exception("exekutor job %s: unexpected error outside the job", info["id"])
+            outcome = Outcome(info["id"], FAILED, None, error_record(error))
         finally:
             del self.running[info["id"]]
             self._outstanding -= 1
