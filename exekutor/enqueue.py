@@ -21,6 +21,11 @@ FROM json_to_recordset(%s::json) AS batch(id uuid, queue text, priority smallint
                                           delay float8, payload jsonb, options jsonb)
 """
 
+INSERT_JOB = """
+INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options)
+VALUES (%s, %s, %s, coalesce(%s::timestamptz, now() + %s * interval '1 second'), %s, %s)
+"""
+
 _JOB_STATUS = {"p": "pending", "e": "executing", "c": "completed", "f": "failed", "d": "discarded"}
 _TIMEOUT_OPTIONS = ("execution_timeout", "queue_timeout")
 
@@ -108,22 +113,22 @@ def enqueue_many(jobs, connection=None):
 
 
 def _insert(jobs, connection):
-    params = _insert_params(jobs)
+    statement = _insert_statement(jobs)
     if connection is not None:
         with raw_connection(connection).cursor() as cursor:
-            cursor.execute(INSERT_JOBS, params)
+            cursor.execute(*statement)
         return
-    _insert_autocommit(params)
+    _insert_autocommit(statement)
 
 
-def _insert_autocommit(params):
+def _insert_autocommit(statement):
     """Insert on a pooled connection, once more on a fresh one if the pooled one turns out dead (the server
     restarted, or an idle connection was terminated). The ids are generated here, so a retry after a first
     attempt that did commit fails with a unique violation: then the jobs are in, as wanted."""
     for attempt in (1, 2):
         try:
             with default_pool().connection() as conn, conn.cursor() as cursor:
-                cursor.execute(INSERT_JOBS, params)
+                cursor.execute(*statement)
             return
         except psycopg2.errors.UniqueViolation:
             if attempt == 1:
@@ -134,8 +139,15 @@ def _insert_autocommit(params):
                 raise
 
 
-def _insert_params(jobs):
-    return (json_backend(config.get("json_serializer")).dumps([job.row() for job in jobs]),)
+def _insert_statement(jobs):
+    """(sql, params): a single job as plain VALUES (what one-by-one enqueueing pays for most), a batch as one
+    JSON document."""
+    dumps = json_backend(config.get("json_serializer")).dumps
+    if len(jobs) > 1:
+        return INSERT_JOBS, (dumps([job.row() for job in jobs]),)
+    job = jobs[0]
+    return INSERT_JOB, (job.id, job.queue, job.priority, job.wait_until, job.wait or 0.0, dumps(job.payload),
+                        dumps(job.options) if job.options else None)
 
 
 def raw_connection(connection):

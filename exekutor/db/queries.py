@@ -1,4 +1,5 @@
 """The SQL the worker runs, in one place. Every statement is one round trip."""
+import functools
 
 NOTIFY_CHANNEL = "exekutor::job_enqueued"
 LISTEN = 'LISTEN "exekutor::job_enqueued"'
@@ -25,39 +26,52 @@ WHERE status = 'p'
   AND priority BETWEEN %(min_priority)s AND %(max_priority)s
 """
 
-# Completion, fenced by owner: only rows still executing and owned by this worker are written, so the
-# outcome of a job rescued from a worker presumed dead can never overwrite its new run. Rows whose final
-# status is in delete_statuses are deleted instead; retried and released rows go back to pending and are
-# announced (one notification per queue).
-COMPLETE_JOBS = """
-WITH outcome AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(runtimes)s::float8[], %(delays)s::float8[],
-                         %(errors)s::jsonb[]) AS o(id, status, runtime, delay, error)
-), deleted AS (
-    DELETE FROM exekutor_jobs j USING outcome o
-    WHERE j.id = o.id AND o.status = ANY(%(delete_statuses)s::text[])
-      AND j.status = 'e' AND j.worker_id = %(worker_id)s
-    RETURNING j.id
-), updated AS (
-    UPDATE exekutor_jobs j SET
-        status = o.status,
-        runtime = o.runtime,
-        finished_at = CASE WHEN o.status = 'p' THEN NULL ELSE now() END,
-        scheduled_at = CASE WHEN o.delay IS NULL THEN j.scheduled_at
-                            ELSE now() + o.delay * interval '1 second' END,
-        worker_id = CASE WHEN o.status = 'p' THEN NULL ELSE j.worker_id END
-    FROM outcome o
-    WHERE j.id = o.id AND NOT (o.status = ANY(%(delete_statuses)s::text[]))
-      AND j.status = 'e' AND j.worker_id = %(worker_id)s
-    RETURNING j.id, j.queue, j.priority, j.scheduled_at, j.status, j.attempts
-), recorded AS (
+# Completion, fenced by owner: only rows still executing and owned by this worker are written, so the outcome
+# of a job rescued from a worker presumed dead can never overwrite its new run. The statement is assembled
+# per batch from the parts the batch needs: a batch of plain completions is one lean UPDATE. (A part that
+# always ran, such as a DELETE joined against the outcomes, made every flush scan all of the worker's
+# executing rows: flushes slowed down as outcomes piled up, and outcomes piled up as flushes slowed down.)
+_COMPLETE_PARTS = {
+    # Completed, failed and discarded jobs.
+    "finished": """finished AS (
+    UPDATE exekutor_jobs j SET status = o.status, runtime = o.runtime, finished_at = now()
+    FROM unnest(%(finished_ids)s::uuid[], %(finished_statuses)s::text[], %(finished_runtimes)s::float8[])
+        AS o(id, status, runtime)
+    WHERE j.id = o.id AND j.status = 'e' AND j.worker_id = %(worker_id)s
+    RETURNING j.id, j.attempts)""",
+    # Retried and released jobs: pending again, later, announced to the listeners.
+    "requeued": """requeued AS (
+    UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL, runtime = o.runtime,
+        scheduled_at = now() + o.delay * interval '1 second'
+    FROM unnest(%(requeued_ids)s::uuid[], %(requeued_runtimes)s::float8[], %(requeued_delays)s::float8[])
+        AS o(id, runtime, delay)
+    WHERE j.id = o.id AND j.status = 'e' AND j.worker_id = %(worker_id)s
+    RETURNING j.id, j.attempts, j.queue, j.priority, j.scheduled_at)""",
+    # delete_completed_jobs and friends.
+    "deleted": """deleted AS (
+    DELETE FROM exekutor_jobs WHERE id = ANY(%(deleted_ids)s::uuid[]) AND status = 'e' AND worker_id = %(worker_id)s
+    RETURNING id)""",
+}
+_ERRORS_PART = """recorded AS (
     INSERT INTO exekutor_job_errors (job_id, attempt, error)
-    SELECT u.id, u.attempts, o.error FROM updated u JOIN outcome o ON o.id = u.id WHERE o.error IS NOT NULL
-)
-SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted),
-       (SELECT exekutor_notify_pending(array_agg(queue::text), array_agg(priority::integer), array_agg(scheduled_at))
-        FROM updated WHERE status = 'p')
-"""
+    SELECT w.id, w.attempts, e.error
+    FROM ({written}) AS w JOIN unnest(%(error_ids)s::uuid[], %(errors)s::jsonb[]) AS e(id, error) ON e.id = w.id)"""
+_NOTIFY_REQUEUED = ("(SELECT exekutor_notify_pending(array_agg(queue::text), array_agg(priority::integer), "
+                    "array_agg(scheduled_at)) FROM requeued)")
+
+
+@functools.lru_cache(maxsize=None)
+def complete_jobs(parts, with_errors):
+    """The completion statement for a batch with outcomes of the given `parts` (a tuple of "finished",
+    "requeued", "deleted"); it returns how many rows were written."""
+    ctes = [_COMPLETE_PARTS[part] for part in parts]
+    if with_errors:
+        written = " UNION ALL ".join(f"SELECT id, attempts FROM {part}" for part in parts if part != "deleted")
+        ctes.append(_ERRORS_PART.format(written=written))
+    count = " + ".join(f"(SELECT count(*) FROM {part})" for part in parts)
+    notify = f", {_NOTIFY_REQUEUED}" if "requeued" in parts else ""
+    return f"WITH {', '.join(ctes)}\nSELECT {count}{notify}"
+
 
 REGISTER_WORKER = """
 INSERT INTO exekutor_workers (id, hostname, pid, identifier, status, queues, min_priority, max_priority,

@@ -8,15 +8,13 @@ import logging
 
 from gevent.event import Event
 
-from exekutor.db.queries import COMPLETE_JOBS
+from exekutor.db.queries import complete_jobs
 from exekutor.execution import RELEASE, RETRY
 from exekutor.worker.component import Component
 
 logger = logging.getLogger("exekutor")
 
 MAX_BATCH = 2000
-# What an outcome is stored as: retried and released jobs go back to pending.
-_STORED_STATUS = {RETRY: "p", RELEASE: "p"}
 
 
 class Completer(Component):
@@ -52,35 +50,67 @@ class Completer(Component):
 
     def flush(self):
         batch = self._pending[:MAX_BATCH]
-        params = self._params(batch)
+        sql, params = completion(batch, self.worker.id, self._dumps, self._delete_statuses)
         with self.worker.db() as conn, conn.cursor() as cursor:
-            cursor.execute(COMPLETE_JOBS, params)
-            written, _ = cursor.fetchone()
+            cursor.execute(sql, params)
+            written = cursor.fetchone()[0]
         del self._pending[:len(batch)]
         self.written += written
+        # Written outcomes free capacity the provider held back while they piled up.
+        self.worker.outcomes_written()
         if written < len(batch):
             # Jobs we no longer own were rescued from us (our heartbeat was presumed dead): not written.
             self.fenced_off += len(batch) - written
             logger.warning("exekutor completer: %d outcome(s) not written because the jobs are no longer "
                            "owned by this worker", len(batch) - written)
 
-    def _params(self, batch):
-        # Each column goes as one array literal ('{a,b,c}'): psycopg2 would send a Python list as
-        # ARRAY[...] with one constant per element, which costs the planner more than the update itself.
-        dumps = self._dumps
-        ids, statuses, runtimes, delays, errors = [], [], [], [], []
-        for outcome in batch:
-            ids.append(outcome.job_id)
-            statuses.append(_STORED_STATUS.get(outcome.status, outcome.status))
-            runtimes.append(_number(outcome.runtime))
-            delays.append(_number(outcome.delay))
-            errors.append(_quoted(dumps(outcome.error)) if outcome.error is not None else "NULL")
-        return {"ids": _array(ids), "statuses": _array(statuses), "runtimes": _array(runtimes),
-                "delays": _array(delays), "errors": _array(errors), "delete_statuses": _array(self._delete_statuses),
-                "worker_id": self.worker.id}
-
     def stop(self):
         self._wake.set()
+
+
+def completion(batch, worker_id, dumps, delete_statuses=()):
+    """(sql, params) writing a batch of outcomes in one statement, with only the parts the batch needs.
+
+    Each column goes as one array literal ('{a,b,c}'): psycopg2 would send a Python list as ARRAY[...] with
+    one constant per element, which costs the planner more than the update itself.
+    """
+    finished, requeued, deleted, errors = ([], [], []), ([], [], []), [], ([], [])
+    for outcome in batch:
+        status = outcome.status
+        if status in _REQUEUED:
+            ids, runtimes, delays = requeued
+            delays.append(_number(outcome.delay or 0.0))
+        elif status in delete_statuses:
+            deleted.append(outcome.job_id)
+            continue
+        else:
+            ids, runtimes, statuses = finished
+            statuses.append(status)
+        ids.append(outcome.job_id)
+        runtimes.append(_number(outcome.runtime))
+        if outcome.error is not None:
+            errors[0].append(outcome.job_id)
+            errors[1].append(_quoted(dumps(outcome.error)))
+    params = {"worker_id": worker_id}
+    parts = []
+    if finished[0]:
+        parts.append("finished")
+        params.update(finished_ids=_array(finished[0]), finished_runtimes=_array(finished[1]),
+                      finished_statuses=_array(finished[2]))
+    if requeued[0]:
+        parts.append("requeued")
+        params.update(requeued_ids=_array(requeued[0]), requeued_runtimes=_array(requeued[1]),
+                      requeued_delays=_array(requeued[2]))
+    if deleted:
+        parts.append("deleted")
+        params["deleted_ids"] = _array(deleted)
+    with_errors = bool(errors[0]) and parts != ["deleted"]
+    if with_errors:
+        params.update(error_ids=_array(errors[0]), errors=_array(errors[1]))
+    return complete_jobs(tuple(parts), with_errors), params
+
+
+_REQUEUED = (RETRY, RELEASE)
 
 
 def _array(items):

@@ -26,11 +26,15 @@ class Executor:
         self._idle = 0
         self._outstanding = 0  # reserved and not yet finished
         self.running = {}  # job id -> (greenlet, job info)
+        self.unwritten = lambda: 0  # outcomes not yet written (the worker hooks the completer's count up)
 
     # --- capacity -------------------------------------------------------------------------------------
 
     def free(self):
-        return self.max_threads - self._outstanding
+        # Outcomes waiting to be written hold back reservations once they exceed a pool's worth: while the
+        # database is slow to take them, reserving more would only pile up more.
+        backlog = self.unwritten() - self.max_threads
+        return self.max_threads - self._outstanding - (backlog if backlog > 0 else 0)
 
     def busy(self):
         return self._outstanding

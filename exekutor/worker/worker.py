@@ -77,6 +77,7 @@ class Worker:
         self.provider = Provider(self, self.executor, backend.loads)
         delete = [status for key, status in _DELETE_STATUS.items() if settings[key]]
         self.completer = Completer(self, backend.dumps, delete)
+        self.executor.unwritten = self.completer.pending_count
         self.heartbeat = Heartbeat(self, settings["heartbeat_interval"], settings["worker_timeout"])
         self.listener = Listener(self, self.provider) if settings["enable_listener"] else None
         self.healthcheck = None
@@ -193,6 +194,9 @@ class Worker:
         self.metrics.job_finished(outcome, info)
 
     def _capacity_freed(self):
+        self.provider.capacity_freed()
+
+    def outcomes_written(self):
         self.provider.capacity_freed()
 
     # --- stop, kill, join -------------------------------------------------------------------------------
