@@ -9,7 +9,8 @@ Job arguments are never logged, at any level. Error messages exekutor itself bui
 `SerializationError` while loading them) are left out of the log line, traceback included; the full record is
 in `exekutor_job_errors`. What a job's own exception says is the job's business.
 
-`quiet` (a worker option) lowers the logger to errors only.
+`quiet` (a worker option) lowers the logger to errors only. The `logger` option (a logger or its name) sends
+exekutor's records to another logger instead of up the "exekutor" hierarchy.
 """
 import logging
 
@@ -55,3 +56,26 @@ def apply_quiet(quiet):
     """`quiet`: only errors from exekutor's logger (a level set explicitly higher stays)."""
     if quiet and logger.getEffectiveLevel() < logging.ERROR:
         logger.setLevel(logging.ERROR)
+
+
+class _Forward(logging.Handler):
+    """Hands exekutor's records to the logger the `logger` option names."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.target = target
+
+    def emit(self, record):
+        self.target.handle(record)
+
+
+def use_logger(target):
+    """Route the "exekutor" logger's records to `target` (a logging.Logger or a logger name)."""
+    target = logging.getLogger(target) if isinstance(target, str) else target
+    for handler in [h for h in logger.handlers if isinstance(h, _Forward)]:
+        logger.removeHandler(handler)
+    if target is logger:
+        logger.propagate = True
+        return
+    logger.addHandler(_Forward(target))
+    logger.propagate = False

@@ -64,3 +64,29 @@ def test_quiet_keeps_only_errors(start_worker, db):
     assert completed.id not in output
     for level in ("DEBUG", "INFO", "WARNING"):
         assert exekutor_lines(output, level) == [], level
+
+
+def test_logger_option_routes_exekutor_records_to_another_logger():
+    import logging
+
+    from exekutor import log
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    target = logging.getLogger("tests.app.jobs")
+    target.addHandler(Keep())
+    target.setLevel(logging.INFO)
+    try:
+        log.use_logger("tests.app.jobs")
+        logging.getLogger("exekutor").warning("routed %s", 1)
+        assert records == ["routed 1"]
+        assert logging.getLogger("exekutor").propagate is False
+    finally:
+        log.use_logger("exekutor")
+    logging.getLogger("exekutor").warning("not routed")
+    assert records == ["routed 1"]
+    assert logging.getLogger("exekutor").propagate is True

@@ -138,6 +138,7 @@ class Worker:
             raise RuntimeError(f"worker {self.id} was already started (state: {self.state})")
         _patch_psycopg()
         self.state = "starting"
+        log.use_logger(config.get("logger"))
         log.apply_quiet(self.options["quiet"])
         hooks.run_before("before_startup", self)
         self.pool = ConnectionPool(POOL_SIZE, application_name=self.connection_name("worker"), autocommit=True)
