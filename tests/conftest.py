@@ -42,7 +42,7 @@ def _server_url(tmp_root):
     return server.get_uri(), "embedded PostgreSQL"
 
 
-def wait_for(condition, timeout=30.0, interval=0.05, message="condition"):
+def wait_for(condition, timeout=30.0, message="condition", interval=0.05):
     """Poll until condition() is truthy; returns its value or fails after a generous deadline."""
     deadline = time.monotonic() + timeout
     while True:

@@ -39,7 +39,7 @@ def wait_for_status(port, path, status, timeout=30, message=None):
         response = get(port, path)
         return response if response.status == status else None
 
-    return wait_for(check, timeout, 0.1, message or f"{path} to answer {status}")
+    return wait_for(check, timeout, message or f"{path} to answer {status}", interval=0.1)
 
 
 def metric_values(port):

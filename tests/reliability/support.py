@@ -15,20 +15,11 @@ import time
 import psycopg2
 
 from exekutor.enqueue import enqueue_many
+from tests.conftest import query, scalar, wait_for  # noqa: F401 - the scenarios import them from here
 from tests.reliability import jobs
 
 FINAL = ("c", "f", "d")
 CONNECTION_ERRORS = ("psycopg2.OperationalError", "psycopg2.InterfaceError")
-
-
-def query(conn, sql, params=None):
-    with conn.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description else None
-
-
-def scalar(conn, sql, params=None):
-    return query(conn, sql, params)[0][0]
 
 
 def log(message):
@@ -152,17 +143,6 @@ def measure(conn, seconds, label):
     rate = executions_between(conn, start, end) / (end - start)
     log(f"throughput {label}: {rate:.1f} jobs/s over {end - start:.1f}s")
     return rate
-
-
-def wait_for(condition, timeout, message, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 def unfinished(conn):
