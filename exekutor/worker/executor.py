@@ -67,6 +67,9 @@ class Executor:
                 info = self._queue.get(timeout=None if keep else self.idletime)
             except Empty:
                 if len(self._greenlets) > self.min_threads:
+                    # Leave the set now, not when the link callback runs: greenlets timing out together
+                    # must see each other go, or they would all leave and take the pool below its minimum.
+                    self._greenlets.discard(gevent.getcurrent())
                     return
                 continue
             finally:
