@@ -26,7 +26,6 @@ class Completer(Component):
         self._delete_statuses = list(delete_statuses)
         self._pending = []
         self._wake = Event()
-        self._flushing = False
         self.written = 0
         self.fenced_off = 0
 
@@ -38,10 +37,9 @@ class Completer(Component):
         return len(self._pending)
 
     def run(self):
+        # Runs until the worker kills it after the last outcomes are written (see Worker._write_outcomes).
         while True:
             if not self._pending:
-                if self.worker.completer_done():
-                    return
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue

@@ -92,9 +92,6 @@ class Worker:
     def stopped_or_killed(self):
         return self.state in ("stopped", "killed")
 
-    def completer_done(self):
-        return False
-
     def accepts(self, queue, priority):
         if self.queues is not None and queue not in self.queues:
             return False
