@@ -211,7 +211,8 @@ OPTIONS = {option.name: option for option in [
     Option("default_queue_priority", INT, 16383, None, PRIORITY,
            "Priority of jobs enqueued without one; 1 is the highest, 32767 the lowest."),
     Option("json_serializer", SERIALIZER, "json", None, ANY,
-           "How job arguments are encoded: `json`, `orjson`, an import path, or an object with `dumps`/`loads`."),
+           "How job arguments are encoded: `json` (standard JSON, written with orjson's faster encoder when "
+           "it is installed), `orjson`, an import path, or an object with `dumps`/`loads`."),
     Option("logger", LOGGER, "exekutor", None, ANY, "The logger (or logger name) exekutor writes to."),
     Option("set_db_connection_name", BOOL, False, None, ANY,
            "Set `application_name` on the worker's connections so they can be told apart in `pg_stat_activity`."),

@@ -1,5 +1,5 @@
 """Putting jobs in the queue: one INSERT per batch, in the caller's transaction when a connection is given."""
-import os
+import random
 import time
 
 import psycopg2
@@ -32,14 +32,16 @@ _TIMEOUT_OPTIONS = ("execution_timeout", "queue_timeout")
 
 def new_job_id():
     """A time-ordered UUID (version 7): new jobs land at the right edge of the primary key index instead of
-    at random places in it, which keeps bulk inserts fast on a big table."""
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (millis << 80) | (0x7 << 76) | (((rand >> 68) & 0xFFF) << 64) | (0b10 << 62) | (rand & _RAND_B)
-    text = f"{value:032x}"
+    at random places in it, which keeps bulk inserts fast on a big table. The random bits need to be unique,
+    not unguessable (random is reseeded in a forked child)."""
+    rand = random.getrandbits(74)
+    value = (time.time_ns() // 1_000_000 << 80) | _VERSION_7 | ((rand >> 62) << 64) | _VARIANT | (rand & _RAND_B)
+    text = "%032x" % value
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+_VERSION_7 = 0x7 << 76
+_VARIANT = 0b10 << 62
 _RAND_B = (1 << 62) - 1
 
 
@@ -50,11 +52,7 @@ class JobRequest:
                  "payload")
 
     def __init__(self, definition, args, kwargs, options):
-        if options:
-            merged = dict(definition.options)
-            merged.update(options)
-        else:
-            merged = definition.options
+        merged = {**definition.options, **options} if options else definition.options
         self.id = new_job_id()
         self.definition = definition
         self.args = args
@@ -63,7 +61,7 @@ class JobRequest:
         self.priority = merged.get("priority") or config.get("default_queue_priority")
         self.wait = merged.get("wait")
         self.wait_until = merged.get("wait_until")
-        self.options = {k: merged[k] for k in _TIMEOUT_OPTIONS if k in merged}
+        self.options = {k: merged[k] for k in _TIMEOUT_OPTIONS if k in merged} if options else definition.timeouts
         # Serialized now so that a bad argument fails the enqueue call, not the worker.
         self.payload = dump_arguments(args, kwargs, job_name=definition.name)
         self.payload["job"] = definition.name

@@ -191,6 +191,8 @@ class JobDefinition:
         self.name = name
         self.func = func
         self.options = validate_options(options, DEFINITION_OPTIONS)
+        # The per-job options stored with each job of this definition (shared, never mutated).
+        self.timeouts = {k: v for k, v in self.options.items() if k in ("execution_timeout", "queue_timeout")}
         if retry is not None and not isinstance(retry, Retry):
             raise ValueError(f"invalid retry {retry!r} for job {name}: expected exekutor.Retry(...)")
         self.retry = retry
@@ -219,9 +221,7 @@ class Enqueueable:
 
     def job(self, *args, **kwargs):
         """A job request to pass to `exekutor.enqueue_many`; arguments are serialized (and checked) now."""
-        from exekutor.enqueue import JobRequest
-
-        return JobRequest(self._definition(), args, kwargs, self._enqueue_options())
+        return _job_request()(self._definition(), args, kwargs, self._enqueue_options())
 
     def perform_later(self, *args, **kwargs):
         """Enqueue the job; returns its request, whose `id` is the job's id."""
@@ -236,6 +236,14 @@ class Enqueueable:
         from exekutor.execution import perform_inline
 
         return perform_inline(self._definition(), args, kwargs, self._enqueue_options())
+
+
+@functools.lru_cache(maxsize=None)
+def _job_request():
+    # enqueue imports this module: resolved on first use, once.
+    from exekutor.enqueue import JobRequest
+
+    return JobRequest
 
 
 class ConfiguredJob(Enqueueable):

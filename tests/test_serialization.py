@@ -412,9 +412,15 @@ def test_orjson_backend_returns_str():
     assert backend is json_backend("orjson")
 
 
-def test_stdlib_backend_refuses_nan_that_was_not_tagged():
-    with pytest.raises(ValueError):
-        json_backend("json").dumps(float("nan"))
+def test_json_backend_writes_what_the_stdlib_encoder_writes():
+    # "json" uses orjson's encoder when it is installed: the documents must be the same standard JSON.
+    import json as stdlib_json
+
+    document = dump_arguments((float("nan"), "é\x00", [1, 2.5, None, True], {"k": Decimal("1.10")}),
+                              {"when": datetime(2024, 1, 1, tzinfo=timezone.utc)})
+    encoder = stdlib_json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    assert json_backend("json").dumps(document) == encoder.encode(document)
+    assert json_backend("json").loads(encoder.encode(document)) == document
 
 
 @pytest.mark.parametrize(
