@@ -430,6 +430,8 @@ class Configuration:
     def reset(self):
         """Back to the defaults only."""
         self._layers = {"code": {}, "files": {}, "environment": {}, "overrides": {}}  # lowest precedence first
+        self._version = 0  # bumped by every change, so get()'s cache notices
+        self._cache = {}
         self._environ = os.environ
 
     def _entry(self, name):
@@ -440,8 +442,15 @@ class Configuration:
         return copy.copy(option.default), "default"  # a copy, so nobody appends to the shared default list
 
     def get(self, name):
-        """The effective value of an option."""
-        return self._entry(name)[0]
+        """The effective value of an option (cached: enqueueing reads default_queue_priority per job)."""
+        cache = self._cache
+        if cache.get("_layers") is not self._layers or cache.get("_version") != self._version:
+            cache = self._cache = {"_layers": self._layers, "_version": self._version}
+        try:
+            value = cache[name]
+        except KeyError:
+            value = cache[name] = self._entry(name)[0]
+        return list(value) if type(value) is list else value  # callers may change a list they got
 
     def source_of(self, name):
         """Where the effective value came from: 'default', 'code', 'exekutor.yml line 4', ..."""
@@ -449,6 +458,7 @@ class Configuration:
 
     def _put(self, layer, key, value, source, text=False):
         self._layers[layer][key] = _convert(key, value, source, text), source
+        self._version += 1
 
     @contextlib.contextmanager
     def _atomically(self):
@@ -475,6 +485,7 @@ class Configuration:
         environ = os.environ if environ is None else environ
         with self._atomically():
             self._layers.update(files={}, environment={}, overrides={})
+            self._version += 1
             for path in files:
                 for key, value, source, text in _read_file(os.fspath(path), env):
                     self._put("files", key, value, source, text)

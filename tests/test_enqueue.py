@@ -257,3 +257,16 @@ def test_enqueue_hooks_receive_the_jobs(db):
         hooks.clear()
     assert seen == [("before", 1), ("around-in", 1), ("around-out", 1), ("after", [handle.id])]
     assert job_row(db, handle.id) is not None
+
+
+def test_enqueue_many_keeps_queue_names_and_arguments_that_need_quoting(db):
+    names = ['a\\b{c},"d"', "NULL", "  spaced  ", "ünï ☃", "x'); DROP TABLE exekutor_jobs; --"]
+    arguments = ['quote " backslash \\ brace { comma ,', "NULL", "nul \x00 byte", ""]
+    jobs = exekutor.enqueue_many([send_welcome.set(queue=name).job(arguments, name) for name in names])
+    rows = dict(query(db, "SELECT id::text, queue FROM exekutor_jobs"))
+    assert [rows[job.id] for job in jobs] == names
+    from exekutor.serialization import load_arguments
+
+    for job in jobs:
+        payload = scalar(db, "SELECT payload FROM exekutor_jobs WHERE id = %s", (job.id,))
+        assert load_arguments(payload) == ((arguments, job.queue), {})

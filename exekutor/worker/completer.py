@@ -8,6 +8,7 @@ import logging
 
 from gevent.event import Event
 
+from exekutor.db.arrays import array, number, quoted
 from exekutor.db.queries import complete_jobs
 from exekutor.execution import RELEASE, RETRY
 from exekutor.worker.component import Component
@@ -69,15 +70,14 @@ class Completer(Component):
 def completion(batch, worker_id, dumps, delete_statuses=()):
     """(sql, params) writing a batch of outcomes in one statement, with only the parts the batch needs.
 
-    Each column goes as one array literal ('{a,b,c}'): psycopg2 would send a Python list as ARRAY[...] with
-    one constant per element, which costs the planner more than the update itself.
+    Each column goes as one array literal (see exekutor.db.arrays).
     """
     finished, requeued, deleted, errors = ([], [], []), ([], [], []), [], ([], [])
     for outcome in batch:
         status = outcome.status
         if status in _REQUEUED:
             ids, runtimes, delays = requeued
-            delays.append(_number(outcome.delay or 0.0))
+            delays.append(number(outcome.delay or 0.0))
         elif status in delete_statuses:
             deleted.append(outcome.job_id)
             continue
@@ -85,40 +85,27 @@ def completion(batch, worker_id, dumps, delete_statuses=()):
             ids, runtimes, statuses = finished
             statuses.append(status)
         ids.append(outcome.job_id)
-        runtimes.append(_number(outcome.runtime))
+        runtimes.append(number(outcome.runtime))
         if outcome.error is not None:
             errors[0].append(outcome.job_id)
-            errors[1].append(_quoted(dumps(outcome.error)))
+            errors[1].append(quoted(dumps(outcome.error)))
     params = {"worker_id": worker_id}
     parts = []
     if finished[0]:
         parts.append("finished")
-        params.update(finished_ids=_array(finished[0]), finished_runtimes=_array(finished[1]),
-                      finished_statuses=_array(finished[2]))
+        params.update(finished_ids=array(finished[0]), finished_runtimes=array(finished[1]),
+                      finished_statuses=array(finished[2]))
     if requeued[0]:
         parts.append("requeued")
-        params.update(requeued_ids=_array(requeued[0]), requeued_runtimes=_array(requeued[1]),
-                      requeued_delays=_array(requeued[2]))
+        params.update(requeued_ids=array(requeued[0]), requeued_runtimes=array(requeued[1]),
+                      requeued_delays=array(requeued[2]))
     if deleted:
         parts.append("deleted")
-        params["deleted_ids"] = _array(deleted)
+        params["deleted_ids"] = array(deleted)
     with_errors = bool(errors[0]) and parts != ["deleted"]
     if with_errors:
-        params.update(error_ids=_array(errors[0]), errors=_array(errors[1]))
+        params.update(error_ids=array(errors[0]), errors=array(errors[1]))
     return complete_jobs(tuple(parts), with_errors), params
 
 
 _REQUEUED = (RETRY, RELEASE)
-
-
-def _array(items):
-    return "{" + ",".join(items) + "}"
-
-
-def _number(value):
-    return "NULL" if value is None else repr(float(value))
-
-
-def _quoted(text):
-    """An element of an array literal: in double quotes, with backslashes and quotes escaped."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
