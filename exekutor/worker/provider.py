@@ -13,7 +13,7 @@ from gevent.event import Event
 from exekutor.db.queries import NEXT_SCHEDULED, RESERVE_JOBS
 from exekutor.worker.component import Component
 
-BATCH_WAIT = 0.005
+BATCH_WAIT = 0.002
 
 
 class Provider(Component):
