@@ -71,6 +71,21 @@ class TCPProxy:
             params["password"] = password
         return make_dsn(**params)
 
+    def _connect_upstream(self):
+        host, port = self.target
+        if not host.startswith("/"):
+            return socket.create_connection(self.target, timeout=5)
+        # libpq's meaning of a host that starts with '/': the directory of the server's Unix socket (the
+        # embedded server listens on one only).
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        upstream.settimeout(5)
+        try:
+            upstream.connect(f"{host}/.s.PGSQL.{port}")
+        except OSError:
+            upstream.close()
+            raise
+        return upstream
+
     # --- lifecycle --------------------------------------------------------------------------------------
 
     def start(self):
@@ -188,7 +203,7 @@ class TCPProxy:
             client.close()
             return
         try:
-            upstream = socket.create_connection(self.target, timeout=5)
+            upstream = self._connect_upstream()
         except OSError:
             client.close()
             return

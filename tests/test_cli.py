@@ -24,8 +24,10 @@ CLI_TIMEOUT = 60
 def with_password(url):
     """The URL as a postgresql:// URI with a password in it."""
     parts = psycopg2.extensions.parse_dsn(url)
-    return (f"postgresql://{parts.get('user', 'root')}:{PASSWORD}@{parts.get('host', '127.0.0.1')}:"
-            f"{parts.get('port', 5432)}/{parts['dbname']}")
+    user, host, port = parts.get("user", "root"), parts.get("host", "127.0.0.1"), parts.get("port", 5432)
+    if host.startswith("/"):  # a Unix socket directory (the embedded server) goes in the query string
+        return f"postgresql://{user}:{PASSWORD}@/{parts['dbname']}?host={host}&port={port}"
+    return f"postgresql://{user}:{PASSWORD}@{host}:{port}/{parts['dbname']}"
 
 
 def run_cli(*args, cwd=ROOT, env=None, stdout=subprocess.PIPE, timeout=CLI_TIMEOUT):

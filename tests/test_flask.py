@@ -135,9 +135,14 @@ def test_exekutor_keys_of_app_config_set_the_options(database_url):
 def sqlalchemy_url(dsn):
     """A SQLAlchemy URL for a libpq connection string (the example app reads one from DATABASE_URL)."""
     parts = psycopg2.extensions.parse_dsn(dsn)
+    host, port = parts.get("host"), parts.get("port")
+    if host and host.startswith("/"):  # a Unix socket directory (the embedded server) goes in the query string
+        query, host, port = {"host": host, "port": port or "5432"}, None, None
+    else:
+        query = {}
     return URL.create("postgresql+psycopg2", username=parts.get("user"), password=parts.get("password"),
-                      host=parts.get("host"), port=parts.get("port"),
-                      database=parts.get("dbname")).render_as_string(hide_password=False)
+                      host=host, port=port, database=parts.get("dbname"),
+                      query=query).render_as_string(hide_password=False)
 
 
 def test_the_example_app_signs_up_and_a_worker_welcomes(db, database_url, start_worker, monkeypatch):
