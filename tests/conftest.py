@@ -1,8 +1,8 @@
 """Test fixtures: a real PostgreSQL, a database of the run's own, and real worker processes.
 
 The server is EXEKUTOR_TEST_DATABASE_URL if set, else the one on EXEKUTOR_TEST_SERVER (host:port, default
-127.0.0.1:5432, user root) if it answers, else an embedded PostgreSQL started for this run. Each run creates (and drops) a database of its own; each test starts with
-empty exekutor tables.
+127.0.0.1:5432, user root) if it answers, else an embedded PostgreSQL started for this run. Each run creates
+(and drops) a database of its own; each test starts with empty exekutor tables.
 """
 import os
 import shutil
