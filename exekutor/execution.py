@@ -80,13 +80,19 @@ def queue_timeout_expired(info, now):
 def check_options(info):
     """A row whose options are not what exekutor writes (a hand-made or foreign row) fails with a clear error
     instead of breaking the code that reads them."""
-    options = info.get("options") or {}
-    values = [options.get(name) for name in ("execution_timeout", "queue_timeout")] if isinstance(options, dict) else []
-    bad = not isinstance(options, dict) or any(
-        value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))) for value in values)
-    if bad:
+    options = info.get("options")
+    if not options:
+        return  # most jobs have none
+    if not isinstance(options, dict) or not all(_is_seconds(options.get(name)) for name in _TIME_OPTIONS):
         raise SerializationError(f"malformed job options {str(options)[:200]}: expected an object whose "
                                  "execution_timeout and queue_timeout are numbers of seconds")
+
+
+_TIME_OPTIONS = ("execution_timeout", "queue_timeout")
+
+
+def _is_seconds(value):
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def run(definition, args, kwargs, info):
