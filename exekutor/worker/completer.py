@@ -56,7 +56,7 @@ class Completer(Component):
         del self._pending[:len(batch)]
         self.written += written
         # Written outcomes free capacity the provider held back while they piled up.
-        self.worker.outcomes_written()
+        self.worker.capacity_freed()
         if written < len(batch):
             # Jobs we no longer own were rescued from us (our heartbeat was presumed dead): not written.
             self.fenced_off += len(batch) - written

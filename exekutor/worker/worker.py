@@ -73,7 +73,7 @@ class Worker:
     def _build_components(self, settings):
         backend = json_backend(config.get("json_serializer"))
         self.executor = Executor(self, settings["min_threads"], settings["max_threads"],
-                                 settings["max_thread_idletime"], self._job_finished, self._capacity_freed)
+                                 settings["max_thread_idletime"], self._job_finished, self.capacity_freed)
         self.provider = Provider(self, self.executor, backend.loads)
         delete = [status for key, status in _DELETE_STATUS.items() if settings[key]]
         self.completer = Completer(self, backend.dumps, delete)
@@ -191,10 +191,8 @@ class Worker:
         log.job_finished(outcome, info)
         self.metrics.job_finished(outcome, info)
 
-    def _capacity_freed(self):
-        self.provider.capacity_freed()
-
-    def outcomes_written(self):
+    def capacity_freed(self):
+        """A job finished or outcomes were written: the provider may reserve again."""
         self.provider.capacity_freed()
 
     # --- stop, kill, join -------------------------------------------------------------------------------
@@ -224,6 +222,8 @@ class Worker:
         self._finish()
 
     def _finish(self):
+        if self.state == "killed":  # a second signal killed the worker while it waited for its jobs
+            return
         self._write_outcomes(SHUTDOWN_WRITE_TIMEOUT)
         self._shutdown_components()
         self._delete_row()
