@@ -35,3 +35,7 @@ class PluginError(ExekutorError, ImportError):
 
 class DatabaseTimeout(ExekutorError):
     """One of the worker's own queries took longer than statement_timeout."""
+
+
+class SchemaError(ExekutorError):
+    """exekutor's tables are missing or out of date: run `exekutor-gevent migrate`."""

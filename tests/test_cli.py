@@ -555,3 +555,20 @@ def test_the_systemd_units_run_a_foreground_worker_with_valid_flags(name):
     assert (os.path.basename(program), command) == ("exekutor-gevent", "start")
     assert "Type=notify" in unit and "--daemonize" not in args  # systemd supervises; READY=1 says it runs
     cli.start.make_context("start", args)  # raises on a flag that does not exist
+
+
+@pytest.mark.timeout(60)
+def test_start_on_a_database_never_migrated_says_to_migrate(database_url, db):
+    name = f"exekutor_unmigrated_{os.getpid()}"
+    with db.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = psycopg2.extensions.make_dsn(database_url, dbname=name)
+        result = run_cli("start", "--app", "tests.jobs_app", env={"EXEKUTOR_DATABASE_URL": url})
+        assert result.returncode == 1
+        assert "run `exekutor-gevent migrate`" in result.stderr.strip().splitlines()[-1]
+        assert "could not delete its row" not in result.stderr
+    finally:
+        with db.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

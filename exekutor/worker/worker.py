@@ -15,7 +15,7 @@ from gevent.event import Event
 from exekutor import config, hooks, log, metrics
 from exekutor.db.pool import ConnectionPool
 from exekutor.db.queries import DELETE_WORKER, REGISTER_WORKER, SET_WORKER_STATUS
-from exekutor.errors import ConfigError, DatabaseTimeout
+from exekutor.errors import ConfigError, DatabaseTimeout, SchemaError
 from exekutor.execution import COMPLETED, DISCARDED, FAILED
 from exekutor.jobs import MAX_PRIORITY, MIN_PRIORITY
 from exekutor.serialization import json_backend
@@ -67,6 +67,7 @@ class Worker:
         self.statement_timeout = config.get("statement_timeout")
         self.state = "new"
         self.pool = None
+        self._registered = False
         self._stopped = Event()
         self._build_components(settings)
 
@@ -139,6 +140,7 @@ class Worker:
         log.apply_quiet(self.options["quiet"])
         hooks.run_before("before_startup", self)
         self.pool = ConnectionPool(POOL_SIZE, application_name=self.connection_name("worker"), autocommit=True)
+        self._check_schema()
         self.register(status="i")
         self.executor.start()
         for component in self.components():
@@ -152,6 +154,16 @@ class Worker:
         hooks.run_after("after_startup", self)
         return self
 
+    def _check_schema(self):
+        """A clear error instead of "relation does not exist" when the database was never migrated."""
+        from exekutor.db.migrations import pending_migrations
+
+        with self.db() as conn:
+            missing = [version for version, _, _ in pending_migrations(conn)]
+        if missing:
+            raise SchemaError(f"exekutor's tables are missing or out of date in this database (migrations "
+                              f"{', '.join(map(str, missing))} not applied): run `exekutor-gevent migrate`")
+
     def register(self, status="r"):
         from psycopg2.extras import Json
 
@@ -163,6 +175,7 @@ class Worker:
                                 "enable_listener": self.listener is not None})}
         with self.db() as conn, conn.cursor() as cursor:
             cursor.execute(REGISTER_WORKER, params)
+        self._registered = True
 
     def _set_status(self, status):
         try:
@@ -275,6 +288,8 @@ class Worker:
 
     def _delete_row(self, timeout=SHUTDOWN_WRITE_TIMEOUT):
         """Deleting the row releases any job of ours still executing (killed ones) back to pending."""
+        if not self._registered:  # it never got a row (it could not start)
+            return
         with gevent.Timeout(timeout, False):
             delay = 0.1
             while True:
