@@ -5,20 +5,26 @@ The worker's executor and `perform_now` share this path. What a job's run ends a
   discarded  - it raised DiscardJob or one of its discard_on errors, timed out, or waited past queue_timeout;
                or its payload names a method not declared asynchronous (see exekutor.asynchronous);
   retry      - it raised an error its Retry policy covers and attempts remain (pending again, later);
-  release    - its database connection was lost (pending again: not the job's fault);
+  release    - its connection to our database was lost (pending again: not the job's fault);
   failed     - anything else, including a payload naming an unknown job or arguments that do not load.
+
+"Raised" means any BaseException: a job's own gevent.Timeout, GreenletExit, SystemExit or KeyboardInterrupt is
+the job's failure like any other error. Only the worker's own interruptions (the kill at stop) are not outcomes;
+the worker tells `execute` which those are.
 """
 import functools
+import logging
 import time
-import traceback
-
-import psycopg2
 
 from exekutor import hooks
 from exekutor.asynchronous import reject_undeclared_method
+from exekutor.db.green import is_connection_lost
+from exekutor.error_records import error_record
 from exekutor.errors import DiscardJob, JobTimeoutError, QueueTimeoutError, SerializationError, UnknownJobError
-from exekutor.jobs import registry
+from exekutor.jobs import clamp_delay, registry
 from exekutor.serialization import load_arguments
+
+logger = logging.getLogger("exekutor")
 
 COMPLETED, FAILED, DISCARDED, RETRY, RELEASE = "c", "f", "d", "retry", "release"
 # A job that keeps losing its connection is failed after this many attempts instead of released forever.
@@ -40,20 +46,6 @@ class Outcome:
 
     def __repr__(self):
         return f"<Outcome {self.job_id} {self.status}>"
-
-
-def error_record(error):
-    """What is stored for a failed attempt: type, message and traceback."""
-    kind = type(error)
-    return {
-        "type": f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__,
-        "message": str(error),
-        "traceback": "".join(traceback.format_exception(kind, error, error.__traceback__)),
-    }
-
-
-def is_connection_error(error):
-    return isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError))
 
 
 def find_definition(info):
@@ -118,26 +110,39 @@ def _call_with_payload(definition, payload):
     return definition.func(*args, **kwargs)
 
 
-def classify(definition, info, error, runtime):
-    """The outcome of a job run that raised `error`."""
+def classify(definition, info, error, runtime, own_server=None):
+    """The outcome of a job run that raised `error` (any BaseException); `own_server` is the worker's database
+    (see exekutor.db.green.is_connection_lost)."""
     job_id, attempts = info["id"], info["attempts"]
     record = error_record(error)
     if isinstance(error, DiscardJob) or (definition and isinstance(error, definition.discard_on)):
         return Outcome(job_id, DISCARDED, runtime, record)
     if isinstance(error, (JobTimeoutError, QueueTimeoutError)):
         return Outcome(job_id, DISCARDED, runtime, record)
-    if is_connection_error(error) and attempts < MAX_RELEASES:
+    if attempts < MAX_RELEASES and is_connection_lost(error, own_server):
         return Outcome(job_id, RELEASE, runtime, record, delay=RELEASE_DELAY)
     if not isinstance(error, (UnknownJobError, SerializationError)):
         hooks.run_on("on_job_failure", info, error)
     retry = definition.retry if definition else None
     if retry is not None and retry.should_retry(error, attempts):
-        return Outcome(job_id, RETRY, runtime, record, delay=retry.delay(attempts))
+        return Outcome(job_id, RETRY, runtime, record, delay=_retry_delay(retry, info))
     return Outcome(job_id, FAILED, runtime, record)
 
 
-def execute(info, call=run):
-    """Run the job described by `info` and return its Outcome. `call` lets the worker add a time limit."""
+def _retry_delay(retry, info):
+    """The retry's delay, clamped (see exekutor.jobs.clamp_delay); a backoff callable that fails waits max_wait."""
+    try:
+        return clamp_delay(retry.delay(info["attempts"]))
+    except Exception as error:  # noqa: BLE001 - the user's backoff must not cost the job its outcome
+        logger.error("exekutor job %s: its Retry backoff raised %s: %s; retrying after max_wait (%gs)", info["id"],
+                     type(error).__name__, error, retry.max_wait)
+        return clamp_delay(retry.max_wait)
+
+
+def execute(info, call=run, interrupted_by_worker=None, own_server=None):
+    """Run the job described by `info` and return its Outcome. `call` lets the worker add a time limit;
+    `interrupted_by_worker(error)` says whether a BaseException is the worker's own interruption, which is
+    re-raised instead of becoming an outcome."""
     started = time.time()
     definition = None
     try:
@@ -148,8 +153,10 @@ def execute(info, call=run):
             return Outcome(info["id"], DISCARDED, 0.0, error_record(error))
         definition = find_definition(info)
         call(definition, None, None, info)  # run() loads the arguments, inside the execution hooks
-    except Exception as error:  # noqa: BLE001 - every job error becomes a recorded outcome
-        return classify(definition, info, error, time.time() - started)
+    except BaseException as error:  # noqa: BLE001 - every job error becomes a recorded outcome
+        if interrupted_by_worker is not None and interrupted_by_worker(error):
+            raise
+        return classify(definition, info, error, time.time() - started, own_server)
     return Outcome(info["id"], COMPLETED, time.time() - started)
 
 

@@ -87,12 +87,25 @@ def validate_options(options, allowed=ENQUEUE_OPTIONS):
 
 # --- retries ----------------------------------------------------------------------------------------------
 
+# The longest a retry waits, whatever its settings: PostgreSQL cannot represent `now() + 1e13 seconds`, and an
+# outcome the database refuses must never hold back the others (see exekutor.worker.completer).
+MAX_RETRY_DELAY = 365 * 24 * 3600.0
+
+
+def clamp_delay(seconds):
+    """A retry delay the database can store: 0 to MAX_RETRY_DELAY seconds (NaN and negative values: 0)."""
+    seconds = float(seconds)
+    if not seconds > 0:  # also NaN
+        return 0.0
+    return min(seconds, MAX_RETRY_DELAY)
+
+
 class Retry:
     """How a failing job is retried: at most `attempts` runs in all, waiting longer after each failure.
 
     backoff: "exponential" (wait, 2×wait, 4×wait, …), "linear" (wait, 2×wait, …), "fixed", or a callable
     taking the attempt number (1 for the first failure) and returning seconds. Only errors that are
-    instances of `on` are retried; others fail the job at once.
+    instances of `on` are retried; others fail the job at once. A delay is at most MAX_RETRY_DELAY (a year).
     """
 
     BACKOFFS = ("exponential", "linear", "fixed")
@@ -126,7 +139,7 @@ class Retry:
         else:
             base = self.wait
         base = min(base, self.max_wait)
-        return max(0.0, base * (1 + self.jitter * (random.random() - 0.5)))
+        return clamp_delay(base * (1 + self.jitter * (random.random() - 0.5)))
 
     def __repr__(self):
         return f"Retry(attempts={self.attempts}, backoff={self.backoff!r}, wait={self.wait})"

@@ -3,7 +3,8 @@
 - a job starting and a job completing: one DEBUG line each;
 - a job failing: one ERROR line with the error and its traceback;
 - a job retried, discarded (including timeouts) or released after losing its connection: one WARNING line with
-  the error and its traceback.
+  the error and its traceback;
+- a job that swallowed its execution_timeout's interruption: one more WARNING line saying so.
 
 Job arguments are never logged, at any level. Error messages exekutor itself builds from argument values (a
 `SerializationError` while loading them) are left out of the log line, traceback included; the full record is
@@ -14,8 +15,9 @@ exekutor's records to another logger instead of up the "exekutor" hierarchy.
 """
 import logging
 
+from exekutor.error_records import error_record
 from exekutor.errors import SerializationError
-from exekutor.execution import FAILED, error_record
+from exekutor.execution import FAILED
 
 logger = logging.getLogger("exekutor")
 
@@ -50,6 +52,12 @@ def job_finished(outcome, info):
         return
     logger.log(level, "exekutor job %s (%s) %s: %s: %s\n%s", info["id"], job_name(info), words, error["type"],
                error["message"], error["traceback"].rstrip("\n"))
+
+
+def job_swallowed_timeout(info, limit):
+    logger.warning("exekutor job %s (%s) swallowed the interruption of its execution_timeout of %gs (a bare "
+                   "`except:` or `except BaseException:` caught gevent.Timeout); it ends as timed out",
+                   info["id"], job_name(info), limit)
 
 
 def apply_quiet(quiet):

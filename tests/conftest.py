@@ -17,8 +17,19 @@ import uuid
 import psycopg2
 import psycopg2.extensions
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Property-based tests: CI runs a bounded, derandomized profile; `HYPOTHESIS_PROFILE=long python -m pytest ...`
+# searches much longer with fresh randomness.
+settings.register_profile("ci", max_examples=20, derandomize=True, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                 HealthCheck.function_scoped_fixture])
+settings.register_profile("long", max_examples=400, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                 HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _answers(host, port):
@@ -89,6 +100,26 @@ def db(database_url):
         cursor.execute("TRUNCATE exekutor_jobs, exekutor_workers, exekutor_job_errors CASCADE")
         cursor.execute("DROP TABLE IF EXISTS test_executions, test_counters")
     conn.close()
+
+
+@pytest.fixture
+def latin1_url(database_url):
+    """A LATIN1 database, migrated, with the tests' executions table (dropped afterwards)."""
+    name = f"{psycopg2.extensions.parse_dsn(database_url)['dbname']}_latin1"
+    admin = psycopg2.connect(database_url)
+    admin.autocommit = True
+    query(admin, f'CREATE DATABASE "{name}" ENCODING \'LATIN1\' LC_COLLATE \'C\' LC_CTYPE \'C\' TEMPLATE template0')
+    url = psycopg2.extensions.make_dsn(database_url, dbname=name)
+    from exekutor.db import migrations
+    from tests import jobs_app
+
+    migrations.migrate(url)
+    with psycopg2.connect(url) as conn:
+        conn.autocommit = True
+        query(conn, jobs_app.EXECUTIONS_DDL)
+    yield url
+    query(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
 
 
 def query(conn, sql, params=None):
@@ -163,11 +194,16 @@ class WorkerProcess:
 def start_worker(database_url, db):
     workers = []
 
-    def start(*args, wait=True, env=None):
-        worker = WorkerProcess(database_url, [str(a) for a in args], env=env)
+    def start(*args, wait=True, env=None, apps=("tests.jobs_app",), url=None):
+        worker = WorkerProcess(url or database_url, [str(a) for a in args], env=env, apps=apps)
         workers.append(worker)
         if wait:
-            worker.wait_started(db)
+            if url is None:
+                worker.wait_started(db)
+            else:
+                with psycopg2.connect(url) as conn:
+                    conn.autocommit = True
+                    worker.wait_started(conn)
         return worker
 
     yield start

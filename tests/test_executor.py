@@ -10,7 +10,9 @@ from tests import jobs_app
 
 
 class _Worker:
-    """What the executor asks of its worker: to be told when a job starts."""
+    """What the executor asks of its worker: to be told when a job starts, and which database is its own."""
+
+    database_server = None
 
     def __init__(self):
         self.started = []

@@ -3,7 +3,6 @@
 The URL comes from the configuration (database_url, EXEKUTOR_DATABASE_URL, DATABASE_URL) or, when none is
 set and the `embedded` extra is installed, from an embedded PostgreSQL started in a local data directory.
 """
-import sys
 import threading
 
 import psycopg2
@@ -59,39 +58,39 @@ def is_usable(conn):
 
 
 def close_quietly(conn):
-    """Close a connection that may be broken or busy. A busy one is cancelled first so its query stops on the
-    server; libpq's cancel opens a blocking connection of its own, so under gevent it runs on the hub's
-    thread pool instead of freezing the event loop while the server is unreachable."""
-    try:
-        busy = not conn.closed and conn.isexecuting()
-    except Exception:  # noqa: BLE001 - the connection is being thrown away anyway
-        busy = False
-    if busy:
-        _off_the_event_loop(_cancel_and_close, conn)
-    else:
-        _close(conn)
-
-
-def _cancel_and_close(conn):
-    try:
-        conn.cancel()
-    except Exception:  # noqa: BLE001
-        pass
-    _close(conn)
-
-
-def _close(conn):
+    """Close a connection that may be broken; never raises."""
     try:
         conn.close()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the connection is being thrown away anyway
         pass
 
 
-def _off_the_event_loop(function, *args):
-    gevent_monkey = sys.modules.get("gevent.monkey")
-    if gevent_monkey is not None and gevent_monkey.is_module_patched("socket"):
-        import gevent
+CANCEL_TIMEOUT = 5.0
 
-        gevent.get_hub().threadpool.spawn(function, *args)
-    else:
-        function(*args)
+
+def cancel_backend(url, pid, application_name=None):
+    """Cancel the statement server process `pid` is running, from a connection of its own.
+
+    A query interrupted under gevent (an execution_timeout, a worker's statement_timeout, a kill) leaves
+    psycopg2's connection closed on our side only: the server goes on running the statement, holding its locks,
+    and in autocommit mode commits it. libpq's own cancel (`conn.cancel()`) needs the connection psycopg2 has
+    already closed, and it blocks the whole process (it holds the GIL) while the server is unreachable, so the
+    cancel is `pg_cancel_backend` on a fresh, cooperative connection, bounded by CANCEL_TIMEOUT. True if a
+    statement was cancelled.
+    """
+    import gevent
+
+    conn = None
+    try:
+        with gevent.Timeout(CANCEL_TIMEOUT):
+            conn = connect(url, application_name=application_name, autocommit=True)
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT pg_cancel_backend(%s)", (pid,))
+                return bool(cursor.fetchone()[0])
+    except BaseException as error:  # noqa: BLE001 - best effort; the caller is already handling an interruption
+        if not isinstance(error, (Exception, gevent.Timeout)):
+            raise
+        return False
+    finally:
+        if conn is not None:
+            close_quietly(conn)

@@ -2,15 +2,18 @@
 
 Threading primitives make it safe for threads in an application and, once the worker has monkeypatched
 them, cooperative for greenlets. A connection comes back to the pool only when it is idle and healthy; one
-whose user was interrupted (gevent.Timeout, GreenletExit) or broke is closed, never handed to another user.
+whose user was interrupted (gevent.Timeout, GreenletExit) or broke is closed, never handed to another user; if
+the interruption came in the middle of a statement, the statement is cancelled on the server (see
+`exekutor.db.connection.cancel_backend`), so it cannot go on holding locks or commit later.
 """
 import os
 import threading
 from contextlib import contextmanager
 
 import psycopg2
+import psycopg2.extensions
 
-from exekutor.db.connection import close_quietly, connect, is_usable
+from exekutor.db.connection import cancel_backend, close_quietly, connect, is_usable
 
 
 class ConnectionPool:
@@ -21,7 +24,7 @@ class ConnectionPool:
         self._slots = threading.BoundedSemaphore(size)
         self._idle = []
         self._lock = threading.Lock()
-        self._open = set()
+        self._open = {}  # connection -> its server process id, for cancelling an interrupted statement
 
     @contextmanager
     def connection(self):
@@ -32,8 +35,9 @@ class ConnectionPool:
             self._release(conn, healthy=False)
             raise
         except BaseException:
-            # Interrupted mid-use: the protocol state is unknown, so the connection is closed.
-            self._discard(conn)
+            # Interrupted mid-use: the protocol state is unknown, so the connection is closed, and a statement
+            # it was running is cancelled on the server.
+            self._discard(conn, cancel=True)
             raise
         else:
             self._release(conn, healthy=True)
@@ -47,7 +51,7 @@ class ConnectionPool:
             if conn is None or conn.closed:
                 conn = connect(**self._connect_args)
                 with self._lock:
-                    self._open.add(conn)
+                    self._open[conn] = conn.get_backend_pid()
             return conn
         except BaseException:
             self._slots.release()
@@ -68,16 +72,19 @@ class ConnectionPool:
         finally:
             self._slots.release()
 
-    def _discard(self, conn):
+    def _discard(self, conn, cancel=False):
         try:
-            self._forget(conn)
+            running = cancel and _in_statement(conn)
+            pid = self._forget(conn)
+            if running and pid:
+                cancel_backend(self._connect_args["url"], pid, self._connect_args["application_name"])
         finally:
             self._slots.release()
 
     def _forget(self, conn):
         close_quietly(conn)
         with self._lock:
-            self._open.discard(conn)
+            return self._open.pop(conn, None)
 
     def open_count(self):
         with self._lock:
@@ -88,6 +95,17 @@ class ConnectionPool:
             idle, self._idle = self._idle, []
         for conn in idle:
             self._forget(conn)
+
+
+def _in_statement(conn):
+    """Whether a statement may still be running on the server for this connection: psycopg2 closes a connection
+    whose statement was interrupted under gevent; otherwise the transaction status says."""
+    if conn.closed:
+        return True
+    try:
+        return conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_ACTIVE
+    except psycopg2.Error:
+        return True
 
 
 _default = None

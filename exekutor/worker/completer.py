@@ -2,15 +2,25 @@
 
 Outcomes accumulate while a flush is in flight, so one statement writes all jobs that finished in the
 meantime; the provider reserves on its own connection and never waits for it. Outcomes that cannot be
-written (the database is down) stay in memory and are written when it is back.
+written because the database is unavailable stay in memory and are written when it is back.
+
+An outcome the database refuses for what it contains (a data error: text the server's encoding lacks, a value out
+of range, anything the serializer cannot encode) must never hold back the others, or the worker would stall with
+its heartbeat still beating and nothing would rescue its jobs. Error records are made storable before they are
+written (exekutor.error_records); if a batch is refused all the same, it is split in halves until the outcome
+that is refused is alone, and that one is written with a minimal error record, then without one. No outcome is
+retried for its content.
 """
 import logging
 
+import psycopg2
 from gevent.event import Event
 
 from exekutor.db.arrays import array, number, quoted
 from exekutor.db.queries import complete_jobs
-from exekutor.execution import RELEASE, RETRY
+from exekutor.error_records import codec_for, fit_record, minimal_record
+from exekutor.execution import RELEASE, RETRY, Outcome
+from exekutor.jobs import clamp_delay
 from exekutor.worker.component import Component
 
 logger = logging.getLogger("exekutor")
@@ -29,6 +39,7 @@ class Completer(Component):
         self._wake = Event()
         self.written = 0
         self.fenced_off = 0
+        self.refused = 0  # outcomes written with a minimal record, or dropped, because the database refused them
 
     def add(self, outcome):
         self._pending.append(outcome)
@@ -49,11 +60,7 @@ class Completer(Component):
 
     def flush(self):
         batch = self._pending[:MAX_BATCH]
-        sql, params = completion(batch, self.worker.id, self._dumps, self._delete_statuses)
-        with self.worker.db() as conn, conn.cursor() as cursor:
-            cursor.execute(sql, params)
-            written = cursor.fetchone()[0]
-        del self._pending[:len(batch)]
+        written = self._write_splitting(batch)
         self.written += written
         # Written outcomes free capacity the provider held back while they piled up.
         self.worker.capacity_freed()
@@ -63,14 +70,55 @@ class Completer(Component):
             logger.warning("exekutor completer: %d outcome(s) not written because the jobs are no longer "
                            "owned by this worker", len(batch) - written)
 
+    def _write_splitting(self, batch):
+        """Write `batch` (the head of the pending list), taking each part off the list once it is written. A data
+        error splits the batch in halves, in order, so the head of the list is always the next part to write."""
+        try:
+            written = self._write(batch)
+        except _DATA_ERRORS as error:
+            if len(batch) == 1:
+                written = self._write_refused(batch[0], error)
+            else:
+                middle = len(batch) // 2
+                return self._write_splitting(batch[:middle]) + self._write_splitting(batch[middle:])
+        del self._pending[:len(batch)]
+        return written
+
+    def _write(self, batch):
+        with self.worker.db() as conn, conn.cursor() as cursor:
+            codec = codec_for(conn.info.parameter_status("server_encoding"))
+            sql, params = completion(batch, self.worker.id, self._dumps, self._delete_statuses, codec)
+            cursor.execute(sql, params)
+            return cursor.fetchone()[0]
+
+    def _write_refused(self, outcome, error):
+        """One outcome the database refused: written with a minimal error record, else without one, else dropped
+        (the job then stays executing until this worker's row is deleted, and runs again)."""
+        self.refused += 1
+        reason = _describe(error)
+        logger.error("exekutor completer: the outcome of job %s was refused by the database (%s); writing it with a "
+                     "minimal error record", outcome.job_id, reason)
+        record = minimal_record(outcome.error or {}, reason)
+        delay = clamp_delay(outcome.delay) if outcome.delay is not None else None
+        for fallback in (Outcome(outcome.job_id, outcome.status, None, record, delay),
+                         Outcome(outcome.job_id, outcome.status, None, None, 0.0 if delay is not None else None)):
+            try:
+                return self._write([fallback])
+            except _DATA_ERRORS as again:
+                reason = _describe(again)
+        logger.error("exekutor completer: the outcome of job %s could not be written at all (%s); the job runs "
+                     "again after this worker stops", outcome.job_id, reason)
+        return 0
+
     def stop(self):
         self._wake.set()
 
 
-def completion(batch, worker_id, dumps, delete_statuses=()):
+def completion(batch, worker_id, dumps, delete_statuses=(), codec=None):
     """(sql, params) writing a batch of outcomes in one statement, with only the parts the batch needs.
 
-    Each column goes as one array literal (see exekutor.db.arrays).
+    Each column goes as one array literal (see exekutor.db.arrays). `codec` is the Python codec of a database
+    whose encoding is not UTF-8: error records are fitted to it.
     """
     finished, requeued, deleted, errors = ([], [], []), ([], [], []), [], ([], [])
     for outcome in batch:
@@ -88,7 +136,7 @@ def completion(batch, worker_id, dumps, delete_statuses=()):
         runtimes.append(number(outcome.runtime))
         if outcome.error is not None:
             errors[0].append(outcome.job_id)
-            errors[1].append(quoted(dumps(outcome.error)))
+            errors[1].append(quoted(dumps(fit_record(outcome.error, codec))))
     params = {"worker_id": worker_id}
     parts = []
     if finished[0]:
@@ -109,3 +157,14 @@ def completion(batch, worker_id, dumps, delete_statuses=()):
 
 
 _REQUEUED = (RETRY, RELEASE)
+
+# Errors a statement gets for what it contains, the same however often it is retried. ValueError: psycopg2
+# refuses a NUL in a string; UnicodeError: a text the connection's encoding lacks; TypeError, OverflowError: what
+# a JSON serializer refuses.
+_DATA_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError, ValueError, UnicodeError, TypeError, OverflowError)
+
+
+def _describe(error):
+    code = getattr(error, "pgcode", None)
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}{f' {code}' if code else ''}: {first_line[:300]}"

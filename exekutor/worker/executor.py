@@ -1,8 +1,10 @@
 """The executor: a pool of greenlets between min_threads and max_threads that runs reserved jobs.
 
 Greenlets above the minimum exit after max_thread_idletime without work. Each job runs under its
-execution_timeout (gevent.Timeout, which a job's `except Exception` cannot swallow), and its outcome goes
-to the completer while the greenlet is already free for the next job.
+execution_timeout (gevent.Timeout, which a job's `except Exception` cannot swallow; a job whose bare `except:`
+swallows it still ends as timed out), and its outcome goes to the completer while the greenlet is already free
+for the next job. Whatever a job raises, its greenlet survives and its bookkeeping is done; only the worker's own
+kill (at stop) ends a job without an outcome.
 """
 import logging
 
@@ -11,6 +13,7 @@ from gevent.queue import Empty, Queue
 
 from exekutor.errors import JobTimeoutError
 from exekutor.execution import FAILED, Outcome, error_record, execute, run
+from exekutor.log import job_swallowed_timeout
 
 logger = logging.getLogger("exekutor")
 
@@ -26,6 +29,7 @@ class Executor:
         self._idle = 0
         self._outstanding = 0  # reserved and not yet finished
         self.running = {}  # job id -> (greenlet, job info)
+        self._killing = set()  # greenlets the worker is killing: their GreenletExit is not the job's failure
         self.unwritten = lambda: 0  # outcomes not yet written (the worker hooks the completer's count up)
 
     # --- capacity -------------------------------------------------------------------------------------
@@ -77,22 +81,30 @@ class Executor:
             self._run(info)
 
     def _run(self, info):
-        self.running[info["id"]] = (gevent.getcurrent(), info)
+        current = gevent.getcurrent()
+        self.running[info["id"]] = (current, info)
         outcome = None
         try:
             self.worker.job_started(info)
-            outcome = execute(info, call=self._call_with_time_limit)
-        except Exception as error:  # noqa: BLE001 - a bug of ours must not leave the job executing forever
+            outcome = execute(info, call=self._call_with_time_limit, interrupted_by_worker=self._killed_by_worker,
+                              own_server=self.worker.database_server)
+        except BaseException as error:  # noqa: BLE001 - a bug of ours must not leave the job executing forever
+            if self._killed_by_worker(error):
+                raise
             logger.exception("exekutor job %s: unexpected error outside the job", info["id"])
             outcome = Outcome(info["id"], FAILED, None, error_record(error))
         finally:
-            del self.running[info["id"]]
+            self.running.pop(info["id"], None)
+            self._killing.discard(current)
             self._outstanding -= 1
             # A killed job has no outcome: it stays executing until the worker's row is deleted, which
             # releases it to pending.
             if outcome is not None:
                 self._on_outcome(outcome, info)
             self._on_free()
+
+    def _killed_by_worker(self, error):
+        return isinstance(error, gevent.GreenletExit) and gevent.getcurrent() in self._killing
 
     @staticmethod
     def _call_with_time_limit(definition, args, kwargs, info):
@@ -102,14 +114,23 @@ class Executor:
         timer = gevent.Timeout(limit)
         timer.start()
         try:
-            return run(definition, args, kwargs, info)
+            result = run(definition, args, kwargs, info)
         except gevent.Timeout as timeout:
-            if timeout is not timer:
-                raise
+            if timeout is not timer and timer.pending:
+                raise  # the job's own Timeout: its failure, under its retry rules
             # Chained, so the recorded traceback shows where the job was interrupted.
-            raise JobTimeoutError(f"job exceeded its execution_timeout of {limit:g}s") from timeout
+            raise _timed_out(limit, swallowed=timeout is not timer, info=info) from timeout
+        except BaseException as error:
+            if timer.pending:
+                raise
+            # The timer fired, the job caught it and raised something else while being interrupted.
+            raise _timed_out(limit, swallowed=True, info=info) from error
         finally:
+            fired = not timer.pending
             timer.close()
+        if fired:  # the job swallowed the interruption (a bare `except:`) and returned
+            raise _timed_out(limit, swallowed=True, info=info)
+        return result
 
     # --- shutdown -------------------------------------------------------------------------------------
 
@@ -124,7 +145,16 @@ class Executor:
     def kill_jobs(self, timeout=5):
         """Interrupt running jobs; they end without an outcome and are released with the worker row."""
         greenlets = [greenlet for greenlet, _ in list(self.running.values())]
+        self._killing.update(greenlets)
         gevent.killall(greenlets, block=True, timeout=timeout)
 
     def stop(self):
         gevent.killall(list(self._greenlets), block=False)
+
+
+def _timed_out(limit, swallowed, info):
+    if not swallowed:
+        return JobTimeoutError(f"job exceeded its execution_timeout of {limit:g}s")
+    job_swallowed_timeout(info, limit)
+    return JobTimeoutError(f"job exceeded its execution_timeout of {limit:g}s and swallowed the interruption "
+                           "(a bare `except:` or `except BaseException:` in the job caught gevent.Timeout)")

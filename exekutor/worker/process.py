@@ -1,9 +1,9 @@
 """Running a worker as the main thing a process does (what `exekutor-gevent start` calls).
 
-Order matters: gevent's monkeypatching and psycogreen come before anything else is imported, then the
-application modules that register the jobs, then the worker. SIGTERM/SIGINT stop it gracefully; a second
-signal kills it. The process title shows the worker (id, identifier, queues, threads, state), and under
-systemd (`Type=notify`) the worker reports READY=1 once it runs and STOPPING=1 when a signal stops it.
+Order matters: gevent's monkeypatching and the cooperative psycopg2 wait callback come before anything else is
+imported, then the application modules that register the jobs, then the worker. SIGTERM/SIGINT stop it
+gracefully; a second signal kills it. The process title shows the worker (id, identifier, queues, threads,
+state), and under systemd (`Type=notify`) the worker reports READY=1 once it runs and STOPPING=1 when a signal stops it.
 """
 import importlib
 import logging
@@ -19,7 +19,7 @@ def patch():
 
     if not monkey.is_module_patched("socket"):
         monkey.patch_all()
-    from psycogreen.gevent import patch_psycopg
+    from exekutor.db.green import patch_psycopg
 
     patch_psycopg()
 

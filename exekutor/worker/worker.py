@@ -13,6 +13,7 @@ import gevent
 from gevent.event import Event
 
 from exekutor import config, hooks, log, metrics
+from exekutor.db.green import server_of
 from exekutor.db.pool import ConnectionPool
 from exekutor.db.queries import DELETE_WORKER, REGISTER_WORKER, SET_WORKER_STATUS
 from exekutor.errors import ConfigError, DatabaseTimeout, SchemaError
@@ -67,6 +68,7 @@ class Worker:
         self.statement_timeout = config.get("statement_timeout")
         self.state = "new"
         self.pool = None
+        self.database_server = None  # (host, port, database): a job's lost connection to it releases the job
         self._registered = False
         self._stopped = Event()
         self._build_components(settings)
@@ -160,6 +162,7 @@ class Worker:
 
         with self.db() as conn:
             missing = [version for version, _, _ in pending_migrations(conn)]
+            self.database_server = server_of(conn)
         if missing:
             raise SchemaError(f"exekutor's tables are missing or out of date in this database (migrations "
                               f"{', '.join(map(str, missing))} not applied): run `exekutor-gevent migrate`")
@@ -322,6 +325,6 @@ class Worker:
 
 def _patch_psycopg():
     """psycopg2 must wait cooperatively inside the worker; harmless to repeat."""
-    from psycogreen.gevent import patch_psycopg
+    from exekutor.db.green import patch_psycopg
 
     patch_psycopg()
