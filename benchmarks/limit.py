@@ -43,8 +43,8 @@ def _array(items):
 
 
 def complete_statement(worker_id, ids):
-    """(sql, params) of what the worker's completer sends for a batch of completed no-op jobs."""
-    return completion([Outcome(job_id, COMPLETED, 0.0) for job_id in ids], worker_id, json.dumps)
+    """(sql, params) of what the worker's completer sends for a batch of completed no-op jobs (first attempts)."""
+    return completion([Outcome(job_id, COMPLETED, 0.0, attempts=1) for job_id in ids], worker_id, json.dumps)
 
 
 def register(cursor, worker_id, batch, identifier):

@@ -204,6 +204,25 @@ def _create():
     return m
 
 
+# What each of the worker's families (in _WorkerCollector._families' order) reads from a worker.
+_WORKER_VALUES = (
+    lambda worker, now: worker.executor.busy(),
+    lambda worker, now: worker.executor.free(),
+    lambda worker, now: now - worker.heartbeat.last_beat,
+    lambda worker, now: worker.completer.pending_count(),
+    lambda worker, now: worker.heartbeat.rescued_workers,
+    lambda worker, now: worker.heartbeat.rescued_jobs,
+    lambda worker, now: worker.heartbeat.presumed_dead,
+    lambda worker, now: worker.ownership.trips,
+    lambda worker, now: worker.executor.stopped_unowned,
+    lambda worker, now: worker.completer.fenced_off,
+    lambda worker, now: worker.completer.refused,
+    lambda worker, now: worker.heartbeat.reconciled_jobs,
+    lambda worker, now: worker.executor.adopted,
+    lambda worker, now: worker.listener.malformed if worker.listener is not None else 0,
+)
+
+
 class _WorkerCollector:
     """Gauges read at scrape time from the process's running workers and the jobs table."""
 
@@ -220,16 +239,13 @@ class _WorkerCollector:
     def collect(self):
         workers = [worker for worker in list(self.workers) if worker.state == "started"]
         families = self._families(with_queues=bool(workers))
-        (busy, free, heartbeat, unwritten, rescued_workers, rescued_jobs), queue_families = families[:6], families[6:]
+        count = len(_WORKER_VALUES)
         now = time.time()
         for worker in workers:
-            busy.add_metric([], worker.executor.busy())
-            free.add_metric([], worker.executor.free())
-            heartbeat.add_metric([], now - worker.heartbeat.last_beat)
-            unwritten.add_metric([], worker.completer.pending_count())
-            rescued_workers.add_metric([], worker.heartbeat.rescued_workers)
-            rescued_jobs.add_metric([], worker.heartbeat.rescued_jobs)
-        yield from families[:6]
+            for family, value in zip(families[:count], _WORKER_VALUES):
+                family.add_metric([], value(worker, now))
+        queue_families = families[count:]
+        yield from families[:count]
         yield from self._jobs.families()
         if workers and self._add_queue_stats(workers[0], *queue_families):
             yield from queue_families
@@ -246,6 +262,22 @@ class _WorkerCollector:
             CounterMetricFamily("exekutor_rescued_workers", "Workers presumed dead (no heartbeat within "
                                 "worker_timeout) whose rows this worker deleted."),
             CounterMetricFamily("exekutor_rescued_jobs", "Orphaned jobs this worker put back to pending."),
+            CounterMetricFamily("exekutor_worker_presumed_dead", "Times this worker found its row deleted by another "
+                                "worker that presumed it dead (it stops its jobs and registers again)."),
+            CounterMetricFamily("exekutor_ownership_lost", "Times no heartbeat went through for nearly "
+                                "worker_timeout, so the worker stopped its jobs (they run again)."),
+            CounterMetricFamily("exekutor_jobs_stopped_unowned", "Jobs stopped without an outcome because the worker "
+                                "may have been presumed dead."),
+            CounterMetricFamily("exekutor_outcomes_fenced_off", "Outcomes not written because the job was no longer "
+                                "this worker's at the attempt it ran."),
+            CounterMetricFamily("exekutor_outcomes_refused", "Outcomes the database refused for their content, "
+                                "written with a minimal error record instead."),
+            CounterMetricFamily("exekutor_reconciled_jobs", "Jobs this worker owned in the database without running "
+                                "them (a lost reservation reply), released by its heartbeat."),
+            CounterMetricFamily("exekutor_reservations_adopted", "Jobs reserved again while this worker still ran "
+                                "them; the running copy carried on."),
+            CounterMetricFamily("exekutor_notifications_malformed", "Notifications on exekutor's channel that were "
+                                "not what exekutor sends, ignored."),
         ]
         if with_queues:
             families += [

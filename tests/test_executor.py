@@ -13,6 +13,7 @@ class _Worker:
     """What the executor asks of its worker: to be told when a job starts, and which database is its own."""
 
     database_server = None
+    ownership_uncertain = False
 
     def __init__(self):
         self.started = []

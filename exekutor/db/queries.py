@@ -18,16 +18,22 @@ WHERE id = ANY(ARRAY(
 RETURNING id::text, queue, priority, payload::text, options, enqueued_at, scheduled_at, attempts
 """
 
-# When the next job the worker could run becomes ready (pending jobs scheduled in the future).
+# When the next future job the worker could run becomes ready, in seconds from now by the database's clock
+# (NULL: none), and the database's clock itself (epoch seconds), from which the provider keeps its estimate of
+# how far its own clock is off. Jobs already due do not count: they are the reservation's business, and a
+# backlog of them must not hide the next timer.
 NEXT_SCHEDULED = """
-SELECT extract(epoch FROM min(scheduled_at)) FROM exekutor_jobs
-WHERE status = 'p'
+SELECT extract(epoch FROM min(scheduled_at) - clock_timestamp()), extract(epoch FROM clock_timestamp())
+FROM exekutor_jobs
+WHERE status = 'p' AND scheduled_at > clock_timestamp()
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
   AND priority BETWEEN %(min_priority)s AND %(max_priority)s
 """
 
-# Completion, fenced by owner: only rows still executing and owned by this worker are written, so the outcome
-# of a job rescued from a worker presumed dead can never overwrite its new run. The statement is assembled
+# Completion, fenced by reservation: only rows still executing, owned by this worker and at the attempt it
+# reserved are written, so the outcome of a job rescued from a worker presumed dead can never overwrite its new
+# run, not even a new run by the same worker (which re-registers under its id and may reserve the job again).
+# The statement is assembled
 # per batch from the parts the batch needs: a batch of plain completions is one lean UPDATE. (A part that
 # always ran, such as a DELETE joined against the outcomes, made every flush scan all of the worker's
 # executing rows: flushes slowed down as outcomes piled up, and outcomes piled up as flushes slowed down.)
@@ -35,22 +41,24 @@ _COMPLETE_PARTS = {
     # Completed, failed and discarded jobs.
     "finished": """finished AS (
     UPDATE exekutor_jobs j SET status = o.status, runtime = o.runtime, finished_at = now()
-    FROM unnest(%(finished_ids)s::uuid[], %(finished_statuses)s::text[], %(finished_runtimes)s::float8[])
-        AS o(id, status, runtime)
-    WHERE j.id = o.id AND j.status = 'e' AND j.worker_id = %(worker_id)s
+    FROM unnest(%(finished_ids)s::uuid[], %(finished_statuses)s::text[], %(finished_runtimes)s::float8[],
+                %(finished_attempts)s::int[]) AS o(id, status, runtime, attempts)
+    WHERE j.id = o.id AND j.status = 'e' AND j.worker_id = %(worker_id)s AND j.attempts = o.attempts
     RETURNING j.id, j.attempts)""",
     # Retried and released jobs: pending again, later, announced to the listeners.
     "requeued": """requeued AS (
     UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL, runtime = o.runtime,
         scheduled_at = now() + o.delay * interval '1 second'
-    FROM unnest(%(requeued_ids)s::uuid[], %(requeued_runtimes)s::float8[], %(requeued_delays)s::float8[])
-        AS o(id, runtime, delay)
-    WHERE j.id = o.id AND j.status = 'e' AND j.worker_id = %(worker_id)s
+    FROM unnest(%(requeued_ids)s::uuid[], %(requeued_runtimes)s::float8[], %(requeued_delays)s::float8[],
+                %(requeued_attempts)s::int[]) AS o(id, runtime, delay, attempts)
+    WHERE j.id = o.id AND j.status = 'e' AND j.worker_id = %(worker_id)s AND j.attempts = o.attempts
     RETURNING j.id, j.attempts, j.queue, j.priority, j.scheduled_at)""",
     # delete_completed_jobs and friends.
     "deleted": """deleted AS (
-    DELETE FROM exekutor_jobs WHERE id = ANY(%(deleted_ids)s::uuid[]) AND status = 'e' AND worker_id = %(worker_id)s
-    RETURNING id)""",
+    DELETE FROM exekutor_jobs j
+    USING unnest(%(deleted_ids)s::uuid[], %(deleted_attempts)s::int[]) AS o(id, attempts)
+    WHERE j.id = o.id AND j.status = 'e' AND j.worker_id = %(worker_id)s AND j.attempts = o.attempts
+    RETURNING j.id)""",
 }
 _ERRORS_PART = """recorded AS (
     INSERT INTO exekutor_job_errors (job_id, attempt, error)
@@ -85,10 +93,33 @@ SET_WORKER_STATUS = "UPDATE exekutor_workers SET status = %s, last_heartbeat_at 
 
 HEARTBEAT = "UPDATE exekutor_workers SET last_heartbeat_at = now() WHERE id = %s RETURNING id"
 
+# Reconciliation: the jobs the database says this worker runs (the provider holds the reservation lock, so no
+# reservation of ours is in flight), and the release of those it does not run, each at the attempt seen. A
+# reservation whose reply never arrived (cut off by statement_timeout after it committed, a lost reply) leaves
+# such jobs behind.
+OWNED_JOBS = "SELECT id::text, attempts FROM exekutor_jobs WHERE status = 'e' AND worker_id = %s"
+RELEASE_UNHELD = """
+WITH released AS (
+    UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL
+    FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS o(id, attempts)
+    WHERE j.id = o.id AND j.status = 'e' AND j.worker_id = %(worker_id)s AND j.attempts = o.attempts
+    RETURNING j.queue, j.priority, j.scheduled_at
+)
+SELECT (SELECT count(*) FROM released),
+       (SELECT exekutor_notify_pending(array_agg(queue::text), array_agg(priority::integer), array_agg(scheduled_at))
+        FROM released)
+"""
+
 DELETE_WORKER = "DELETE FROM exekutor_workers WHERE id = %s"
 
 # Orphan rescue: workers whose heartbeat is older than worker_timeout are presumed dead; deleting their rows
-# releases their jobs (trigger). Jobs left executing by a worker row that no longer exists are released too.
+# releases their jobs (trigger). Jobs left executing by a worker row that no longer exists are released too,
+# but only those started more than worker_timeout ago: under READ COMMITTED the NOT EXISTS below reads the
+# workers of the statement's snapshot, while a job row updated meanwhile is re-checked in its newest version. A
+# job re-reserved during the statement by a worker registered after the snapshot would pass NOT EXISTS, but its
+# newest version has started_at = the start of that reservation, one statement (bounded by statement_timeout,
+# far shorter than worker_timeout) before it committed, after this statement began; so the started_at condition,
+# re-checked on the newest version, excludes it.
 RESCUE_ORPHANS = """
 WITH dead AS (
     DELETE FROM exekutor_workers
@@ -96,7 +127,8 @@ WITH dead AS (
     RETURNING id
 ), ownerless AS (
     UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL
-    WHERE j.status = 'e' AND NOT EXISTS (SELECT 1 FROM exekutor_workers w WHERE w.id = j.worker_id)
+    WHERE j.status = 'e' AND (j.started_at IS NULL OR j.started_at < now() - %(worker_timeout)s * interval '1 second')
+      AND NOT EXISTS (SELECT 1 FROM exekutor_workers w WHERE w.id = j.worker_id)
       AND NOT EXISTS (SELECT 1 FROM dead d WHERE d.id = j.worker_id)
       AND j.worker_id <> %(worker_id)s
     RETURNING j.queue, j.priority, j.scheduled_at

@@ -48,6 +48,10 @@ class Completer(Component):
     def pending_count(self):
         return len(self._pending)
 
+    def job_ids(self):
+        """The jobs whose outcome waits to be written (they are still executing in the database)."""
+        return {outcome.job_id for outcome in self._pending}
+
     def run(self):
         # Runs until the worker kills it after the last outcomes are written (see Worker._write_outcomes).
         while True:
@@ -65,7 +69,7 @@ class Completer(Component):
         # Written outcomes free capacity the provider held back while they piled up.
         self.worker.capacity_freed()
         if written < len(batch):
-            # Jobs we no longer own were rescued from us (our heartbeat was presumed dead): not written.
+            # Jobs we no longer own at the attempt we ran were rescued from us (we were presumed dead): not written.
             self.fenced_off += len(batch) - written
             logger.warning("exekutor completer: %d outcome(s) not written because the jobs are no longer "
                            "owned by this worker", len(batch) - written)
@@ -100,8 +104,9 @@ class Completer(Component):
                      "minimal error record", outcome.job_id, reason)
         record = minimal_record(outcome.error or {}, reason)
         delay = clamp_delay(outcome.delay) if outcome.delay is not None else None
-        for fallback in (Outcome(outcome.job_id, outcome.status, None, record, delay),
-                         Outcome(outcome.job_id, outcome.status, None, None, 0.0 if delay is not None else None)):
+        for fallback in (Outcome(outcome.job_id, outcome.status, None, record, delay, attempts=outcome.attempts),
+                         Outcome(outcome.job_id, outcome.status, None, None, 0.0 if delay is not None else None,
+                                 attempts=outcome.attempts)):
             try:
                 return self._write([fallback])
             except _DATA_ERRORS as again:
@@ -120,20 +125,22 @@ def completion(batch, worker_id, dumps, delete_statuses=(), codec=None):
     Each column goes as one array literal (see exekutor.db.arrays). `codec` is the Python codec of a database
     whose encoding is not UTF-8: error records are fitted to it.
     """
-    finished, requeued, deleted, errors = ([], [], []), ([], [], []), [], ([], [])
+    finished, requeued, deleted, errors = ([], [], [], []), ([], [], [], []), ([], []), ([], [])
     for outcome in batch:
         status = outcome.status
         if status in _REQUEUED:
-            ids, runtimes, delays = requeued
+            ids, runtimes, attempts, delays = requeued
             delays.append(number(outcome.delay or 0.0))
         elif status in delete_statuses:
-            deleted.append(outcome.job_id)
+            deleted[0].append(outcome.job_id)
+            deleted[1].append(str(outcome.attempts))
             continue
         else:
-            ids, runtimes, statuses = finished
+            ids, runtimes, attempts, statuses = finished
             statuses.append(status)
         ids.append(outcome.job_id)
         runtimes.append(number(outcome.runtime))
+        attempts.append(str(outcome.attempts))
         if outcome.error is not None:
             errors[0].append(outcome.job_id)
             errors[1].append(quoted(dumps(fit_record(outcome.error, codec))))
@@ -142,14 +149,14 @@ def completion(batch, worker_id, dumps, delete_statuses=(), codec=None):
     if finished[0]:
         parts.append("finished")
         params.update(finished_ids=array(finished[0]), finished_runtimes=array(finished[1]),
-                      finished_statuses=array(finished[2]))
+                      finished_attempts=array(finished[2]), finished_statuses=array(finished[3]))
     if requeued[0]:
         parts.append("requeued")
         params.update(requeued_ids=array(requeued[0]), requeued_runtimes=array(requeued[1]),
-                      requeued_delays=array(requeued[2]))
-    if deleted:
+                      requeued_attempts=array(requeued[2]), requeued_delays=array(requeued[3]))
+    if deleted[0]:
         parts.append("deleted")
-        params["deleted_ids"] = array(deleted)
+        params.update(deleted_ids=array(deleted[0]), deleted_attempts=array(deleted[1]))
     with_errors = bool(errors[0]) and parts != ["deleted"]
     if with_errors:
         params.update(error_ids=array(errors[0]), errors=array(errors[1]))

@@ -28,13 +28,18 @@ class Executor:
         self._greenlets = set()
         self._idle = 0
         self._outstanding = 0  # reserved and not yet finished
+        self.held = {}  # job id -> job info, from its reservation to its outcome: what this worker owns
         self.running = {}  # job id -> (greenlet, job info)
+        self.adopted = 0  # reservations of a job this worker was still running (see submit)
+        self.stopped_unowned = 0  # jobs stopped because this worker may have been presumed dead
         self._killing = set()  # greenlets the worker is killing: their GreenletExit is not the job's failure
         self.unwritten = lambda: 0  # outcomes not yet written (the worker hooks the completer's count up)
 
     # --- capacity -------------------------------------------------------------------------------------
 
     def free(self):
+        if self.worker.ownership_uncertain:
+            return 0  # until a heartbeat shows whether this worker was presumed dead (see worker.ownership)
         # Outcomes waiting to be written hold back reservations once they exceed a pool's worth: while the
         # database is slow to take them, reserving more would only pile up more.
         backlog = self.unwritten() - self.max_threads
@@ -51,6 +56,17 @@ class Executor:
             self._spawn()
 
     def submit(self, info):
+        held = self.held.get(info["id"])
+        if held is not None:
+            # Reserved again while still running here: the job was released (this worker's row was deleted:
+            # presumed dead) and nobody else took it. One run, not two: the running one carries on under the new
+            # reservation, whose attempt fences its outcome.
+            held["attempts"] = info["attempts"]
+            self.adopted += 1
+            logger.warning("exekutor job %s was reserved again while this worker still ran it (its row had been "
+                           "released); the running copy carries on as attempt %s", info["id"], info["attempts"])
+            return
+        self.held[info["id"]] = info
         self._outstanding += 1
         self._queue.put(info)
         if self._queue.qsize() > self._idle and len(self._greenlets) < self.max_threads:
@@ -97,10 +113,12 @@ class Executor:
             self.running.pop(info["id"], None)
             self._killing.discard(current)
             self._outstanding -= 1
-            # A killed job has no outcome: it stays executing until the worker's row is deleted, which
-            # releases it to pending.
+            # A killed job has no outcome: it stays executing until the worker's row is deleted or the heartbeat's
+            # reconciliation finds it, either of which releases it to pending.
             if outcome is not None:
+                outcome.attempts = info["attempts"]  # the reservation it ran under (adoption may have renewed it)
                 self._on_outcome(outcome, info)
+            self.held.pop(info["id"], None)
             self._on_free()
 
     def _killed_by_worker(self, error):
@@ -147,6 +165,21 @@ class Executor:
         greenlets = [greenlet for greenlet, _ in list(self.running.values())]
         self._killing.update(greenlets)
         gevent.killall(greenlets, block=True, timeout=timeout)
+
+    def stop_unowned(self):
+        """Stop, without an outcome, every job this worker holds: it may have been presumed dead, so they may be
+        released and run elsewhere. Does not block (it runs in the event loop's prepare phase, before any job
+        resumes); queued jobs are dropped, running ones are killed at their next switch."""
+        while not self._queue.empty():
+            info = self._queue.get_nowait()
+            self.held.pop(info["id"], None)
+            self._outstanding -= 1
+        greenlets = [greenlet for greenlet, _ in list(self.running.values())]
+        self._killing.update(greenlets)
+        for greenlet in greenlets:
+            greenlet.kill(block=False)
+        self.stopped_unowned += len(greenlets)
+        return len(greenlets)
 
     def stop(self):
         gevent.killall(list(self._greenlets), block=False)

@@ -3,9 +3,14 @@
 It waits on the connection's socket (cooperatively), filters notifications by the worker's queues and
 priority range, and tells the provider "work now" or "work at T". A silent connection is pinged, so a
 half-open socket is noticed; after any reconnect the provider polls to catch up on missed notifications.
+
+Any role may NOTIFY on the channel, so a notification is untrusted input: one that is not what exekutor sends
+(not JSON, missing fields, a priority out of range, a time that is not a finite number) is ignored and counted,
+never allowed to stop the listener or a timer.
 """
 import json
 import logging
+import math
 import time
 
 import gevent
@@ -28,6 +33,7 @@ class Listener(Component):
         self.ping_timeout = ping_timeout
         self.connected = False
         self.conn = None
+        self.malformed = 0  # notifications ignored as malformed
 
     def run(self):
         self.conn = connect(application_name=self.worker.connection_name("listener"), autocommit=True)
@@ -53,12 +59,17 @@ class Listener(Component):
             self.conn.poll()
             if self.conn.notifies:
                 last_activity = time.monotonic()
-                notifications, self.conn.notifies[:] = list(self.conn.notifies), []
-                for notification in notifications:
-                    self._handle(notification.payload)
             elif time.monotonic() - last_activity >= self.ping_interval:
                 self._ping()
                 last_activity = time.monotonic()
+            # Including those that arrived with the ping's answer: they must not wait for the next wake.
+            self._drain()
+
+    def _drain(self):
+        while self.conn.notifies:
+            notifications, self.conn.notifies[:] = list(self.conn.notifies), []
+            for notification in notifications:
+                self._handle(notification.payload)
 
     def _ping(self):
         """A silent connection may be half-open: a query that does not answer in time proves it."""
@@ -68,15 +79,39 @@ class Listener(Component):
                 cursor.execute("SELECT 1")
 
     def _handle(self, payload):
-        try:
-            message = json.loads(payload)
-            queue, priority, scheduled = message["q"], int(message["p"]), float(message["t"])
-        except (ValueError, KeyError, TypeError):
+        parsed = parse_notification(payload)
+        if parsed is None:
+            self.malformed += 1
             logger.warning("exekutor listener ignored a malformed notification: %.200r", payload)
             return
-        if self.worker.accepts(queue, priority):
-            self.provider.job_available(scheduled)
+        queue, lowest, highest, earliest, latest = parsed
+        if self.worker.accepts(queue, lowest, highest):
+            self.provider.job_available(earliest, latest)
 
     def stop(self):
         """Wake the listener out of its wait so it sees the worker stopping."""
         self.kill(block=False)
+
+
+def parse_notification(payload):
+    """(queue, lowest priority, highest priority, earliest time, latest time) of a notification, or None if it
+    is not one exekutor sends. Notifications of schema 0001 have no P and T: they read as p and t."""
+    try:
+        message = json.loads(payload)
+        queue, lowest, earliest = message["q"], message["p"], message["t"]
+        highest, latest = message.get("P", lowest), message.get("T", earliest)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return None
+    if not isinstance(queue, str) or not all(_is_priority(p) for p in (lowest, highest)) or lowest > highest:
+        return None
+    if not all(_is_time(t) for t in (earliest, latest)) or earliest > latest:
+        return None
+    return queue, int(lowest), int(highest), float(earliest), float(latest)
+
+
+def _is_priority(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 32767
+
+
+def _is_time(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

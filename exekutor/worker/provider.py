@@ -3,12 +3,19 @@
 It wakes on a notification from the listener, on the jittered poll interval, at the earliest known
 scheduled time of a future job, and when a greenlet frees up while more jobs may be waiting. Each
 reservation is one statement (FOR UPDATE SKIP LOCKED) limited to the free greenlets.
+
+Scheduled jobs run on the database's clock, not the worker's: the database says how many seconds remain until
+the next future job (NEXT_SCHEDULED), and the offset between the two clocks, estimated at each of those queries,
+converts the times notifications carry. When the timer fires, the provider asks the database for the next time
+first and reserves second, so a timer that fired a little early re-arms for what remains, and a job due by then
+is reserved: nothing waits for the next poll because the worker's clock is off.
 """
 import random
 import time
 
 import gevent
 from gevent.event import Event
+from gevent.lock import Semaphore
 
 from exekutor.db.queries import NEXT_SCHEDULED, RESERVE_JOBS
 from exekutor.worker.component import Component
@@ -27,7 +34,12 @@ class Provider(Component):
         # Whether jobs may be ready that we have not reserved: set by notifications, polls and full batches.
         self._maybe_more = True
         self._poll_due = True
-        self._next_scheduled = None  # epoch seconds of the earliest known future job
+        self._refresh_due = True  # ask the database when the next future job is due
+        self._next_due = None  # time.time() (our clock) when the earliest known future job is due
+        self.clock_offset = 0.0  # the database's clock minus ours, in seconds
+        # Held around each reservation, and by the heartbeat's reconciliation, which must not see a reservation of
+        # ours in flight (its jobs are owned in the database but not yet known here).
+        self.reservation_lock = Semaphore()
         # While jobs are still running, wait up to BATCH_WAIT for batch_size free greenlets: one statement
         # then reserves for many of them instead of one statement per freed greenlet.
         self.batch_size = max(1, executor.max_threads // 4)
@@ -37,12 +49,20 @@ class Provider(Component):
 
     # --- signals from the other components ------------------------------------------------------------
 
-    def job_available(self, scheduled_at):
-        if scheduled_at <= time.time():
+    def job_available(self, earliest, latest=None):
+        """Jobs became pending, scheduled from `earliest` to `latest` (epoch seconds on the database's clock)."""
+        now = time.time() + self.clock_offset
+        if earliest <= now:
             self._maybe_more = True
+            if latest is not None and latest > now:
+                self._refresh_due = True  # due jobs and future ones together: when is the next future one?
             self._wake.set()
-        elif self._next_scheduled is None or scheduled_at < self._next_scheduled:
-            self._next_scheduled = scheduled_at
+        else:
+            self._arm(earliest - self.clock_offset)
+
+    def _arm(self, due):
+        if self._next_due is None or due < self._next_due:
+            self._next_due = due
             self._wake.set()
 
     def poll_now(self):
@@ -68,14 +88,18 @@ class Provider(Component):
         next_poll = time.monotonic() + self.poll_delay()
         while not self.worker.stopping:
             if self._poll_due:
-                self._poll_due = False
-                self._maybe_more = True
-                self._refresh_next_scheduled()
+                self._maybe_more = self._refresh_due = True
                 self.last_poll = time.time()
                 next_poll = time.monotonic() + self.poll_delay()
-            if self._next_scheduled is not None and self._next_scheduled <= time.time():
-                self._next_scheduled = None
-                self._maybe_more = True
+                self._poll_due = False
+            if self._next_due is not None and self._next_due <= time.time():
+                self._next_due = None
+                self._maybe_more = self._refresh_due = True
+            if self._refresh_due:
+                # Before reserving: a job due by the time of this query is then reserved, one still in the
+                # future gets the timer (see the module's docstring).
+                self._refresh_next_scheduled()
+                self._refresh_due = False
             if self._maybe_more and self.executor.free() > 0:
                 self._reserve()
                 self.succeeded()
@@ -87,8 +111,8 @@ class Provider(Component):
 
     def _seconds_until_wake(self, next_poll):
         timeout = next_poll - time.monotonic()
-        if self._next_scheduled is not None:
-            timeout = min(timeout, self._next_scheduled - time.time())
+        if self._next_due is not None:
+            timeout = min(timeout, self._next_due - time.time())
         return max(0.0, timeout)
 
     def _reserve(self):
@@ -97,24 +121,26 @@ class Provider(Component):
         if limit <= 0:
             return
         self._maybe_more = False
-        try:
-            with self.worker.db() as conn, conn.cursor() as cursor:
-                cursor.execute(RESERVE_JOBS, self.worker.reserve_params(limit))
-                rows = cursor.fetchall()
-        except BaseException:
-            # The jobs this reservation was for are still waiting: retry after the backoff, not at the next poll.
-            self._maybe_more = True
-            raise
-        if len(rows) >= limit:
-            self._maybe_more = True
-        rows.sort(key=lambda row: (row[2], row[6], row[5]))
-        loads = self._loads
-        for job_id, queue, priority, payload, options, enqueued_at, scheduled_at, attempts in rows:
-            self.executor.submit({
-                "id": job_id, "queue": queue, "priority": priority, "payload": _load_payload(loads, payload),
-                "options": options or {}, "enqueued_at": enqueued_at, "scheduled_at": scheduled_at,
-                "attempts": attempts,
-            })
+        with self.reservation_lock:
+            try:
+                with self.worker.db() as conn, conn.cursor() as cursor:
+                    cursor.execute(RESERVE_JOBS, self.worker.reserve_params(limit))
+                    rows = cursor.fetchall()
+            except BaseException:
+                # The jobs this reservation was for are still waiting: retry after the backoff, not at the next
+                # poll. (If it committed all the same, the heartbeat's reconciliation releases what it reserved.)
+                self._maybe_more = True
+                raise
+            if len(rows) >= limit:
+                self._maybe_more = True
+            rows.sort(key=lambda row: (row[2], row[6], row[5]))
+            loads = self._loads
+            for job_id, queue, priority, payload, options, enqueued_at, scheduled_at, attempts in rows:
+                self.executor.submit({
+                    "id": job_id, "queue": queue, "priority": priority, "payload": _load_payload(loads, payload),
+                    "options": options or {}, "enqueued_at": enqueued_at, "scheduled_at": scheduled_at,
+                    "attempts": attempts,
+                })
 
     def _await_batch(self):
         # Greenlets finishing in this loop iteration free up first.
@@ -129,10 +155,13 @@ class Provider(Component):
             self._batch_waiting = False
 
     def _refresh_next_scheduled(self):
+        sent = time.time()
         with self.worker.db() as conn, conn.cursor() as cursor:
             cursor.execute(NEXT_SCHEDULED, self.worker.reserve_params(0))
-            (earliest,) = cursor.fetchone()
-        self._next_scheduled = float(earliest) if earliest is not None and earliest > time.time() else None
+            seconds, database_now = cursor.fetchone()
+        received = time.time()
+        self.clock_offset = float(database_now) - (sent + received) / 2
+        self._next_due = received + float(seconds) if seconds is not None else None
 
 
 def _load_payload(loads, text):

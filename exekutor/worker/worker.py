@@ -24,6 +24,7 @@ from exekutor.worker.completer import Completer
 from exekutor.worker.executor import Executor
 from exekutor.worker.heartbeat import Heartbeat
 from exekutor.worker.listener import Listener
+from exekutor.worker.ownership import OwnershipGuard
 from exekutor.worker.provider import Provider
 
 logger = logging.getLogger("exekutor")
@@ -82,6 +83,7 @@ class Worker:
         self.completer = Completer(self, backend.dumps, delete)
         self.executor.unwritten = self.completer.pending_count
         self.heartbeat = Heartbeat(self, settings["heartbeat_interval"], settings["worker_timeout"])
+        self.ownership = OwnershipGuard(self, self.heartbeat, settings["worker_timeout"])
         self.listener = Listener(self, self.provider) if settings["enable_listener"] else None
         self.healthcheck = None
         self.metrics = metrics.for_worker(self)
@@ -92,13 +94,22 @@ class Worker:
     def stopping(self):
         return self.state in ("stopping", "stopped", "killed")
 
+    @property
+    def ownership_uncertain(self):
+        """No heartbeat went through for nearly worker_timeout: others may have released this worker's jobs."""
+        return self.ownership.tripped
+
+    def ownership_confirmed(self):
+        self.ownership.confirmed()
+
     def stopped_or_killed(self):
         return self.state in ("stopped", "killed")
 
-    def accepts(self, queue, priority):
+    def accepts(self, queue, lowest, highest=None):
+        """Whether jobs of `queue` with priorities from `lowest` to `highest` include some this worker runs."""
         if self.queues is not None and queue not in self.queues:
             return False
-        return self.min_priority <= priority <= self.max_priority
+        return lowest <= self.max_priority and (lowest if highest is None else highest) >= self.min_priority
 
     def reserve_params(self, limit):
         return {"worker_id": self.id, "queues": self.queues, "min_priority": self.min_priority,
@@ -147,6 +158,7 @@ class Worker:
         self.executor.start()
         for component in self.components():
             component.start()
+        self.ownership.start()
         self._start_healthcheck()
         self.state = "started"
         self._set_status("r")
@@ -242,7 +254,7 @@ class Worker:
             return
         self._write_outcomes(SHUTDOWN_WRITE_TIMEOUT)
         self._shutdown_components()
-        self._delete_row()
+        self._delete_row()  # the heartbeat beat until now, so no other worker took this one for dead
         self.state = "stopped"
         self._close()
         logger.info("exekutor worker %s stopped", self.id)
@@ -283,14 +295,18 @@ class Worker:
                          "jobs will run again", self.id, self.completer.pending_count())
 
     def _shutdown_components(self):
+        """Everything but the heartbeat, which keeps the row fresh until _delete_row."""
         for component in self.components():
-            component.kill(block=True, timeout=5)
+            if component is not self.heartbeat:
+                component.kill(block=True, timeout=5)
         self.executor.stop()
         if self.healthcheck is not None:
             self.healthcheck.stop()
 
     def _delete_row(self, timeout=SHUTDOWN_WRITE_TIMEOUT):
         """Deleting the row releases any job of ours still executing (killed ones) back to pending."""
+        self.heartbeat.kill(block=True, timeout=5)
+        self.ownership.stop()
         if not self._registered:  # it never got a row (it could not start)
             return
         with gevent.Timeout(timeout, False):
