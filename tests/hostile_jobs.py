@@ -181,3 +181,15 @@ class PickyJson:
         import json
 
         return json.loads(text)
+
+
+@exekutor.job(name="hostile.block_once")
+def block_once(tag, seconds):
+    """Blocks the whole event loop (the original time.sleep, as CPU work or a blocking C call would) on its first
+    run; a later run of the same tag returns at once."""
+    from gevent import monkey
+
+    (count,) = _execute("INSERT INTO test_counters VALUES (%s, 1) ON CONFLICT (key) DO UPDATE "
+                        "SET value = test_counters.value + 1 RETURNING value", (tag,))
+    if count == 1:
+        monkey.get_original("time", "sleep")(seconds)

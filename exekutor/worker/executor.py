@@ -168,16 +168,21 @@ class Executor:
 
     def stop_unowned(self):
         """Stop, without an outcome, every job this worker holds: it may have been presumed dead, so they may be
-        released and run elsewhere. Does not block (it runs in the event loop's prepare phase, before any job
-        resumes); queued jobs are dropped, running ones are killed at their next switch."""
+        released and run elsewhere. Queued jobs are dropped. Called from the hub (the ownership guard, in the event
+        loop's prepare phase), each running job is interrupted at once, before any of them resumes; called from a
+        greenlet, at its next switch."""
         while not self._queue.empty():
             info = self._queue.get_nowait()
             self.held.pop(info["id"], None)
             self._outstanding -= 1
         greenlets = [greenlet for greenlet, _ in list(self.running.values())]
         self._killing.update(greenlets)
+        in_hub = gevent.getcurrent() is gevent.get_hub()
         for greenlet in greenlets:
-            greenlet.kill(block=False)
+            if in_hub:
+                greenlet.throw(gevent.GreenletExit)  # runs it until it switches back here
+            else:
+                greenlet.kill(block=False)
         self.stopped_unowned += len(greenlets)
         return len(greenlets)
 
