@@ -103,6 +103,17 @@ def db(database_url):
 
 
 @pytest.fixture
+def executions(db):
+    """`db`, with the tables the test jobs record their executions and counters in."""
+    from tests import jobs_app
+
+    with db.cursor() as cursor:
+        cursor.execute(jobs_app.EXECUTIONS_DDL)
+        cursor.execute(jobs_app.COUNTERS_DDL)
+    return db
+
+
+@pytest.fixture
 def latin1_url(database_url):
     """A LATIN1 database, migrated, with the tests' executions table (dropped afterwards)."""
     name = f"{psycopg2.extensions.parse_dsn(database_url)['dbname']}_latin1"

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import exekutor
 from exekutor.error_records import MAX_MESSAGE_CHARS
 from exekutor.jobs import MAX_RETRY_DELAY
-from tests import hostile_jobs, jobs_app
+from tests import hostile_jobs
 from tests.conftest import query, scalar, wait_for
 from tests.hostile_jobs import PickyJson, encode_text
 
@@ -32,13 +32,6 @@ EXPECTED_TYPES = {
     "greenlet_exit": "greenlet.GreenletExit", "system_exit": "SystemExit", "keyboard_interrupt": "KeyboardInterrupt",
 }
 FINAL = ("c", "f", "d")
-
-
-@pytest.fixture
-def executions(db):
-    with db.cursor() as cursor:
-        cursor.execute(jobs_app.EXECUTIONS_DDL)
-    return db
 
 
 def job_row(db, job_id):

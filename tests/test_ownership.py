@@ -22,14 +22,6 @@ FAST = {"EXEKUTOR_HEARTBEAT_INTERVAL": "1", "EXEKUTOR_WORKER_TIMEOUT": "4"}
 FAKETIME_LIBS = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
 
 
-@pytest.fixture
-def executions(db):
-    with db.cursor() as cursor:
-        cursor.execute(jobs_app.EXECUTIONS_DDL)
-        cursor.execute(jobs_app.COUNTERS_DDL)
-    return db
-
-
 def worker_row(db, pid):
     rows = query(db, "SELECT id::text FROM exekutor_workers WHERE pid = %s", (pid,))
     return rows[0][0] if rows else None

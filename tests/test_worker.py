@@ -13,14 +13,6 @@ from tests.conftest import query, scalar, wait_for
 FAST = {"EXEKUTOR_HEARTBEAT_INTERVAL": "1", "EXEKUTOR_WORKER_TIMEOUT": "4"}
 
 
-@pytest.fixture
-def executions(db):
-    with db.cursor() as cursor:
-        cursor.execute(jobs_app.EXECUTIONS_DDL)
-        cursor.execute(jobs_app.COUNTERS_DDL)
-    return db
-
-
 def listening(db):
     return scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
                       "application_name LIKE 'exekutor %%listener' AND query LIKE 'LISTEN%%'")
