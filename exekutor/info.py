@@ -83,7 +83,7 @@ def render(data, database):
     lines = [f"Database: {database}", ""]
     hosts = f"{totals['hosts']} host" + ("s" if totals["hosts"] != 1 else "")
     lines.append(click.style(f"Workers: {totals['workers']} on {hosts}", bold=True) if workers else
-                 click.style("Workers: none running", **(ALARM if totals["due"] else {}), bold=True))
+                 click.style("Workers: none running", **(ALARM if totals["due"] else {"bold": True})))
     if workers:
         lines += table(WORKER_COLUMNS, _worker_rows(workers))
     lines.append("")

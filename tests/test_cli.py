@@ -368,6 +368,26 @@ def test_info_highlights_late_heartbeats_and_overdue_queues_on_a_terminal_only(d
     assert "\x1b[" not in _run_on_terminal("info", "--json")[1]
 
 
+@pytest.mark.parametrize("state", ["empty", "no-worker-due-jobs", "stale-worker", "overdue-and-failed"])
+def test_info_reports_every_state_of_the_queue_on_a_terminal_and_in_a_pipe(db, state):
+    if state != "empty":
+        _info_fixture_rows(db)
+    if state == "stale-worker":
+        insert_worker(db, "1 hour", identifier="stale")
+    if state == "overdue-and-failed":
+        insert_job(db, queue="backlog", scheduled_ago="3 days")
+        insert_job(db, queue="backlog", scheduled_ago="1 hour", status="f")
+    status, output = _run_on_terminal("info")
+    assert status == 0, output
+    piped = run_cli("info")
+    assert piped.returncode == 0, piped.stderr
+    expected = {"empty": "Jobs: none pending or executing", "stale-worker": "stale"}.get(state, "backlog")
+    assert expected in output and expected in piped.stdout
+    if state != "stale-worker":
+        assert "Workers: none running" in piped.stdout
+    assert json.loads(run_cli("info", "--json").stdout)["totals"]
+
+
 @pytest.fixture
 def empty_database(db, database_url):
     """The URL (with a password) of a database without exekutor's tables."""
