@@ -255,7 +255,8 @@ OPTIONS = {option.name: option for option in [
            "A worker whose heartbeat is older than this is presumed dead: its row is deleted and its running "
            "jobs go back to pending."),
     Option("heartbeat_interval", DURATION, 30, "s", POSITIVE,
-           "How often a worker updates its heartbeat; less than half of `worker_timeout`."),
+           "How often a worker updates its heartbeat; less than half of `worker_timeout`. Unset, it is a fifth of "
+           "`worker_timeout`, at most 30 s."),
     Option("identifier", STR, None, None, NON_EMPTY,
            "Name of the worker, shown by `info`, in process titles and in the pidfile's `%{identifier}`."),
     Option("imports", LIST, [], None, MODULE_NAMES,
@@ -439,6 +440,8 @@ class Configuration:
         for layer in reversed(self._layers.values()):
             if name in layer:
                 return layer[name]
+        if name in _DEPENDENT_DEFAULTS:
+            return _DEPENDENT_DEFAULTS[name](self), "default"
         return copy.copy(option.default), "default"  # a copy, so nobody appends to the shared default list
 
     def get(self, name):
@@ -539,6 +542,12 @@ def reference_table():
         rows.append(f"| `{option.name}` | {kind} | {default} | `{option.env_var}` | {option.doc} "
                     f"Accepts {option.expected}. |")
     return "\n".join(rows) + "\n"
+
+
+# Defaults that follow another option when they are not set: only explicit values can conflict.
+_DEPENDENT_DEFAULTS = {
+    "heartbeat_interval": lambda settings: min(30.0, settings._entry("worker_timeout")[0] / 5),
+}
 
 
 def check_worker_options(options):

@@ -737,6 +737,17 @@ def test_worker_options():
 # --- documentation ------------------------------------------------------------------------------------------------
 
 
+def test_heartbeat_interval_follows_worker_timeout_unless_it_is_set():
+    config.configure(worker_timeout=10)
+    assert config.get("heartbeat_interval") == 2.0
+    assert config.worker_options()["heartbeat_interval"] == 2.0
+    config.reset()
+    assert config.get("heartbeat_interval") == 30.0  # worker_timeout 300: a fifth is 60, capped at 30
+    config.configure(heartbeat_interval=6)
+    with pytest.raises(ConfigError, match="heartbeat_interval .* must be less than half"):
+        config.configure(worker_timeout=10)
+
+
 def test_docs_table_matches_options():
     docs = pathlib.Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
     assert config.reference_table() in docs.read_text()
