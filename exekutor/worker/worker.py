@@ -265,6 +265,7 @@ class Worker:
         """Cancel running jobs and release them to pending, without the shutdown hooks."""
         if self.state in ("stopped", "killed", "new"):
             return
+        starting = self.state == "starting"
         self.state = "killed"
         self._stop_reserving()
         self.executor.kill_jobs()
@@ -272,7 +273,10 @@ class Worker:
         self._shutdown_components()
         self._delete_row(timeout=5.0)
         self._close()
-        logger.info("exekutor worker %s killed", self.id)
+        if starting:  # the start failed: its own error is what the log must show
+            logger.debug("exekutor worker %s: cleaned up after a failed start", self.id)
+        else:
+            logger.info("exekutor worker %s killed", self.id)
         self._stopped.set()
 
     def join(self, timeout=None):
