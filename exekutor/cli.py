@@ -138,10 +138,16 @@ def _hide_secrets_from_ps():
     """ps shows argv, which may hold --database-url with its password: then show the arguments redacted (a
     worker replaces this title with its own as soon as it exists). Otherwise the title is left alone, also
     for a program that runs this CLI in-process."""
-    from exekutor.config import redact_url
+    from exekutor.display import redact, remember
 
-    redacted = [redact_url(arg) for arg in sys.argv[1:]]
-    if redacted != sys.argv[1:]:
+    arguments = sys.argv[1:]
+    for before, arg in zip([None, *arguments], arguments):
+        if before in ("--database-url", "--database_url"):
+            remember(arg)
+        elif arg.startswith(("--database-url=", "--database_url=")):
+            remember(arg.partition("=")[2])
+    redacted = [redact(arg) for arg in arguments]
+    if redacted != arguments:
         from setproctitle import setproctitle
 
         setproctitle(" ".join(["exekutor-gevent", *redacted]))
@@ -260,9 +266,10 @@ def _prepare_start(params):
 
 
 def _open_log(path):
+    from exekutor import daemon
+
     try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return daemon.open_log(path)  # never through a symlink; created 0600
     except OSError as error:
         _fail(f"cannot open log file {path}: {error.strerror}")
 
@@ -308,7 +315,9 @@ def _launch(plan):
 
 def _serve(plan, pidfile, runner):
     """Run the worker until it stops: (exit status, error message or None). The pidfile is gone on return."""
+    from exekutor import config
     from exekutor.errors import ConfigError
+    from exekutor.serialization import json_backend
     from exekutor.worker import process
 
     running = []
@@ -326,6 +335,10 @@ def _serve(plan, pidfile, runner):
             process.import_applications(plan.imports)
         except Exception as error:  # noqa: BLE001 - any error while importing the application is a bad --app
             return EXIT_USAGE, f"cannot import application module: {type(error).__name__}: {error}"
+        try:
+            json_backend(config.get("json_serializer"))  # a bad json_serializer is bad input (status 2)
+        except ValueError as error:
+            return EXIT_USAGE, str(error)
         try:
             return process.run(plan.options, on_started=started), None
         except ConfigError as error:
@@ -417,9 +430,10 @@ def stop(configfile, env, identifier, pidfile, stop_all, shutdown_timeout):
 
 def _database_label():
     from exekutor import config
+    from exekutor.display import database_label
 
     url = config.database_url()
-    return config.redact_url(url) if url else "embedded PostgreSQL"
+    return database_label(url) if url else "embedded PostgreSQL"
 
 
 @contextlib.contextmanager

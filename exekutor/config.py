@@ -284,17 +284,15 @@ _WORKER_KEYWORDS = (
 # ---------------------------------------------------------------------------------------------------------------
 # Messages
 
+MESSAGE_VALUE_LIMIT = 120  # characters of a value or parser message quoted in an error line
+YAML_MAX_SIZE = 100_000  # nodes plus scalar characters of a YAML `exekutor:` section, with its aliases expanded
+
 
 def redact_url(url):
-    """The URL or libpq keyword string with its password replaced by ***."""
-    if not isinstance(url, str):
-        return url
-    # libpq ends the user info at the first '@' or '/', so a password cannot contain either unescaped; the
-    # scheme is optional here so that a mistyped "user:pw@host" does not leak either.
-    url = re.sub(r"((?:^|://)[^:@/\s]*:)[^@/\s]*@", r"\1***@", url, count=1)
-    if "://" in url:  # ?password=... in a URI's query string
-        return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
-    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+    """A message (or URL, or libpq keyword string) without the passwords it may quote (see exekutor.display)."""
+    from exekutor.display import redact
+
+    return redact(url)
 
 
 def _show(value):
@@ -310,20 +308,29 @@ def _option(key, source=None):
     if key in OPTIONS:
         return OPTIONS[key]
     where = f" in {source}" if source else ""
-    close = difflib.get_close_matches(str(key), OPTIONS, n=1)
+    close = difflib.get_close_matches(str(key)[:MESSAGE_VALUE_LIMIT], OPTIONS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"unknown option {key!r}{where}{hint}")
+    raise ConfigError(f"unknown option {_cut(_show(key))}{where}{hint}")
 
 
 def _convert(key, value, source, text=False):
     """The validated value of option `key`, or a one-line ConfigError naming the key and its source."""
     option = _option(key, source)
+    if key == "database_url":
+        from exekutor.display import remember
+
+        remember(value)  # before anything could quote it
     try:
         return option.convert(value, text)
     except (TypeError, ValueError):
         # "from None": the parser's own message could quote the raw value, password and all.
         raise ConfigError(f"invalid value for {key} in {source}: expected {option.expected}, "
-                          f"got {_show(value)}") from None
+                          f"got {_cut(_show(value))}") from None
+
+
+def _cut(text, limit=MESSAGE_VALUE_LIMIT):
+    """`text` shortened to `limit` characters, so that no value or parser message makes an error line long."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _parse_error(text):
@@ -356,27 +363,82 @@ def _yaml_child(node, key):
     return found
 
 
+def _yaml_error(path, exc, node=None):
+    """A one-line ConfigError for a YAML error (or any error building a value), with the file and line."""
+    mark = getattr(exc, "problem_mark", None) or (node.start_mark if node is not None else None)
+    where = f" line {mark.line + 1}" if mark else ""
+    if isinstance(exc, yaml.YAMLError):
+        problem = getattr(exc, "problem", None) or exc
+    elif isinstance(exc, RecursionError):
+        problem = "nested too deeply"
+    else:
+        problem = f"{type(exc).__name__}: {exc}"
+    return ConfigError(f"invalid YAML in {path}{where}: {_cut(_parse_error(problem))}")
+
+
+def _yaml_children(node):
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return node.value if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_yaml_size(path, node):
+    """Refuse a section whose aliases expand it past YAML_MAX_SIZE nodes and scalar characters (a "billion
+    laughs"), or that contains itself, before anything is built from it: memory stays bounded."""
+    sizes, entered, stack = {}, set(), [(node, False)]
+    while stack:
+        current, done = stack.pop()
+        key = id(current)
+        if done:
+            size = 1 + sum(sizes[id(child)] for child in _yaml_children(current))
+            size += len(current.value) if isinstance(current, yaml.ScalarNode) else 0
+            if size > YAML_MAX_SIZE:
+                raise ConfigError(f"invalid YAML in {path} line {current.start_mark.line + 1}: its aliases expand "
+                                  f"to more than {YAML_MAX_SIZE} nodes and characters")
+            sizes[key] = size
+            entered.discard(key)
+        elif key in entered:
+            raise ConfigError(f"invalid YAML in {path} line {current.start_mark.line + 1}: an alias refers to a node "
+                              f"that contains it")
+        elif key not in sizes:
+            entered.add(key)
+            stack.append((current, True))
+            stack.extend((child, False) for child in _yaml_children(current))
+
+
 def _yaml_options(path, found, loader):
     key_node, node = found
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
         return  # "exekutor:" with nothing under it
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"'exekutor' in {path} line {key_node.start_mark.line + 1} must be a mapping of options")
-    loader.flatten_mapping(node)  # applies "<<: *anchor" merge keys
+    _check_yaml_size(path, node)
+    try:
+        loader.flatten_mapping(node)  # applies "<<: *anchor" merge keys
+    except Exception as exc:  # noqa: BLE001 - any error of the YAML library is one line about the file
+        raise _yaml_error(path, exc, node) from None
     for key, value in node.value:
-        yield key.value, loader.construct_document(value), f"{path} line {key.start_mark.line + 1}", False
+        where = f"{path} line {key.start_mark.line + 1}"
+        if not isinstance(key, yaml.ScalarNode):
+            raise ConfigError(f"invalid option name in {where}: expected a string")
+        try:
+            # SafeLoader: a tag like !!python/object/apply is an error here, nothing is ever called.
+            constructed = loader.construct_document(value)
+        except Exception as exc:  # noqa: BLE001 - e.g. a tag with a bad value (!!float abc) raises ValueError
+            raise _yaml_error(path, exc, value) from None
+        yield key.value, constructed, where, False
 
 
 def _read_yaml(path, env):
-    # compose() keeps the nodes and their marks, so every value knows its line.
+    # compose() keeps the nodes and their marks, so every value knows its line. Aliases stay shared references
+    # there: a document only gets big when they are expanded, which _check_yaml_size limits.
     try:
         with open(path, encoding="utf-8") as file:
             root = yaml.compose(file, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = _parse_error(getattr(exc, "problem", None) or exc)
-        raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise _yaml_error(path, exc) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     base = _yaml_child(root, "exekutor")
     if base is None:
         raise ConfigError(f"{path} has no 'exekutor:' root key")
@@ -403,12 +465,17 @@ def _ini_key_lines(text):
 
 def _read_ini(path, env):
     parser = configparser.ConfigParser(interpolation=None)  # passwords may contain '%'
-    with open(path, encoding="utf-8") as file:
-        text = file.read()
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"invalid INI file {path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
         parser.read_string(text, source=path)
     except configparser.Error as exc:
-        raise ConfigError(f"invalid INI file {path}: {_parse_error(exc)}") from None
+        raise ConfigError(f"invalid INI file {path}: {_cut(_parse_error(exc))}") from None
     if not parser.has_section("exekutor"):
         raise ConfigError(f"{path} has no [exekutor] section")
     lines = _ini_key_lines(text)
@@ -483,7 +550,9 @@ class Configuration:
     def load(self, files=(), env=None, environ=None, overrides=None, override_source="command line"):
         """Rebuild the file, environment and override layers; nothing changes if any value is bad.
 
-        Overrides whose value is None are skipped: that is a command-line flag that was not given.
+        Overrides whose value is None are skipped: that is a command-line flag that was not given; so is an empty
+        database_url. An empty environment variable (what `EXEKUTOR_DATABASE_URL=${DB_URL}` gives when DB_URL is
+        unset) is not set either: neither hides a value of a lower layer.
         """
         environ = os.environ if environ is None else environ
         with self._atomically():
@@ -493,11 +562,11 @@ class Configuration:
                 for key, value, source, text in _read_file(os.fspath(path), env):
                     self._put("files", key, value, source, text)
             for option in OPTIONS.values():  # other EXEKUTOR_* variables belong to someone else: ignored
-                if option.env_var in environ:
+                if _is_set(environ, option.env_var):
                     source = f"environment variable {option.env_var}"
                     self._put("environment", option.name, environ[option.env_var], source, text=True)
             for key, value in (overrides or {}).items():
-                if value is not None:
+                if value is not None and not (key == "database_url" and _blank(value)):
                     self._put("overrides", key, value, override_source)
         self._environ = environ
 
@@ -527,9 +596,18 @@ class Configuration:
         url = self.get("database_url")
         # EXEKUTOR_DATABASE_URL is read again here for programs that never called load().
         for variable in ("EXEKUTOR_DATABASE_URL", "DATABASE_URL"):
-            if url is None and variable in self._environ:
+            if url is None and _is_set(self._environ, variable):
                 url = _convert("database_url", self._environ[variable], f"environment variable {variable}", True)
         return url
+
+
+def _blank(value):
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _is_set(environ, variable):
+    """Whether an environment variable is set to something: an empty one counts as not set."""
+    return not _blank(environ.get(variable))
 
 
 def reference_table():

@@ -4,13 +4,20 @@ A worker holds an exclusive `flock` on its pidfile for as long as it lives. The 
 file, is what says a worker is alive: the kernel drops it however the process ends (`kill -9` included, and
 before a zombie is reaped), so a stale pidfile is always recognised and a reused pid can never make one look
 alive. Taking the lock is also what makes "refuse to start over a live pidfile" free of races.
+
+Pidfiles and log files are opened without following a symbolic link (O_NOFOLLOW) and used only when they are
+regular files owned by the current user, so nobody can make a worker truncate or append to a file of their
+choosing. `stop` signals the pid written in a pidfile only while that very process holds the pidfile's lock
+(checked in /proc on Linux, then signalled through a pidfd), never a process that merely reuses the pid.
 """
+import errno
 import fcntl
 import json
 import os
 import re
 import select
 import signal
+import stat
 import sys
 import time
 
@@ -28,6 +35,47 @@ class AlreadyRunning(Exception):
     def __init__(self, path, pid):
         super().__init__(f"a worker is already running (pid {pid or 'unknown'}, pidfile {path})")
         self.path, self.pid = path, pid
+
+
+class UnsafeFile(OSError):
+    """A pidfile or log file that is a symbolic link, not a regular file, or not owned by us: left alone."""
+
+    def __init__(self, path, problem):
+        super().__init__(errno.EPERM, f"{problem}; refusing to use it", path)
+
+    def __str__(self):
+        return f"{self.filename}: {self.strerror}"
+
+
+def open_file(path, flags, mode, what="pidfile"):
+    """os.open() of a pidfile or log file that is, or becomes, a regular file of ours; never through a symlink.
+
+    Raises UnsafeFile for a symbolic link (the last path component), a file that is not regular (a FIFO, a
+    device) or a file owned by another user.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)  # O_NONBLOCK: FIFOs
+    except OSError as error:
+        if error.errno == errno.ELOOP and os.path.islink(path):
+            raise UnsafeFile(path, f"the {what} is a symbolic link") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFile(path, f"the {what} is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise UnsafeFile(path, f"the {what} belongs to uid {info.st_uid}, not to this user ({os.geteuid()})")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_log(path):
+    """The log file, opened for appending; created 0600 (less by the umask): errors may quote what jobs did."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return open_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600, "log file")
 
 
 def expand(pattern, identifier):
@@ -51,7 +99,7 @@ def _read_pid(fd):
 
 def _same_file(fd, path):
     try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
+        return os.path.samestat(os.fstat(fd), os.lstat(path))  # lstat: a symlink put in its place is not it
     except FileNotFoundError:
         return False
 
@@ -75,7 +123,7 @@ class Pidfile:
         """Lock the pidfile for this process (and the children it forks); AlreadyRunning if a live worker has it."""
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_file(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -112,7 +160,7 @@ class Pidfile:
 def probe(path):
     """('running', pid), ('stale', pid) or ('missing', None) for the pidfile at `path`."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_file(path, os.O_RDONLY, 0)
     except FileNotFoundError:
         return "missing", None
     try:
@@ -123,7 +171,7 @@ def probe(path):
 
 def remove_stale(path):
     """Delete the pidfile unless a live worker holds it; True if it was removed."""
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return False  # (acquire() would create it)
     try:
         pidfile = Pidfile(path).acquire()
@@ -215,25 +263,96 @@ class Daemon:
 # Stopping
 
 
+def _holds_lock(pid, file_stat):
+    """Whether process `pid` holds an flock on the file of `file_stat` (its device and inode).
+
+    /proc/PID/fdinfo/FD shows a "lock:" line exactly when that descriptor's open file holds the lock, so this is
+    the lock holder itself, not a process that merely has the file open or reuses a dead worker's pid. None
+    where there is no such /proc (then only the lock and the pid in the file are known).
+    """
+    if not os.path.isdir("/proc/self/fdinfo"):
+        return None
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    for name in descriptors:
+        try:
+            target = os.stat(f"/proc/{pid}/fd/{name}")
+            if (target.st_dev, target.st_ino) != (file_stat.st_dev, file_stat.st_ino):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{name}", encoding="ascii", errors="replace") as fdinfo:
+                if any(line.startswith("lock:") and " FLOCK " in line for line in fdinfo):
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # closed (or the process exited) meanwhile
+    return False
+
+
+def _pidfd(pid):
+    """A pidfd of `pid` (None where the system has none): signals through it can only reach that process."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError) as error:
+        if isinstance(error, ProcessLookupError):
+            raise
+        return None
+
+
 class Target:
     def __init__(self, path, pid):
         self.path, self.pid = path, pid
         self.signals = []  # what it took, for the report
         # The file as it is now: the worker unlinks it when done but keeps the lock until its process exits.
-        self._fd = os.open(path, os.O_RDONLY)
+        self._fd = open_file(path, os.O_RDONLY, 0)
+        self._stat = os.fstat(self._fd)
+        try:
+            self._pidfd = _pidfd(pid)
+        except ProcessLookupError:
+            self._pidfd, self._gone = None, True
+        else:
+            self._gone = False
 
     def alive(self):
+        """Whether anyone still holds the pidfile's lock (the worker, or a process it left behind)."""
         return _locked_by_other(self._fd)
+
+    def holds_lock(self):
+        """Whether the process of the pid in the pidfile is the one that holds its lock, now."""
+        if self._gone:
+            return False
+        held = _holds_lock(self.pid, self._stat)
+        if held is None:  # no /proc: trust the pid while the lock is held
+            held = self.alive()
+        if held and self._pidfd is not None:
+            # The pidfd pins the process we opened it for: if it still exists, /proc/PID above was that process
+            # (a pid is reused only once its process is gone), and every signal goes through the pidfd.
+            try:
+                signal.pidfd_send_signal(self._pidfd, 0)
+            except ProcessLookupError:
+                held = False
+        self._gone = not held  # once gone, never signalled again, whatever gets that pid next
+        return held
 
     def close(self):
         os.close(self._fd)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     def send(self, signum):
+        """Signal the worker if it still holds its pidfile's lock; False if it does not (nothing is sent)."""
+        if not self.holds_lock():
+            return False
         self.signals.append(signal.Signals(signum).name)
         try:
-            os.kill(self.pid, signum)
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            else:
+                os.kill(self.pid, signum)
         except ProcessLookupError:
             pass  # it exited in the meantime
+        return True
 
 
 def _wait_gone(targets, timeout):
@@ -246,25 +365,45 @@ def _wait_gone(targets, timeout):
         time.sleep(_POLL)
 
 
+def _not_the_holder(target, echo):
+    echo(f"{target.path}: pid {target.pid} does not hold the pidfile's lock (it exited, and another process still "
+         f"holds the lock); not signalling anything", err=True)
+
+
 def _targets(paths, echo):
     """The running workers of these pidfiles; stale pidfiles are removed on the way."""
-    targets, starting = [], 0
+    targets, failures = [], 0
     for path in paths:
-        state, pid = probe(path)
-        if state == "running" and pid:
-            try:
-                targets.append(Target(path, pid))
-            except FileNotFoundError:
+        try:
+            state, pid = probe(path)
+            target = Target(path, pid) if state == "running" and pid else None
+        except UnsafeFile as error:
+            failures += 1
+            echo(str(error), err=True)
+            continue
+        except FileNotFoundError:
+            echo(f"{path}: worker pid {pid} stopped by itself")
+            continue
+        if target is not None:
+            if target.holds_lock():
+                targets.append(target)
+                continue
+            locked = target.alive()
+            target.close()
+            if locked:
+                failures += 1
+                _not_the_holder(target, echo)
+            else:
                 echo(f"{path}: worker pid {pid} stopped by itself")
         elif state == "running":
-            starting += 1
+            failures += 1
             echo(f"{path}: the worker is still starting (no pid written yet); try again", err=True)
         elif state == "stale":
             remove_stale(path)
             echo(f"{path}: the worker (pid {pid}) was not running; removed the stale pidfile")
         else:
             echo(f"{path}: no worker running (no pidfile)")
-    return targets, starting
+    return targets, failures
 
 
 def stop(paths, timeout, echo):
@@ -273,27 +412,38 @@ def stop(paths, timeout, echo):
     SIGTERM lets a worker finish its jobs (within its wait_for_termination). A worker still running `timeout`
     seconds later (None: never) gets a second SIGTERM, on which it cancels its jobs and puts them back to
     pending; one still running KILL_GRACE seconds after that gets SIGKILL (its jobs are then rescued by the
-    other workers after worker_timeout).
+    other workers after worker_timeout). Only the process that holds a pidfile's lock is ever signalled: when
+    the pid in the file has exited while another process still holds the lock, nothing is sent and that
+    pidfile counts as a failure.
     """
     targets, failures = _targets(paths, echo)
+    orphaned = []
     for target in targets:
         target.send(signal.SIGTERM)
     running = targets
     for wait, signum, why in ((timeout, signal.SIGTERM, "to cancel its jobs"), (KILL_GRACE, signal.SIGKILL, "")):
         running = _wait_gone(running, wait)
         for target in running:
-            echo(f"{target.path}: pid {target.pid} still running after {wait:g}s; sending {signum.name} {why}".rstrip())
-            target.send(signum)
+            if target.holds_lock():
+                echo(f"{target.path}: pid {target.pid} still running after {wait:g}s; sending {signum.name} "
+                     f"{why}".rstrip())
+                target.send(signum)
+            elif target.alive():  # the worker is gone, but something it left behind holds the lock
+                orphaned.append(target)
+        running = [target for target in running if target not in orphaned]
     running = _wait_gone(running, KILL_GRACE)
     for target in targets:
         target.close()
+        if target in orphaned:
+            _not_the_holder(target, echo)
+            continue
         if target in running:
             echo(f"{target.path}: pid {target.pid} could not be stopped", err=True)
             continue
         remove_stale(target.path)  # a killed worker could not remove its pidfile itself
         echo(f"{target.path}: worker pid {target.pid} {_OUTCOMES[len(target.signals)]}")
-    return failures + len(running)
+    return failures + len(running) + len(orphaned)
 
 
-_OUTCOMES = {1: "stopped", 2: "stopped (its unfinished jobs went back to pending)",
+_OUTCOMES = {0: "stopped by itself", 1: "stopped", 2: "stopped (its unfinished jobs went back to pending)",
              3: "killed (its unfinished jobs run again after worker_timeout)"}

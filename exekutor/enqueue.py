@@ -47,7 +47,7 @@ class JobRequest:
     """One job to enqueue; after enqueueing, the handle to it (its `id` is the job's id)."""
 
     __slots__ = ("id", "definition", "args", "kwargs", "queue", "priority", "wait", "wait_until", "options",
-                 "payload")
+                 "payload", "connection")
 
     def __init__(self, definition, args, kwargs, options):
         merged = {**definition.options, **options} if options else definition.options
@@ -59,6 +59,8 @@ class JobRequest:
         self.priority = merged.get("priority") or config.get("default_queue_priority")
         self.wait = merged.get("wait")
         self.wait_until = merged.get("wait_until")
+        # From .set(connection=...) (never a definition option): enqueue_many inserts on it.
+        self.connection = options.get("connection") if options else None
         self.options = {k: merged[k] for k in _TIMEOUT_OPTIONS if k in merged} if options else definition.timeouts
         # Serialized now so that a bad argument fails the enqueue call, not the worker.
         self.payload = dump_arguments(args, kwargs, job_name=definition.name)
@@ -89,12 +91,26 @@ def enqueue(jobs, connection=None):
 
 
 def enqueue_many(jobs, connection=None):
-    """Enqueue job requests made with `.job(...)` in one INSERT, each keeping its own schedule and options."""
+    """Enqueue job requests made with `.job(...)` in one INSERT, each keeping its own schedule and options.
+
+    The INSERT runs on `connection`, else on the connection of the requests made with `.set(connection=...)`,
+    inside its transaction; else it commits on its own. Different connections in one call: a ValueError, and
+    nothing is inserted."""
     jobs = list(jobs)
-    for request in jobs:
+    chosen, source = connection, "the connection= argument of enqueue_many"
+    for position, request in enumerate(jobs, 1):
         if not isinstance(request, JobRequest):
             raise TypeError(f"enqueue_many takes job requests made with some_job.job(...), got {request!r}")
-    return enqueue(jobs, connection=connection)
+        own = request.connection
+        if own is None or own is chosen:
+            continue
+        if chosen is None:
+            chosen, source = own, f"request {position} ({request!r})"
+            continue
+        raise ValueError(f"enqueue_many: request {position} ({request!r}) was made with .set(connection=...) on "
+                         f"another connection than {source}; one call inserts on one connection: nothing was "
+                         "enqueued")
+    return enqueue(jobs, connection=chosen)
 
 
 def _insert(jobs, connection):

@@ -17,15 +17,22 @@ A failing check answers 503 with `[Service unavailable] ...; Reason: ...`.
 The server is gevent's WSGI server on an OS thread of its own with a hub of its own: it answers while every
 job greenlet is busy, and while a job blocks the worker's event loop (which it then reports). What it needs
 from the worker's hub (the database probe, the metrics) runs there through `eventloop.call_in_hub`.
+
+Idle and slow clients cannot starve the probes: a client has `REQUEST_TIMEOUT` seconds to send each request's line
+and headers (and the server that long for each socket read or write), or its connection is closed. A connection
+waiting for a request holds no slot of its own: with `connection_limit()` connections open, a new one closes the
+connection that has waited longest for its request, so a probe gets through however many idle connections there are.
 """
 import json
 import logging
+import resource
 import socket
 import time
 from datetime import datetime, timezone
 
 import gevent
 from gevent import monkey
+from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from exekutor.config import redact_url
 from exekutor.errors import ConfigError
@@ -36,7 +43,8 @@ logger = logging.getLogger("exekutor")
 
 DATABASE_TIMEOUT = 3.0  # the /ready probe; the answer comes within about this long
 METRICS_TIMEOUT = 10.0
-MAX_CONNECTIONS = 100  # requests served at the same time
+REQUEST_TIMEOUT = 5.0  # for a request line and headers to arrive; also for each socket read or write
+MAX_CONNECTIONS = 1000  # open connections at most (a quarter of the open-file limit when that is lower)
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 _REASONS = {200: "OK", 404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
@@ -83,11 +91,9 @@ class HealthcheckServer:
 
     def _serve(self, sock):
         """The server's thread: its own hub, gevent's WSGI server, until stop() says so."""
-        from gevent.pywsgi import WSGIServer
-
         hub = gevent.get_hub()
         try:
-            server = WSGIServer(sock, self.app, log=None, error_log=None, spawn=MAX_CONNECTIONS)
+            server = _Server(sock, self.app, connection_limit())
             server.start()
             while not self._stopping:
                 gevent.sleep(0.1)
@@ -210,6 +216,102 @@ class HealthcheckServer:
                        "patch (the original time.sleep, C extensions doing their own IO, long CPU loops). "
                        "Blocked at:\n%s", self.worker.id, culprit, seconds, self.monitor.threshold, stack.rstrip())
         self.worker.metrics.event_loop_blocked(seconds)
+
+
+def connection_limit():
+    """MAX_CONNECTIONS, or a quarter of the process's open-file limit when that is lower (the worker's database
+    connections and files need the rest; an accept that fails for lack of descriptors would stall the server)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(16, min(MAX_CONNECTIONS, soft // 4))
+
+
+class _Server(WSGIServer):
+    """gevent's WSGI server, a greenlet per connection, at most `limit` connections.
+
+    Connections waiting for a request (idle, or sending it slowly) are evictable, oldest first: a new connection
+    beyond the limit closes one of them. Only when every connection is busy with a request does the server stop
+    accepting until one is done (each request is bounded: REQUEST_TIMEOUT, then at most the application's time).
+    """
+
+    def __init__(self, sock, application, limit):
+        super().__init__(sock, application, log=None, error_log=None, handler_class=_Handler)
+        self.limit = limit
+        self.connections = {}  # handler -> its greenlet
+        self.waiting = {}  # the connections waiting for a request, oldest first: handler -> greenlet
+        self._paused = False
+
+    def full(self):  # asked before each accept
+        if len(self.connections) < self.limit or self.waiting:
+            return False
+        self._paused = True  # _resume() starts accepting again
+        return True
+
+    def handle(self, sock, address):
+        while len(self.connections) >= self.limit and self.waiting:
+            oldest = next(iter(self.waiting))
+            greenlet = self.waiting.pop(oldest)
+            self.connections.pop(oldest, None)
+            greenlet.kill(block=False)  # its handler closes the socket
+        handler = self.handler_class(sock, address, self)
+        self.connections[handler] = gevent.getcurrent()
+        try:
+            handler.handle()
+        finally:
+            self.connections.pop(handler, None)
+            self.waiting.pop(handler, None)
+            self._resume()
+
+    def request_awaited(self, handler):
+        if handler in self.connections:
+            self.waiting[handler] = self.connections[handler]
+            self._resume()
+
+    def request_arrived(self, handler):
+        self.waiting.pop(handler, None)
+
+    def _resume(self):
+        if self._paused:
+            self._paused = False
+            self._start_accepting_if_started()
+
+    def stop(self, timeout=None):
+        super().stop(timeout)
+        gevent.killall(list(self.connections.values()), block=True, timeout=1)
+
+
+class _Handler(WSGIHandler):
+    """pywsgi's handler with deadlines: REQUEST_TIMEOUT for each request line and headers, and for each socket
+    read or write. A request body is never read: the connection closes after the answer instead."""
+
+    _deadline = None
+
+    def __init__(self, sock, address, server):
+        sock.settimeout(REQUEST_TIMEOUT)
+        super().__init__(sock, address, server)
+
+    def handle_one_request(self):
+        self.server.request_awaited(self)
+        deadline = self._deadline = gevent.Timeout(REQUEST_TIMEOUT)
+        deadline.start()
+        try:
+            return super().handle_one_request()
+        except gevent.Timeout as timeout:
+            if timeout is not deadline:
+                raise
+            return None  # too slow: the connection closes
+        finally:
+            deadline.close()
+
+    def get_environ(self):  # the request line and headers are in
+        self._deadline.cancel()
+        self.server.request_arrived(self)
+        environ = super().get_environ()
+        if self.content_length or self.wsgi_input.chunked_input:
+            self.close_connection = True
+            self.wsgi_input = environ["wsgi.input"] = Input(self.rfile, 0)
+        return environ
 
 
 def describe_error(error):

@@ -10,6 +10,7 @@ import json
 import click
 
 from exekutor import config
+from exekutor.display import printable
 
 _WORKERS = """
 SELECT w.id::text, w.hostname, w.pid, w.identifier, w.status, w.queues, w.min_priority, w.max_priority,
@@ -129,7 +130,10 @@ def _queue_row(queue):
 def table(columns, rows):
     """Aligned lines (header first); a cell is text or (text, style). Styles are applied after padding, so
     escape codes never count towards a column's width."""
-    rows = [[cell if isinstance(cell, tuple) else (cell, None) for cell in row] for row in rows]
+    # Queue names, hostnames and identifiers come from table rows: escaped, so they cannot restyle the terminal or
+    # forge a line.
+    rows = [[(printable(cell[0]), cell[1]) if isinstance(cell, tuple) else (printable(cell), None) for cell in row]
+            for row in rows]
     widths = [max([len(title)] + [len(row[i][0]) for row in rows]) for i, (title, _) in enumerate(columns)]
 
     def line(cells):

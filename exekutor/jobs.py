@@ -9,7 +9,13 @@ import functools
 import random
 import sys
 
+from exekutor.serialization import text_problem
+
 MAX_QUEUE_NAME_LENGTH = 63
+# The furthest ahead a job can be scheduled (wait, wait_until) and the longest timeout: 100 years of 365 days.
+# PostgreSQL's timestamptz reaches the year 294276; the bound keeps enqueue-time values far inside what the
+# database and the worker (float seconds, gevent timers) can represent, so a bad value fails in Python.
+MAX_WAIT = MAX_TIMEOUT = 100 * 365 * 24 * 3600.0
 MIN_PRIORITY, MAX_PRIORITY = 1, 32767
 DEFAULT_QUEUE = "default"
 # Options that `.set()` accepts; the first four may also be given at definition.
@@ -29,12 +35,30 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _show(value):
+    """repr() that survives ints too long to print (over 4,300 digits)."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"<int of {value.bit_length()} bits>"
+
+
 def check_queue(queue):
     if not isinstance(queue, str) or not queue:
         raise ValueError(f"invalid queue name {queue!r}: expected a non-empty string")
     if len(queue) > MAX_QUEUE_NAME_LENGTH:
         raise ValueError(f"invalid queue name {queue[:20]!r}...: longer than {MAX_QUEUE_NAME_LENGTH} characters")
+    problem = text_problem(queue)
+    if problem:
+        raise ValueError(f"invalid queue name {queue!r}: {problem}")
     return queue
+
+
+def check_job_name(name):
+    problem = text_problem(name) if isinstance(name, str) else None
+    if problem:
+        raise ValueError(f"invalid job name {name!r}: {problem}")
+    return name
 
 
 def check_priority(priority):
@@ -44,29 +68,61 @@ def check_priority(priority):
     return priority
 
 
-def check_seconds(name, value, allow_zero=False):
-    """A duration option as seconds (float); timedelta accepted."""
+def check_seconds(name, value, allow_zero=False, maximum=None):
+    """A duration option as seconds (float); timedelta accepted. With `maximum`, also finite and at most that."""
+    original = value
     if isinstance(value, _dt.timedelta):
         value = value.total_seconds()
-    if not _is_number(value) or value < 0 or (value == 0 and not allow_zero) or value != value:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"invalid {name} {value!r}: expected a number of seconds {bound}")
-    return float(value)
+    # Comparisons, not float(): an int too large for a float is compared exactly (and refused), NaN fails them.
+    valid = _is_number(value) and (value >= 0 if allow_zero else value > 0)
+    if valid and maximum is not None:
+        valid = value <= maximum
+    if valid:
+        try:
+            return float(value)
+        except OverflowError:  # no maximum (Retry's max_wait may be inf) but an int beyond any float
+            pass
+    bound = ">= 0" if allow_zero else "> 0"
+    if maximum is not None:
+        bound = f"{bound} and at most {maximum:.0f} ({_years(maximum)})"
+    raise ValueError(f"invalid {name} {_show(original)}: expected a number of seconds {bound}")
+
+
+def _years(seconds):
+    return f"{seconds / (365 * 24 * 3600):g} years"
+
+
+def check_wait(value):
+    return check_seconds("wait", value, allow_zero=True, maximum=MAX_WAIT)
+
+
+def check_timeout(name):
+    return lambda value: check_seconds(name, value, maximum=MAX_TIMEOUT)
 
 
 def check_wait_until(value):
+    """An aware datetime in UTC (what PostgreSQL reads whatever the offset: Python allows offsets with
+    microseconds, timestamptz does not), at most MAX_WAIT ahead."""
     if not isinstance(value, _dt.datetime):
         raise ValueError(f"invalid wait_until {value!r}: expected a datetime")
-    # A naive datetime means local time, as datetime.now() would give.
-    return value if value.tzinfo else value.astimezone()
+    try:
+        # A naive datetime means local time, as datetime.now() would give.
+        aware = value if value.utcoffset() is not None else value.astimezone()
+        utc = aware.astimezone(_dt.timezone.utc)
+        too_late = utc - _dt.datetime.now(_dt.timezone.utc) > _dt.timedelta(seconds=MAX_WAIT)
+    except (OverflowError, ValueError, OSError) as exc:
+        raise ValueError(f"invalid wait_until {value!r}: cannot be converted to UTC ({exc})") from None
+    if too_late:
+        raise ValueError(f"invalid wait_until {value!r}: more than {_years(MAX_WAIT)} from now")
+    return utc
 
 
 _CHECKS = {
     "queue": check_queue,
     "priority": check_priority,
-    "execution_timeout": lambda v: check_seconds("execution_timeout", v),
-    "queue_timeout": lambda v: check_seconds("queue_timeout", v),
-    "wait": lambda v: check_seconds("wait", v, allow_zero=True),
+    "execution_timeout": check_timeout("execution_timeout"),
+    "queue_timeout": check_timeout("queue_timeout"),
+    "wait": check_wait,
     "wait_until": check_wait_until,
     "connection": lambda v: v,
 }
@@ -201,7 +257,7 @@ class JobDefinition:
     """What the worker needs to run one kind of job: the callable and its default options."""
 
     def __init__(self, name, func, options, retry=None, discard_on=(), target_id=None):
-        self.name = name
+        self.name = check_job_name(name)
         self.func = func
         self.options = validate_options(options, DEFINITION_OPTIONS)
         # The per-job options stored with each job of this definition (shared, never mutated).

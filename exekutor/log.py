@@ -15,6 +15,7 @@ exekutor's records to another logger instead of up the "exekutor" hierarchy.
 """
 import logging
 
+from exekutor.display import printable, redact
 from exekutor.error_records import error_record
 from exekutor.errors import SerializationError
 from exekutor.execution import FAILED
@@ -28,9 +29,10 @@ _QUOTES_ARGUMENTS = {error_record(SerializationError())["type"]}
 
 
 def job_name(info):
+    """The job's name from its payload (anyone who can write the table writes it): control characters escaped."""
     payload = info.get("payload")
     name = payload.get("job") if isinstance(payload, dict) else None
-    return name if isinstance(name, str) else "?"
+    return printable(name) if isinstance(name, str) else "?"
 
 
 def job_started(info):
@@ -75,6 +77,23 @@ class _Forward(logging.Handler):
 
     def emit(self, record):
         self.target.handle(record)
+
+
+class _Redact(logging.Filter):
+    """Every record of exekutor's logger, message and traceback, without the passwords it may quote: errors from
+    libpq can quote a whole connection URL."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+logger.addFilter(_Redact())
 
 
 def use_logger(target):

@@ -12,7 +12,7 @@ tag                 payload                                    used for
 ==================  =========================================  ================================================
 float               ``repr()``: "nan", "inf", "1e+16", "-0.0"  floats jsonb cannot keep: NaN/±inf; |x| >= 1e16
                                                                (jsonb's numeric prints them as integers); -0.0
-int                 decimal string                             ints outside 64 bits (orjson cannot write them)
+int                 decimal string (at most MAX_INT_DIGITS)    ints outside 64 bits (orjson cannot write them)
 str                 list of the parts between NULs             strings with ``\\x00`` (jsonb rejects it)
 dict                list of ``[key, value]`` pairs             dicts having the tag key, or a key with a NUL
 tuple/set/frozenset list of items                              \\
@@ -26,8 +26,12 @@ enum                ``["module:QualName", "MEMBER_NAME"]``     Enum members (Int
 
 Known losses: jsonb does not keep dict key order; a zoneinfo tz comes back as a fixed-offset ``timezone`` (the
 instant is equal); a ``time`` with a zoneinfo tz comes back naive (a zone needs a date to give an offset);
-Flag combinations of several members are not serializable. Subclasses of built-in types (other than Enum) are not
-silently stored as their base type: register a serializer for them.
+Flag combinations of several members are not serializable. Subclasses of built-in types (other than Enum), and of
+registered types unless registered with ``subclasses=True``, are not silently stored as their base type: register
+a serializer for them. An Enum class defined in ``__main__`` is refused (a worker has another ``__main__``).
+
+Refused at enqueue, before anything reaches the database: strs and dict keys with a lone surrogate; ints of more
+than MAX_INT_DIGITS digits; containers and registered values nested more than MAX_NESTING levels (or cyclic).
 
 Security: an enum is loaded only from a module already in ``sys.modules``; nothing named in a payload is imported.
 """
@@ -40,6 +44,7 @@ import importlib
 import json
 import math
 import operator
+import re
 import reprlib
 import sys
 from collections.abc import Callable
@@ -64,6 +69,23 @@ __all__ = [
 
 TAG = "__exekutor__"
 _INT64 = 2**63
+# How deep an argument may nest containers (list, tuple, set, frozenset, dict) and registered values: the stored
+# document must stay within the depth limits of every JSON encoder and decoder on the way (orjson writes at most
+# 254 levels, and a tuple or an escaped dict takes 2 or 3), and load in the worker far from the recursion limit.
+MAX_NESTING = 64
+# Python's default limit on int <-> decimal str conversion (sys.int_info.default_max_str_digits): a worker with
+# the default cannot load a longer int, whatever the enqueuing process allows.
+MAX_INT_DIGITS = 4300
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(text: str) -> str | None:
+    """Why PostgreSQL cannot store this str as text or in jsonb (a NUL, a lone surrogate), else None."""
+    if "\x00" in text:
+        return "contains a NUL character (\\x00)"
+    if not text.isascii() and _SURROGATE.search(text):
+        return "contains a lone surrogate (not valid Unicode, cannot be encoded as UTF-8)"
+    return None
 
 
 # --- registry of user serializers ---------------------------------------------------------------------------------
@@ -74,6 +96,7 @@ class Serializer(NamedTuple):
     name: str
     dump: Callable[[Any], Any]
     load: Callable[[Any], Any]
+    subclasses: bool = False  # whether instances of subclasses may use it (its load rebuilds their own type)
 
 
 class SerializerRegistry:
@@ -84,8 +107,13 @@ class SerializerRegistry:
         self._by_name: dict[str, Serializer] = {}
         self._resolved: dict[type, Serializer | None] = {}  # MRO lookups; cleared whenever registrations change
 
-    def register(self, cls: type, dump: Callable[[Any], Any], load: Callable[[Any], Any], name: str | None = None):
-        """Store ``cls`` values as ``dump(value)`` (itself serialized) and rebuild them with ``load(data)``."""
+    def register(self, cls: type, dump: Callable[[Any], Any], load: Callable[[Any], Any], name: str | None = None,
+                 subclasses: bool = False):
+        """Store ``cls`` values as ``dump(value)`` (itself serialized) and rebuild them with ``load(data)``.
+
+        Instances of a subclass of ``cls`` are refused unless the subclass is registered itself, or ``subclasses``
+        is true: say so only when ``dump`` records the subclass and ``load`` rebuilds it (else they would come
+        back as ``cls``)."""
         if not isinstance(cls, type):
             raise TypeError(f"serializers.register needs a class, not {_short(cls)}")
         if cls in _ENCODERS:
@@ -95,10 +123,10 @@ class SerializerRegistry:
         name = _class_path(cls) if name is None else name
         self._check_name(cls, name)
         self.unregister(cls, missing_ok=True)  # registering a class again replaces its serializer
-        self._by_class[cls] = self._by_name[name] = Serializer(cls, name, dump, load)
+        self._by_class[cls] = self._by_name[name] = Serializer(cls, name, dump, load, bool(subclasses))
         return cls
 
-    def register_class(self, name: str | type | None = None):
+    def register_class(self, name: str | type | None = None, subclasses: bool = False):
         """Class decorator for classes with ``__exekutor_dump__(self)`` and classmethod ``__exekutor_load__``."""
         if isinstance(name, type):  # used bare, as @serializers.register_class
             return self.register_class()(name)
@@ -107,7 +135,8 @@ class SerializerRegistry:
             if not (hasattr(cls, "__exekutor_dump__") and hasattr(cls, "__exekutor_load__")):
                 raise TypeError(f"{cls.__qualname__} needs __exekutor_dump__ and __exekutor_load__ methods")
             # methodcaller, so that a subclass's own __exekutor_dump__ is used for its instances
-            return self.register(cls, operator.methodcaller("__exekutor_dump__"), cls.__exekutor_load__, name)
+            return self.register(cls, operator.methodcaller("__exekutor_dump__"), cls.__exekutor_load__, name,
+                                 subclasses)
 
         return decorate
 
@@ -136,6 +165,9 @@ class SerializerRegistry:
             raise ValueError(f"serializer name for {cls.__qualname__} must be a non-empty str, not {_short(name)}")
         if name in _DECODERS:
             raise ValueError(f"serializer name {name!r} is reserved for a built-in type")
+        problem = text_problem(name)
+        if problem:
+            raise ValueError(f"serializer name {name!r} {problem}")
         other = self._by_name.get(name)
         if other is not None and other.cls is not cls:
             raise ValueError(f"serializer name {name!r} is already registered for {_class_path(other.cls)}")
@@ -161,30 +193,48 @@ class _Unserializable(Exception):
         self.segments.append(segment)
 
 
-def _encode(value):
+def _encode(value, depth):
+    """`depth`: how many containers (and registered values) enclose `value`."""
     # Built-ins are dispatched on the exact type: one dict lookup, no isinstance chain.
     encoder = _ENCODERS.get(type(value))
     if encoder is None:
-        return _encode_other(value)
-    return encoder(value)
+        return _encode_other(value, depth)
+    return encoder(value, depth)
 
 
-def _encode_other(value):
-    entry = serializers.lookup(type(value))
+def _encode_other(value, depth):
+    cls = type(value)
+    entry = serializers.lookup(cls)
     if entry is not None:
-        return _encode_registered(value, entry)
+        if entry.cls is not cls and not entry.subclasses:
+            name, base = cls.__qualname__, entry.cls.__qualname__
+            raise _Unserializable(
+                value, f"type {name}", f"it is a subclass of {base}, whose serializer would load it as a {base}: "
+                f"register {name} itself, or register {base} with subclasses=True if its load rebuilds subclasses"
+            )
+        return _encode_registered(value, entry, depth)
     if isinstance(value, Enum):
         return _encode_enum(value)
-    name = type(value).__qualname__
+    name = cls.__qualname__
     raise _Unserializable(
         value, f"type {name}", f"register a serializer with exekutor.serializers.register({name}, dump, load)"
     )
 
 
-def _encode_items(value):
+def _too_deep(value):
+    return _Unserializable(
+        value, f"nested too deeply or cyclic: more than {MAX_NESTING} levels",
+        f"arguments may nest containers and registered values at most {MAX_NESTING} levels deep"
+    )
+
+
+def _encode_items(value, depth):
     """A list, tuple, set or frozenset as a JSON list."""
+    if depth >= MAX_NESTING:
+        raise _too_deep(value)
+    depth += 1
     try:
-        return [_encode(item) for item in value]
+        return [_encode(item, depth) for item in value]
     except _Unserializable as exc:
         # Found again only on failure, so that the normal path keeps no index.
         index = next((i for i, item in enumerate(value) if item is exc.child), None)
@@ -192,11 +242,14 @@ def _encode_items(value):
         raise
 
 
-def _encode_dict(value):
+def _encode_dict(value, depth):
+    if depth >= MAX_NESTING:
+        raise _too_deep(value)
+    depth += 1
     try:
         if _needs_escape(value):
-            return {TAG: "dict", "v": [[_encode_str(key), _encode(item)] for key, item in value.items()]}
-        return {key: _encode(item) for key, item in value.items()}
+            return {TAG: "dict", "v": [[_encode_str(key), _encode(item, depth)] for key, item in value.items()]}
+        return {key: _encode(item, depth) for key, item in value.items()}
     except _Unserializable as exc:
         key = next((k for k, item in value.items() if item is exc.child), None)
         if key is None:  # the dict itself failed (a bad key): its parent records the position
@@ -206,43 +259,64 @@ def _encode_dict(value):
 
 
 def _needs_escape(value):
-    """Whether a dict must use the pair form (it has the tag key, or a NUL in a key); rejects non-str keys."""
+    """Whether a dict must use the pair form (it has the tag key, or a NUL in a key); rejects non-str keys and
+    keys with a lone surrogate."""
     nul = False
     for key in value:
         if type(key) is not str:
             what = f"dict key {_short(key)} of type {type(key).__qualname__}"
             raise _Unserializable(value, what, "dict keys must be str")
         nul = nul or "\x00" in key
+        if not key.isascii() and _SURROGATE.search(key):
+            raise _Unserializable(value, f"dict key {_short(key)}", _SURROGATE_HINT)
     return nul or TAG in value
 
 
-def _encode_str(value):
+_SURROGATE_HINT = "it contains a lone surrogate: strings must be valid Unicode (encodable as UTF-8)"
+
+
+def _encode_str(value, depth=0):
+    # isascii() is O(1) in CPython: only non-ASCII strings pay for the surrogate search.
+    if not value.isascii() and _SURROGATE.search(value):
+        raise _Unserializable(value, f"str {_short(value)}", _SURROGATE_HINT)
     if "\x00" in value:  # jsonb rejects \u0000
         return {TAG: "str", "v": value.split("\x00")}
     return value
 
 
-def _encode_float(value):
+def _encode_float(value, depth):
     # NaN fails the comparison too; zero takes the slow check because jsonb turns -0.0 into 0.0.
     if -1e16 < value < 1e16 and (value or math.copysign(1.0, value) > 0):
         return value
     return {TAG: "float", "v": repr(value)}
 
 
-def _encode_int(value):
+def _encode_int(value, depth):
     if -_INT64 <= value < _INT64:
         return value
-    return {TAG: "int", "v": str(value)}
+    try:
+        text = str(value)
+    except ValueError:  # over this process's sys.get_int_max_str_digits()
+        text = None
+    if text is None or len(text) - (value < 0) > MAX_INT_DIGITS:
+        raise _Unserializable(
+            value, f"int of more than {MAX_INT_DIGITS} digits ({value.bit_length()} bits)",
+            f"Python loads ints of at most {MAX_INT_DIGITS} digits from text: pass it as something else (bytes, "
+            "a str in hex)"
+        )
+    return {TAG: "int", "v": text}
 
 
-def _encode_registered(value, entry):
+def _encode_registered(value, entry, depth):
+    if depth >= MAX_NESTING:
+        raise _too_deep(value)
     try:
         data = entry.dump(value)
     except Exception as exc:
         hint = f"its serializer {entry.name!r} raised {_one_line(exc)}"
         raise _Unserializable(value, f"type {type(value).__qualname__}", hint) from exc
     try:
-        return {TAG: entry.name, "v": _encode(data)}
+        return {TAG: entry.name, "v": _encode(data, depth + 1)}
     except _Unserializable as exc:
         exc.climb(value, None, f"<{entry.name}>")
         raise
@@ -252,17 +326,28 @@ def _encode_enum(member):
     cls = type(member)
     path = _class_path(cls)
     # Checked now so that an enum the worker could never load fails the enqueue, not the job.
+    if cls.__module__ == "__main__":
+        hint = ("its class is defined in __main__ (the script that was run), which a worker does not have: define "
+                "it in an importable module that the worker imports")
+        raise _Unserializable(member, f"enum member {_short(member)}", hint)
     if _find_enum(path) is not cls or cls.__members__.get(member.name) is not member:
         hint = "only single members of module-level Enum classes can be serialized; register a serializer"
         raise _Unserializable(member, f"enum member {_short(member)}", hint)
+    problem = text_problem(path + member.name)
+    if problem:
+        raise _Unserializable(member, f"enum member {_short(member)}", f"its class path or name {problem}")
     return {TAG: "enum", "v": [path, member.name]}
 
 
 def _tagging(tag, convert):
-    return lambda value: {TAG: tag, "v": convert(value)}
+    return lambda value, depth: {TAG: tag, "v": convert(value)}
 
 
-def _identity(value):
+def _tagging_items(tag):
+    return lambda value, depth: {TAG: tag, "v": _encode_items(value, depth)}
+
+
+def _identity(value, depth):
     return value
 
 
@@ -278,9 +363,9 @@ _ENCODERS: dict[type, Callable[[Any], Any]] = {
     str: _encode_str,
     list: _encode_items,
     dict: _encode_dict,
-    tuple: _tagging("tuple", _encode_items),
-    set: _tagging("set", _encode_items),
-    frozenset: _tagging("frozenset", _encode_items),
+    tuple: _tagging_items("tuple"),
+    set: _tagging_items("set"),
+    frozenset: _tagging_items("frozenset"),
     datetime: _tagging("datetime", datetime.isoformat),
     date: _tagging("date", date.isoformat),
     time: _tagging("time", time.isoformat),
@@ -303,7 +388,7 @@ def dump_arguments(args, kwargs, job_name: str | None = None) -> dict:
 
 def _dump_part(encode, values, part, job_name):
     try:
-        return encode(values)
+        return encode(values, -1)  # the args list and kwargs dict enclose the arguments but are not a level
     except _Unserializable as exc:
         raise SerializationError(_describe(exc, part, _of_job(job_name))) from exc.__cause__
     except RecursionError:
@@ -316,7 +401,10 @@ def _of_job(job_name):
 
 
 def _describe(exc, part, of_job):
-    path = part + "".join(reversed(exc.segments))
+    segments = exc.segments[::-1]
+    if len(segments) > 12:  # a value nested too deeply
+        segments[6:-3] = ["…"]
+    path = part + "".join(segments)
     if exc.key is None:  # the args tuple or kwargs dict itself
         return f"cannot serialize the {part}{of_job} ({exc.what} at {path}): {exc.hint}"
     position = exc.key + 1 if part == "args" else repr(exc.key)

@@ -4,6 +4,7 @@ import json
 import re
 import signal
 import socket
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -11,12 +12,24 @@ import pytest
 import exekutor
 from tests import health_jobs
 from tests.conftest import scalar, wait_for
-from tests.health_support import get, wait_for_status, worker_starter
+from tests.health_support import (
+    SlowClients,
+    closed_by_peer,
+    get,
+    idle_connections,
+    open_file_limit,
+    wait_for_status,
+    worker_starter,
+)
 from tests.tcpproxy import TCPProxy
 
 PASSWORD = "pw-never-shown-7f3a"
 # Promptly: well under a Kubernetes probe's usual timeout, even when the answer is bad news.
 PROMPT = 2.0
+# /live while idle and slow clients hold connections open (the hardening requirement).
+LIVE_UNDER_LOAD = 1.0
+# The server closes a connection that sent no complete request within 5 s; generous for a shared machine.
+CLOSED_WITHIN = 15.0
 
 
 @pytest.fixture
@@ -195,3 +208,105 @@ def test_a_port_in_use_is_a_one_line_error_and_nothing_starts(health_worker, db)
     assert "Traceback" not in output
     assert scalar(db, "SELECT count(*) FROM exekutor_workers") == 0
 
+
+
+def probe(port, path, timeout=10):
+    """get(), or the error that kept it from answering (a starved server times out)."""
+    try:
+        return get(port, path, timeout=timeout)
+    except OSError as error:
+        return error
+
+
+@pytest.mark.timeout(120)
+def test_live_and_ready_answer_while_300_idle_and_20_slow_connections_are_open(health_worker):
+    worker = health_worker()
+    with open_file_limit(4096), SlowClients(worker.port, 20, interval=0.3) as slow, \
+            idle_connections(worker.port, 300) as (_, connected):
+        time.sleep(1)  # the slow clients have sent a few bytes each
+        live = probe(worker.port, "/live")
+        ready = probe(worker.port, "/ready")
+        threads = probe(worker.port, "/threads")
+        assert not isinstance(live, OSError), f"/live did not answer: {live!r}"
+        assert live.status == 200 and live.seconds < LIVE_UNDER_LOAD, live
+        assert not isinstance(ready, OSError), f"/ready did not answer: {ready!r}"
+        assert ready.status == 200 and ready.seconds < PROMPT, ready
+        assert not isinstance(threads, OSError) and threads.status == 200, threads
+        assert len(connected) == 300  # all of them were accepted, none refused
+        assert slow.closed == 0  # within the request timeout, the slow ones are still open
+    assert get(worker.port, "/live").status == 200
+
+
+@pytest.mark.timeout(120)
+def test_idle_slow_and_kept_alive_connections_are_closed_within_seconds(health_worker):
+    worker = health_worker()
+    idle = socket.create_connection(("127.0.0.1", worker.port), timeout=15)
+    partial = socket.create_connection(("127.0.0.1", worker.port), timeout=15)
+    kept_alive = socket.create_connection(("127.0.0.1", worker.port), timeout=15)
+    try:
+        kept_alive.sendall(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while b"[OK]" not in answer:
+            chunk = kept_alive.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in answer, answer
+
+        slowloris = b"GET /live HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        started = time.monotonic()
+        open_ones = {"idle": idle, "partial": partial, "kept alive": kept_alive}
+        closed_after = {}
+        sent = 0
+        while open_ones and time.monotonic() - started < CLOSED_WITHIN + 5:
+            try:  # a byte every 0.5 s: each read gets data in time, the request as a whole never completes
+                partial.send(slowloris[sent:sent + 1])
+                sent += 1
+            except OSError:
+                pass  # closed: the check below sees it
+            time.sleep(0.5)
+            for name, sock in list(open_ones.items()):
+                if closed_by_peer(sock):
+                    closed_after[name] = time.monotonic() - started
+                    del open_ones[name]
+        assert not open_ones, f"still open after {CLOSED_WITHIN + 5:g}s: {sorted(open_ones)} (closed: {closed_after})"
+        assert max(closed_after.values()) < CLOSED_WITHIN, closed_after
+        assert min(closed_after.values()) > 2, closed_after  # not at once: each had its few seconds
+    finally:
+        for sock in (idle, partial, kept_alive):
+            sock.close()
+    assert get(worker.port, "/live").status == 200
+
+
+@pytest.mark.timeout(120)
+def test_connections_beyond_the_limit_close_the_longest_idle_ones_first(health_worker):
+    with open_file_limit(256):  # the worker inherits it: at most 64 health check connections
+        worker = health_worker()
+    with open_file_limit(4096), idle_connections(worker.port, 300) as (sockets, connected):
+        live = probe(worker.port, "/live")
+        assert not isinstance(live, OSError), f"/live did not answer: {live!r}"
+        assert live.status == 200 and live.seconds < LIVE_UNDER_LOAD, live
+        assert len(connected) == 300
+        # room was made by closing the oldest connections, long before their request timeout (5 s)
+        wait_for(lambda: all(closed_by_peer(sock) for sock in sockets[:200]), 3,
+                 message="the oldest 200 connections to be closed to make room", interval=0.1)
+        assert not any(closed_by_peer(sock) for sock in sockets[-50:])  # the newest ones are still open
+    assert "Traceback" not in worker.output()
+
+
+@pytest.mark.timeout(120)
+def test_live_answers_at_once_while_150_ready_requests_wait_on_a_stalled_database(proxy, health_worker,
+                                                                                    database_url):
+    worker = health_worker("--database-url", proxy.url(database_url))
+    proxy.stall()
+    try:
+        with idle_connections(worker.port, 150) as (_, connected):
+            for sock in connected:
+                sock.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.5)  # they wait for the database (3 s)
+            live = probe(worker.port, "/live")
+            assert not isinstance(live, OSError), f"/live did not answer: {live!r}"
+            assert live.status == 200 and live.seconds < LIVE_UNDER_LOAD, live
+            assert len(connected) == 150
+    finally:
+        proxy.resume()
+    wait_for_status(worker.port, "/ready", 200, 30, "/ready to recover")

@@ -2,6 +2,7 @@
 
 import enum
 import math
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -12,7 +13,15 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from exekutor.errors import SerializationError
-from exekutor.serialization import TAG, dump_arguments, json_backend, load_arguments, serializers
+from exekutor.serialization import (
+    MAX_INT_DIGITS,
+    MAX_NESTING,
+    TAG,
+    dump_arguments,
+    json_backend,
+    load_arguments,
+    serializers,
+)
 
 
 class Color(enum.Enum):
@@ -219,10 +228,23 @@ def test_registered_payload_uses_the_name(registered):
     ]
 
 
-def test_subclass_uses_the_serializer_of_its_registered_base(backend, registered):
+def test_subclass_of_a_registered_type_is_refused_not_loaded_as_its_base(registered):
     assert serializers.lookup(Point3).cls is Point
-    (loaded,), _ = round_trip(backend, Point3(1, 2))
-    assert loaded == Point(1, 2)  # loaded by Point's load function
+    with pytest.raises(SerializationError) as info:
+        dump_arguments((1, [Point3(1, 2)]), {}, job_name="j")
+    message = str(info.value)
+    assert message.startswith("cannot serialize argument 2 of j (type Point3 at args[1][0])")
+    assert "subclass of Point" in message and "register Point3 itself" in message
+
+
+def test_a_serializer_registered_for_subclasses_serializes_them(backend):
+    serializers.register(Point, lambda p: [type(p).__name__, p.x, p.y],
+                         lambda d: {"Point": Point, "Point3": Point3}[d[0]](*d[1:]), subclasses=True)
+    try:
+        args, _ = round_trip(backend, Point3(1, 2), Point(3, 4))
+    finally:
+        serializers.unregister(Point)
+    assert type(args[0]) is Point3 and args == (Point3(1, 2), Point(3, 4))
 
 
 def test_registering_the_subclass_itself_takes_precedence(backend, registered):
@@ -445,3 +467,143 @@ def test_values_that_jsonb_would_reject_or_alter_are_tagged():
     document = dump_arguments(values, {})
     assert [value[TAG] for value in document["args"]] == ["float", "float", "float", "int", "str", "dict"]
     assert "\\u0000" not in json_backend("json").dumps(document)
+
+
+# --- bounds: what PostgreSQL, the JSON encoders and the worker's decoder can take -----------------------------------
+
+
+def nest(depth, wrap, value="leaf"):
+    for _ in range(depth):
+        value = wrap(value)
+    return value
+
+
+NESTINGS = {
+    "list": lambda v: [v],
+    "dict": lambda v: {"k": v},
+    "tuple": lambda v: (v,),
+    "frozenset": lambda v: frozenset([v]),
+    "escaped dict": lambda v: {"k\x00": v, TAG: 1},  # the pair form: 3 JSON levels per level
+    "registered": lambda v: Wrapper(v),
+}
+
+
+class Wrapper:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __eq__(self, other):
+        return type(other) is Wrapper and other.inner == self.inner
+
+
+@pytest.fixture
+def wrapper():
+    serializers.register(Wrapper, lambda w: w.inner, Wrapper)
+    yield
+    serializers.unregister(Wrapper)
+
+
+@pytest.mark.parametrize("kind", NESTINGS)
+def test_nesting_up_to_the_maximum_round_trips_and_one_more_level_is_refused(backend, wrapper, kind):
+    """The deepest argument accepted, in its most expensive form (3 JSON levels a level, a leaf that needs 5
+    more), is written by orjson (254 levels at most) and read back by the decoders."""
+    value = nest(MAX_NESTING, NESTINGS[kind])
+    if kind == "escaped dict":
+        value = nest(MAX_NESTING - 1, NESTINGS[kind], {"\x00": "\x00"})  # the deepest level: a NUL key and str
+    args, kwargs = round_trip(backend, value, k=value)
+    assert args == (value,) and kwargs == {"k": value}
+    with pytest.raises(SerializationError, match="argument 1 .nested too deeply or cyclic: more than 64 levels"):
+        dump_arguments((NESTINGS[kind](value),), {})
+
+
+@pytest.mark.parametrize("kind", NESTINGS)
+@pytest.mark.parametrize("depth", [MAX_NESTING + 1, 200, 256, 300, 330, 5000])
+def test_nesting_beyond_the_maximum_is_refused_naming_the_argument(wrapper, kind, depth):
+    with pytest.raises(SerializationError) as info:
+        dump_arguments((1, nest(depth, NESTINGS[kind])), {}, job_name="j")
+    message = str(info.value)
+    assert message.startswith("cannot serialize argument 2 of j (nested too deeply or cyclic: more than 64 levels")
+    assert len(message) < 600 and "\n" not in message
+    with pytest.raises(SerializationError, match="argument 'deep' of j .nested too deeply"):
+        dump_arguments((), {"deep": nest(depth, NESTINGS[kind])}, job_name="j")
+
+
+def test_cyclic_arguments_are_refused_by_the_nesting_limit():
+    cycle = {}
+    cycle["self"] = cycle
+    with pytest.raises(SerializationError, match=r"argument 'c' \(nested too deeply or cyclic: .* at kwargs.c.self"):
+        dump_arguments((), {"c": cycle})
+
+
+def test_ints_up_to_the_digit_limit_round_trip_and_longer_ones_are_refused(backend):
+    largest = 10**MAX_INT_DIGITS - 1
+    args, _ = round_trip(backend, largest, -largest)
+    assert args == (largest, -largest)
+    for value in (10**MAX_INT_DIGITS, -(10**MAX_INT_DIGITS), 7**20000):
+        with pytest.raises(SerializationError, match=r"argument 2 of j \(int of more than 4300 digits .*at args\[1\]"):
+            dump_arguments((1, value), {}, job_name="j")
+
+
+def test_the_digit_limit_holds_even_where_this_process_allows_longer_ints():
+    previous = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)  # unlimited here; a worker with the default could not load it
+    try:
+        with pytest.raises(SerializationError, match=r"argument 'n' \(int of more than 4300 digits"):
+            dump_arguments((), {"n": [10**MAX_INT_DIGITS]})
+    finally:
+        sys.set_int_max_str_digits(previous)
+
+
+@pytest.mark.parametrize("args, kwargs, position", [
+    (("ok", "lone \ud800 surrogate"), {}, r"argument 2 \(str 'lone \\ud800 surrogate' at args\[1\]"),
+    ((["\udfff"],), {}, r"argument 1 \(str '\\udfff' at args\[0\]\[0\]"),
+    (({"k\ud83d": 1},), {}, r"argument 1 \(dict key 'k\\ud83d' at args\[0\]"),
+    (((1, {"a": "x\x00\udc00"}),), {}, r"argument 1 \(str 'x\\x00\\udc00' at args\[0\]\[1\]\.a"),
+    ((), {"name": "\ud800"}, r"argument 'name' \(str '\\ud800' at kwargs.name"),
+    ((), {"\ud800": 1}, r"kwargs \(dict key '\\ud800' at kwargs\)"),
+], ids=repr)
+def test_lone_surrogates_are_refused_naming_the_argument(args, kwargs, position):
+    with pytest.raises(SerializationError, match=position + ".*lone surrogate"):
+        dump_arguments(args, kwargs)
+
+
+def test_valid_non_ascii_text_round_trips_and_a_surrogate_beside_it_is_refused(backend):
+    text = "é ☃ 😀 \U0010ffff \x00 \ufffd"
+    args, kwargs = round_trip(backend, text, {text: text}, **{text: [text]})
+    assert args == (text, {text: text}) and kwargs == {text: [text]}
+    with pytest.raises(SerializationError, match="argument 2 .*lone surrogate"):
+        dump_arguments((text, text + "\udbff"), {})
+
+
+def test_a_serializer_name_postgresql_cannot_store_is_refused():
+    for name in ("bad\x00name", "bad\ud800name"):
+        with pytest.raises(ValueError, match="serializer name"):
+            serializers.register(Unknown, vars, Unknown, name=name)
+    assert serializers.lookup(Unknown) is None
+
+
+def test_an_enum_defined_in_main_is_refused_at_enqueue(tmp_path):
+    """Run as a script, the enum's class lives in __main__: found there by this process, never by a worker."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import enum
+        from exekutor.errors import SerializationError
+        from exekutor.serialization import dump_arguments
+
+        class Mood(enum.Enum):
+            HAPPY = 1
+
+        try:
+            dump_arguments((), {"mood": [Mood.HAPPY]}, job_name="j")
+        except SerializationError as error:
+            print(error)
+        else:
+            print("accepted")
+    """))
+    root = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                            env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    message = result.stdout.strip()
+    assert message.startswith("cannot serialize argument 'mood' of j (enum member <Mood.HAPPY: 1> at kwargs.mood[0])")
+    assert "defined in __main__" in message

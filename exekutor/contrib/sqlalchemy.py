@@ -121,7 +121,7 @@ def register_models(base, session, name="sqlalchemy", remove_after_job=True):
     """
     serializer = ModelSerializer(base, session, remove_after_job)
     try:
-        serializers.register(base, serializer.dump, serializer.load, name=name)
+        serializers.register(base, serializer.dump, serializer.load, name=name, subclasses=True)  # models: by class
     except ValueError as error:
         raise ValueError(f"{error}: register_models(..., name=...) gives each declarative base a name of its own")
     previous = _registered.pop(base, None)

@@ -1,7 +1,8 @@
 """Opening psycopg2 connections to the configured database.
 
-The URL comes from the configuration (database_url, EXEKUTOR_DATABASE_URL, DATABASE_URL) or, when none is
-set and the `embedded` extra is installed, from an embedded PostgreSQL started in a local data directory.
+The URL comes from the configuration (database_url, EXEKUTOR_DATABASE_URL, DATABASE_URL; an empty one is not
+set) or, only when none is set and the `embedded` extra is installed, from an embedded PostgreSQL started in a
+local data directory (logged once, at INFO).
 """
 import threading
 

