@@ -402,7 +402,9 @@ def _targets(paths, echo):
             remove_stale(path)
             echo(f"{path}: the worker (pid {pid}) was not running; removed the stale pidfile")
         else:
-            echo(f"{path}: no worker running (no pidfile)")
+            # A miss is not a success: the worker may run with its pidfile somewhere else (another directory).
+            failures += 1
+            echo(f"{os.path.abspath(path)}: no worker running (no pidfile there)", err=True)
     return targets, failures
 
 

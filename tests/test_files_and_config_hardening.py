@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import resource
+import signal
 import stat
 import subprocess
 import sys
@@ -246,3 +247,61 @@ def test_the_daemons_log_file_is_created_0600(workdir, db):
     stopped = run_cli("stop", "--identifier", "private", cwd=workdir)
     assert stopped.returncode == 0, stopped.stderr
     wait_for(lambda: not alive(pid), 15, message="the daemon to exit")
+
+
+# --- day one: connect timeout, SIGHUP, a stop that misses -----------------------------------------------------
+
+
+@pytest.fixture
+def silent_database():
+    """A TCP server that accepts connections and never answers, as a hung PostgreSQL or a black-holing proxy."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except socket.timeout:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"postgresql://root@127.0.0.1:{server.getsockname()[1]}/silent"
+    stop.set()
+    thread.join(5)
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_gives_up_connecting_after_connect_timeout_and_says_so(silent_database):
+    started = time.monotonic()
+    result = run_cli("start", "--app", "tests.jobs_app", "--database-url", silent_database,
+                     env={"EXEKUTOR_CONNECT_TIMEOUT": "3", "EXEKUTOR_STATEMENT_TIMEOUT": "30"}, timeout=50)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert "could not connect within 3s to root@127.0.0.1:" in result.stderr, result.stderr[-2000:]
+    assert elapsed < 15, elapsed  # not the 30 s statement_timeout
+
+
+@pytest.mark.timeout(60)
+def test_sighup_stops_a_foreground_worker_gracefully(start_worker, db):
+    worker = start_worker("--threads", "2")
+    wait_for(lambda: "started on " in worker.output(), 10, message="the first log line naming the database")
+    worker.signal(signal.SIGHUP)
+    assert worker.wait(30) == 0, worker.output()[-2000:]
+    assert query(db, "SELECT count(*) FROM exekutor_workers")[0][0] == 0  # it deleted its row: a graceful stop
+
+
+def test_stop_where_no_pidfile_is_fails_and_names_the_absolute_path(workdir):
+    result = run_cli("stop", "--identifier", "elsewhere", cwd=workdir)
+    assert result.returncode == 1
+    assert f"{workdir}/tmp/pids/exekutor.elsewhere.pid: no worker running" in result.stderr

@@ -36,9 +36,15 @@ def resolve_url():
 
 
 def connect(url=None, application_name=None, autocommit=False):
-    """A new psycopg2 connection; TCP keepalives make a silently dead peer show up as an error."""
+    """A new psycopg2 connection; TCP keepalives make a silently dead peer show up as an error.
+
+    Under a wait callback (gevent), psycopg2 connects asynchronously and libpq's connect_timeout does not apply: the
+    connect is bounded by the same number of seconds here, and a server that accepts but never answers gives
+    "could not connect within Ns to <database>".
+    """
+    timeout = max(1, int(config.get("connect_timeout")))
     kwargs = {
-        "connect_timeout": max(1, int(config.get("connect_timeout"))),
+        "connect_timeout": timeout,
         "keepalives": 1,
         "keepalives_idle": 10,
         "keepalives_interval": 5,
@@ -46,9 +52,31 @@ def connect(url=None, application_name=None, autocommit=False):
     }
     if application_name:
         kwargs["application_name"] = application_name[:63]
-    conn = psycopg2.connect(url or resolve_url(), **kwargs)
+    url = url or resolve_url()
+    if psycopg2.extensions.get_wait_callback() is None:
+        conn = psycopg2.connect(url, **kwargs)
+    else:
+        conn = _green_connect(url, kwargs, timeout)
     conn.autocommit = autocommit
     return conn
+
+
+def _green_connect(url, kwargs, timeout):
+    import gevent
+
+    from exekutor.display import database_label
+
+    timer = gevent.Timeout(timeout)
+    timer.start()
+    try:
+        return psycopg2.connect(url, **kwargs)
+    except gevent.Timeout as timeout_error:
+        if timeout_error is not timer:
+            raise
+        raise psycopg2.OperationalError(f"could not connect within {timeout}s to {database_label(url)} "
+                                        "(connect_timeout)") from None
+    finally:
+        timer.close()
 
 
 def is_usable(conn):

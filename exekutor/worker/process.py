@@ -1,9 +1,10 @@
 """Running a worker as the main thing a process does (what `exekutor-gevent start` calls).
 
 Order matters: gevent's monkeypatching and the cooperative psycopg2 wait callback come before anything else is
-imported, then the application modules that register the jobs, then the worker. SIGTERM/SIGINT stop it
-gracefully; a second signal kills it. The process title shows the worker (id, identifier, queues, threads,
-state), and under systemd (`Type=notify`) the worker reports READY=1 once it runs and STOPPING=1 when a signal stops it.
+imported, then the application modules that register the jobs, then the worker. SIGTERM/SIGINT/SIGHUP (a closed
+terminal) stop it gracefully; a second signal kills it. The process title shows the worker (id, identifier,
+queues, threads, state), and under systemd (`Type=notify`) the worker reports READY=1 once it runs and
+STOPPING=1 when a signal stops it.
 """
 import importlib
 import logging
@@ -58,7 +59,8 @@ def run(options, on_started=None):
             gevent.spawn(worker.kill)
 
     set_title(worker, "starting")
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: closing the terminal of a foreground worker stops it gracefully instead of killing it.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         gevent.signal_handler(signum, on_signal)
     try:
         worker.start()

@@ -162,9 +162,9 @@ class Worker:
         self._start_healthcheck()
         self.state = "started"
         self._set_status("r")
-        logger.info("exekutor worker %s started (queues: %s, threads: %d-%d, listener: %s)", self.id,
-                    ", ".join(self.queues) if self.queues else "all", self.executor.min_threads,
-                    self.executor.max_threads, "on" if self.listener else "off")
+        logger.info("exekutor worker %s started on %s (queues: %s, threads: %d-%d, listener: %s)", self.id,
+                    self._database_label(), ", ".join(self.queues) if self.queues else "all",
+                    self.executor.min_threads, self.executor.max_threads, "on" if self.listener else "off")
         hooks.run_after("after_startup", self)
         return self
 
@@ -178,6 +178,13 @@ class Worker:
         if missing:
             raise SchemaError(f"exekutor's tables are missing or out of date in this database (migrations "
                               f"{', '.join(map(str, missing))} not applied): run `exekutor-gevent migrate`")
+
+    @staticmethod
+    def _database_label():
+        from exekutor.display import database_label
+
+        url = config.database_url()
+        return database_label(url) if url else "the embedded PostgreSQL"
 
     def register(self, status="r"):
         from psycopg2.extras import Json
