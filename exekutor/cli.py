@@ -429,11 +429,9 @@ def stop(configfile, env, identifier, pidfile, stop_all, shutdown_timeout):
 
 
 def _database_label():
-    from exekutor import config
-    from exekutor.display import database_label
+    from exekutor.display import configured_database
 
-    url = config.database_url()
-    return database_label(url) if url else "embedded PostgreSQL"
+    return configured_database()
 
 
 @contextlib.contextmanager

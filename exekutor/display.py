@@ -78,6 +78,14 @@ def passwords_in(text):
     return {password for password in found if password and password != MASK}
 
 
+def configured_database():
+    """The label of the database the configuration names (see database_label), or the embedded server."""
+    from exekutor import config
+
+    url = config.database_url()
+    return database_label(url) if url else "the embedded PostgreSQL"
+
+
 def redact(text, secrets=()):
     """`text` without any password it may quote (see the module docstring); `secrets` are more strings to remove."""
     if not isinstance(text, str):

@@ -17,17 +17,6 @@ MAX_MESSAGE_CHARS = 10_000
 MAX_TRACEBACK_CHARS = 100_000
 MAX_TYPE_CHARS = 500
 
-# PostgreSQL server encodings whose Python codec is not found under the same name.
-_CODECS = {"SQL_ASCII": "ascii", "WIN866": "cp866", "WIN874": "cp874", "WIN1250": "cp1250", "WIN1251": "cp1251",
-           "WIN1252": "cp1252", "WIN1253": "cp1253", "WIN1254": "cp1254", "WIN1255": "cp1255", "WIN1256": "cp1256",
-           "WIN1257": "cp1257", "WIN1258": "cp1258", "LATIN1": "latin_1", "LATIN2": "iso8859_2",
-           "LATIN3": "iso8859_3", "LATIN4": "iso8859_4", "LATIN5": "iso8859_9", "LATIN6": "iso8859_10",
-           "LATIN7": "iso8859_13", "LATIN8": "iso8859_14", "LATIN9": "iso8859_15", "LATIN10": "iso8859_16",
-           "ISO_8859_5": "iso8859_5", "ISO_8859_6": "iso8859_6", "ISO_8859_7": "iso8859_7",
-           "ISO_8859_8": "iso8859_8", "KOI8R": "koi8_r", "KOI8U": "koi8_u", "EUC_JP": "euc_jp",
-           "EUC_KR": "euc_kr", "EUC_CN": "gb2312", "EUC_JIS_2004": "euc_jis_2004", "EUC_TW": "ascii",
-           "MULE_INTERNAL": "ascii"}
-
 
 def type_name(kind):
     module = getattr(kind, "__module__", None)
@@ -88,11 +77,12 @@ def cut_middle(text, limit):
 
 
 def codec_for(server_encoding):
-    """The Python codec of a PostgreSQL server encoding, or None for UTF-8 (where every storable text fits)."""
-    name = (server_encoding or "UTF8").upper()
-    if name in ("UTF8", "UNICODE"):
-        return None
-    return _CODECS.get(name, "ascii")
+    """The Python codec of a PostgreSQL server encoding (psycopg2's table; ASCII for one Python lacks), or None for
+    UTF-8, where every storable text fits."""
+    from psycopg2.extensions import encodings
+
+    codec = encodings.get((server_encoding or "UTF8").upper(), "ascii")
+    return None if codec == "utf_8" else codec
 
 
 def fit_record(record, codec):

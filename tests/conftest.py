@@ -133,6 +133,35 @@ def latin1_url(database_url):
     admin.close()
 
 
+@pytest.fixture
+def silent_server():
+    """The port of a TCP server on 127.0.0.1 that accepts connections and never answers: a hung PostgreSQL, or a
+    proxy that black-holes them. A connect to it waits for its timeout."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except socket.timeout:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
 def query(conn, sql, params=None):
     with conn.cursor() as cursor:
         cursor.execute(sql, params)

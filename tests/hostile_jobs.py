@@ -193,3 +193,14 @@ def block_once(tag, seconds):
                         "SET value = test_counters.value + 1 RETURNING value", (tag,))
     if count == 1:
         monkey.get_original("time", "sleep")(seconds)
+
+
+@exekutor.job(name="hostile.long")
+def long(tag, seconds):
+    """Records its start, sleeps cooperatively, records its end on the same execution row (a run that is stopped
+    midway keeps an open end)."""
+    (started,) = _execute("INSERT INTO test_executions (tag, pid) VALUES (%s, %s) RETURNING started_at",
+                          (tag, os.getpid()))
+    gevent.sleep(seconds)
+    _execute("UPDATE test_executions SET finished_at = clock_timestamp() WHERE tag = %s AND started_at = %s",
+             (tag, started))

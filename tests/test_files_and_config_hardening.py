@@ -253,32 +253,9 @@ def test_the_daemons_log_file_is_created_0600(workdir, db):
 
 
 @pytest.fixture
-def silent_database():
-    """A TCP server that accepts connections and never answers, as a hung PostgreSQL or a black-holing proxy."""
-    import socket
-    import threading
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    accepted, stop = [], threading.Event()
-
-    def accept():
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except socket.timeout:
-                pass
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"postgresql://root@127.0.0.1:{server.getsockname()[1]}/silent"
-    stop.set()
-    thread.join(5)
-    for conn in accepted:
-        conn.close()
-    server.close()
+def silent_database(silent_server):
+    """A database URL whose server accepts connections and never answers."""
+    return f"postgresql://root@127.0.0.1:{silent_server}/silent"
 
 
 @pytest.mark.timeout(60)

@@ -125,6 +125,27 @@ def test_a_shared_outage_longer_than_worker_timeout_makes_no_live_worker_look_de
             worker.stop()
 
 
+@pytest.mark.timeout(150)
+def test_a_worker_cut_off_from_the_database_stops_its_jobs_before_others_could_take_them(start_worker, executions,
+                                                                                          database_url):
+    with TCPProxy.for_url(database_url) as proxy:
+        worker = start_worker("--threads", "2", "--poll-interval", "1", "--database-url", proxy.url(database_url),
+                              env=FAST, apps=APPS)
+        handle = hostile_jobs.long.perform_later("cut", 15)
+        wait_for(lambda: scalar(executions, "SELECT count(*) FROM test_executions") == 1, 20,
+                 message="the job to start")
+        proxy.down()
+        # Within worker_timeout (4 s) of its last heartbeat, before any other worker could take it for dead.
+        wait_for(lambda: "no heartbeat went through" in worker.output(), 10, message="the worker to stop its job")
+        time.sleep(4)
+        proxy.up()
+        wait_for(lambda: status_of(executions, handle) == "c", 90,
+                 message=f"the job to run again and complete\n{worker.output()[-3000:]}")
+        runs = query(executions, "SELECT finished_at FROM test_executions WHERE tag = 'cut' ORDER BY started_at")
+        assert len(runs) == 2 and runs[0][0] is None and runs[1][0] is not None, runs  # the first never went on
+        worker.stop()
+
+
 def test_the_rescue_releases_only_ownerless_jobs_started_more_than_worker_timeout_ago(db):
     from exekutor.db.queries import RESCUE_ORPHANS
 

@@ -3,10 +3,8 @@
 Real libpq messages (psycopg2.connect on real URLs), real CLI processes, the real process title in /proc.
 """
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import psycopg2
@@ -80,33 +78,6 @@ def test_no_command_shows_a_piece_of_the_password(db, database_url, shape):
             except subprocess.TimeoutExpired:  # a worker that could start: it ran, which is not this test's point
                 continue
             assert leaks(result.stdout + result.stderr) == [], (shape, command, how, result.stdout, result.stderr)
-
-
-@pytest.fixture
-def silent_server():
-    """A TCP server that accepts and never answers: a connect to it waits for connect_timeout."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    accepted = []
-    stop = threading.Event()
-
-    def accept():
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except socket.timeout:
-                pass
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join(5)
-    for conn in accepted:
-        conn.close()
-    server.close()
 
 
 @pytest.mark.timeout(120)

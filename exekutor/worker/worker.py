@@ -16,6 +16,7 @@ from exekutor import config, hooks, log, metrics
 from exekutor.db.green import server_of
 from exekutor.db.pool import ConnectionPool
 from exekutor.db.queries import DELETE_WORKER, REGISTER_WORKER, SET_WORKER_STATUS
+from exekutor.display import configured_database
 from exekutor.errors import ConfigError, DatabaseTimeout, SchemaError
 from exekutor.execution import COMPLETED, DISCARDED, FAILED
 from exekutor.jobs import MAX_PRIORITY, MIN_PRIORITY
@@ -163,7 +164,7 @@ class Worker:
         self.state = "started"
         self._set_status("r")
         logger.info("exekutor worker %s started on %s (queues: %s, threads: %d-%d, listener: %s)", self.id,
-                    self._database_label(), ", ".join(self.queues) if self.queues else "all",
+                    configured_database(), ", ".join(self.queues) if self.queues else "all",
                     self.executor.min_threads, self.executor.max_threads, "on" if self.listener else "off")
         hooks.run_after("after_startup", self)
         return self
@@ -178,13 +179,6 @@ class Worker:
         if missing:
             raise SchemaError(f"exekutor's tables are missing or out of date in this database (migrations "
                               f"{', '.join(map(str, missing))} not applied): run `exekutor-gevent migrate`")
-
-    @staticmethod
-    def _database_label():
-        from exekutor.display import database_label
-
-        url = config.database_url()
-        return database_label(url) if url else "the embedded PostgreSQL"
 
     def register(self, status="r"):
         from psycopg2.extras import Json
