@@ -117,6 +117,12 @@ def _parse_logger(value, unit=None):
     raise TypeError("not a logger")
 
 
+def _parse_level(value, unit=None):
+    if isinstance(value, str):
+        return value.strip().lower()  # "DEBUG" and "debug" alike, as logging's own names are capitals
+    raise TypeError("not a log level")
+
+
 def _looks_like_dsn(value):
     return bool(re.match(r"postgres(ql)?://", value) or re.match(r"\s*\w+\s*=", value))
 
@@ -148,6 +154,7 @@ LIST = Kind("list", _parse_list, "a list of {check}")
 SERIALIZER = Kind("serializer", _parse_serializer,
                   "'json', 'orjson', an import path like 'pkg.mod:obj', or an object with dumps() and loads()")
 LOGGER = Kind("logger", _parse_logger, "a logger name or a logging.Logger")
+LEVEL = Kind("log level", _parse_level, "one of {check}")
 
 
 def _between(low, high):
@@ -166,6 +173,7 @@ QUEUE_NAMES = Check(lambda names: bool(names) and all(0 < len(name) <= 63 for na
                     "queue names (1 to 63 characters each)")
 MODULE_NAMES = Check(lambda names: all(_MODULE_NAME.fullmatch(name) for name in names),
                      "module names like 'app.jobs' or 'app:create_app'")
+LOG_LEVELS = Check(lambda level: level in ("debug", "info", "warning", "error"), "debug, info, warning, error")
 
 
 @dataclass(frozen=True)
@@ -241,6 +249,12 @@ OPTIONS = {option.name: option for option in [
            "Prometheus metrics (at the health check server's `/metrics`): true, false, or none = on when "
            "prometheus-client (the `metrics` extra) is installed."),
     Option("quiet", BOOL, False, None, ANY, "Print only errors to the console."),
+    Option("log_level", LEVEL, "info", None, LOG_LEVELS,
+           "Level of the log `exekutor-gevent start` prints (`--log-level`); `quiet` wins over it. In your own "
+           "process, where you configure `logging`, it is not used."),
+    Option("log_job_outcomes", BOOL, False, None, ANY,
+           "Log one INFO line per finished job: its id, name, queue, outcome (completed, failed, discarded, "
+           "retrying, released) and runtime, never its arguments. Off, a completed job is one DEBUG line."),
     Option("wait_for_termination", WAIT, 120, "s", WAIT_TIME,
            "On stop, how long to let running jobs finish before killing them: true = forever, "
            "false/none = do not wait, 0 = kill at once."),
@@ -561,7 +575,8 @@ class Configuration:
             for path in files:
                 for key, value, source, text in _read_file(os.fspath(path), env):
                     self._put("files", key, value, source, text)
-            for option in OPTIONS.values():  # other EXEKUTOR_* variables belong to someone else: ignored
+            _warn_unknown_variables(environ)
+            for option in OPTIONS.values():
                 if _is_set(environ, option.env_var):
                     source = f"environment variable {option.env_var}"
                     self._put("environment", option.name, environ[option.env_var], source, text=True)
@@ -608,6 +623,38 @@ def _blank(value):
 def _is_set(environ, variable):
     """Whether an environment variable is set to something: an empty one counts as not set."""
     return not _blank(environ.get(variable))
+
+
+ENV_PREFIX = "EXEKUTOR_"
+# EXEKUTOR_* variables that are read, but are not options: they must not be reported as typos.
+NOT_OPTION_VARIABLES = {"EXEKUTOR_EMBEDDED_DIR"}  # the embedded server's data directory (exekutor.db.embedded)
+# Prefixes of variables this project's own test suite, benchmarks and reliability runs pass to their processes.
+NOT_OPTION_PREFIXES = ("EXEKUTOR_TEST_", "EXEKUTOR_BENCH_", "EXEKUTOR_RELIABILITY_", "EXEKUTOR_SOAK_")
+
+
+def unknown_variable_message(variable):
+    """Why an EXEKUTOR_* variable is not read, with a "did you mean" as for a file's unknown key; None if it is."""
+    name = variable[len(ENV_PREFIX):].lower()
+    if variable in NOT_OPTION_VARIABLES or variable.startswith(NOT_OPTION_PREFIXES):
+        return None
+    if name in OPTIONS and variable == OPTIONS[name].env_var:
+        return None
+    if name in OPTIONS:  # variable names are case-sensitive: EXEKUTOR_Quiet is not EXEKUTOR_QUIET
+        return f"environment variable {variable} is not read (did you mean {OPTIONS[name].env_var}?)"
+    try:
+        _option(name, f"environment variable {variable}")
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+def _warn_unknown_variables(environ):
+    # A warning, not an error as in a file: the environment is shared with other programs and other versions.
+    for variable in sorted(environ):
+        if variable.startswith(ENV_PREFIX) and _is_set(environ, variable):
+            message = unknown_variable_message(variable)
+            if message:
+                logging.getLogger("exekutor").warning("exekutor: %s; ignored", message)
 
 
 def reference_table():
@@ -661,6 +708,10 @@ class _ConfigModule(types.ModuleType):
         if name in OPTIONS:
             return settings.get(name)
         raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+
+    def __dir__(self):
+        # The options are not module globals (__getattr__ makes them up): list them for dir() and tab completion.
+        return sorted(set(super().__dir__()) | set(OPTIONS))
 
     def __setattr__(self, name, value):
         if name in OPTIONS:

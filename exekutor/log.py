@@ -4,7 +4,9 @@
 - a job failing: one ERROR line with the error and its traceback;
 - a job retried, discarded (including timeouts) or released after losing its connection: one WARNING line with
   the error and its traceback;
-- a job that swallowed its execution_timeout's interruption: one more WARNING line saying so.
+- a job that swallowed its execution_timeout's interruption: one more WARNING line saying so;
+- with the `log_job_outcomes` option (off by default, so that a busy worker's log stays quiet): one INFO line per
+  finished job, whatever its outcome, with its name, id, queue, outcome and runtime (it replaces the DEBUG line).
 
 Job arguments are never logged, at any level. Error messages exekutor itself builds from argument values (a
 `SerializationError` while loading them) are left out of the log line, traceback included; the full record is
@@ -15,6 +17,7 @@ exekutor's records to another logger instead of up the "exekutor" hierarchy.
 """
 import logging
 
+from exekutor import config
 from exekutor.display import printable, redact
 from exekutor.error_records import error_record
 from exekutor.errors import SerializationError
@@ -26,6 +29,8 @@ _OUTCOME_WORDS = {"f": "failed", "d": "was discarded", "retry": "failed and will
                   "release": "lost its database connection and was released"}
 # Errors whose message quotes job arguments (by the type name stored in the outcome's error record).
 _QUOTES_ARGUMENTS = {error_record(SerializationError())["type"]}
+# The outcome in the INFO line of log_job_outcomes: one word each, easy to grep and to count.
+_OUTCOME_NAMES = {"c": "completed", "f": "failed", "d": "discarded", "retry": "retrying", "release": "released"}
 
 
 def job_name(info):
@@ -41,10 +46,23 @@ def job_started(info):
                      info.get("queue"), info.get("attempts"))
 
 
+def job_outcome(outcome, info):
+    """The INFO line of `log_job_outcomes`: name, id, queue, outcome, runtime; never arguments nor error messages
+    (an error's message may quote arguments; the WARNING or ERROR line about it stays as it was)."""
+    logger.info("exekutor job %s (%s) on queue %s %s in %.3fs", info["id"], job_name(info),
+                printable(info.get("queue")), _OUTCOME_NAMES.get(outcome.status, outcome.status),
+                outcome.runtime or 0.0)
+
+
 def job_finished(outcome, info):
     error = outcome.error
+    with_outcomes = config.get("log_job_outcomes")
+    if with_outcomes:
+        job_outcome(outcome, info)
     if error is None:
-        logger.debug("exekutor job %s (%s) completed in %.3fs", info["id"], job_name(info), outcome.runtime or 0.0)
+        if not with_outcomes:  # else the INFO line said it
+            logger.debug("exekutor job %s (%s) completed in %.3fs", info["id"], job_name(info),
+                         outcome.runtime or 0.0)
         return
     level = logging.ERROR if outcome.status == FAILED else logging.WARNING
     words = _OUTCOME_WORDS.get(outcome.status, outcome.status)

@@ -29,6 +29,8 @@ DEFAULTS = {
     "max_blocking_time": 5,
     "metrics": None,
     "quiet": False,
+    "log_level": "info",
+    "log_job_outcomes": False,
     "wait_for_termination": 120,
     "queues": None,
     "min_priority": None,
