@@ -19,6 +19,7 @@ import time
 
 from benchmarks import harness
 from benchmarks.jobs import NOOP_PAYLOAD, sleep_payload
+from benchmarks.operations import measure_listing
 
 POLL = 0.1  # how often the driver looks at the queue (two index-only counts)
 
@@ -258,6 +259,7 @@ def scenario_bigtable(ctx):
         fill_s = time.monotonic() - started
         size = big_db.scalar("SELECT pg_size_pretty(pg_total_relation_size('exekutor_jobs'))")
         ctx.say(f"  filled {filler:,} finished jobs in {fill_s:.1f}s (table with indexes: {size})")
+        measure_listing(ctx, big_db, filler)
         where = f"queue <> '{FILLER_QUEUE}'"
         empty_runs, runs = [], []
         for i in range(ctx.runs):

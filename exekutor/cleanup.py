@@ -25,13 +25,13 @@ DELETE FROM exekutor_workers WHERE last_heartbeat_at < %(before)s
 RETURNING id::text, hostname, pid, identifier, last_heartbeat_at
 """
 # `status IN ('c', 'f', 'd')` is repeated on purpose: it is the guarantee that unfinished jobs survive any
-# argument, and it lets the planner use the partial index on finished jobs. A finished job's scheduled_at is
-# never after its finished_at, so the indexed condition is a cheap pre-filter of the exact one.
+# argument, and it lets the planner use the partial index on finished jobs (status, finished_at), oldest first.
+# Only a hand-made finished row lacks finished_at; its scheduled_at decides.
 _DELETE_JOBS = """
 DELETE FROM exekutor_jobs WHERE id IN (
     SELECT id FROM exekutor_jobs
     WHERE status IN ('c', 'f', 'd') AND status = ANY(%(statuses)s::char(1)[])
-      AND scheduled_at < %(before)s AND coalesce(finished_at, scheduled_at) < %(before)s
+      AND (finished_at < %(before)s OR finished_at IS NULL) AND scheduled_at < %(before)s
     LIMIT %(limit)s)
 """
 

@@ -1,4 +1,4 @@
-"""The `exekutor-gevent` command line: start, stop, restart, info, cleanup, migrate, install.
+"""The `exekutor-gevent` command line: start, stop, restart, info, jobs, cleanup, migrate, install.
 
 Every command checks all of its input (flags, config files, environment variables) before it does anything:
 bad input is one line on stderr and exit status 2, with nothing started, stopped or deleted. Other failures
@@ -127,11 +127,21 @@ def load_config(configfile, env, overrides, identifier=None):
         _fail(str(error))
 
 
+_LOGGING = {"level": None}  # the root level _configure_logging set last
+
+
 def _configure_logging(quiet):
+    """The worker's console log: `quiet` (errors only) wins over `log_level`. Called again once the application
+    was imported, as an app factory may set them (Flask's app.config); only a change is applied then, so that
+    an application that configures logging itself keeps its level otherwise."""
     from exekutor import config
 
-    level = logging.ERROR if quiet or config.get("quiet") else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    level = logging.ERROR if quiet or config.get("quiet") else logging.getLevelName(config.get("log_level").upper())
+    if level == _LOGGING["level"]:
+        return
+    logging.basicConfig(format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")  # once
+    logging.getLogger().setLevel(level)
+    _LOGGING["level"] = level
 
 
 def _hide_secrets_from_ps():
@@ -205,6 +215,8 @@ def start_options(command):
         _option("--app", multiple=True, help="Module defining jobs to import, or module:factory (repeatable)."),
         _option("--healthcheck-port", type=int, default=None, help="Port of the healthcheck server."),
         _option("--quiet", is_flag=True, default=None, help="Log errors only."),
+        _option("--log-level", default=None, metavar="LEVEL",
+                help="Level of the log: debug, info (the default), warning or error."),
     ]):
         command = decorator(command)
     return command
@@ -221,7 +233,6 @@ def shutdown_timeout_option(command):
 
 
 class StartPlan(NamedTuple):
-    options: dict  # exekutor.Worker keyword arguments
     imports: list
     pidfile: str  # or None: no pidfile
     logfile: str  # or None: stdout/stderr stay where they are
@@ -233,7 +244,7 @@ def _worker_overrides(params):
     overrides = {"database_url": params["database_url"], "identifier": params["identifier"],
                  "queues": list(params["queue"]) or None, "polling_interval": params["poll_interval"],
                  "healthcheck_port": params["healthcheck_port"], "quiet": params["quiet"],
-                 "imports": list(params["app"]) or None}
+                 "log_level": params["log_level"], "imports": list(params["app"]) or None}
     try:
         if params["threads"] is not None:
             low, high = parse_range(params["threads"], "--threads")
@@ -261,8 +272,7 @@ def _prepare_start(params):
         pidfile, logfile = (daemon.expand(path, identifier) if path else None for path in (pidfile, logfile))
     except ValueError as error:
         _fail(str(error))
-    return StartPlan(config.worker_options(), config.get("imports"), pidfile, logfile, daemonize,
-                     bool(params["quiet"]))
+    return StartPlan(config.get("imports"), pidfile, logfile, daemonize, bool(params["quiet"]))
 
 
 def _open_log(path):
@@ -339,8 +349,11 @@ def _serve(plan, pidfile, runner):
             json_backend(config.get("json_serializer"))  # a bad json_serializer is bad input (status 2)
         except ValueError as error:
             return EXIT_USAGE, str(error)
+        # The worker's options are read only now: the application's factory may have set some (Flask's app.config
+        # is the code level of the configuration, below files, environment and flags), log_level and quiet too.
+        _configure_logging(plan.quiet)
         try:
-            return process.run(plan.options, on_started=started), None
+            return process.run(config.worker_options(), on_started=started), None
         except ConfigError as error:
             return EXIT_USAGE, str(error)
         except Exception as error:  # noqa: BLE001 - e.g. the database is unreachable
@@ -470,12 +483,16 @@ def _with_connection(action, autocommit=False):
 @main.command()
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
-def info(configfile, env, database_url, as_json):
-    """Show the workers per host and the pending jobs per queue."""
+@_option("--since", default=None, help="Show the failures of this period (24h, 90m, 7d; default 24h).")
+def info(configfile, env, database_url, as_json, since):
+    """Show the workers per host, the pending jobs per queue and the recent failures."""
     from exekutor import info as report
 
     load_config(configfile, env, {"database_url": database_url})
-    data = _with_connection(report.collect)
+    seconds = parse_seconds(since, "--since", unit="h") * 3600 if since else report.FAILURES_SINCE
+    if seconds > report.MAX_FAILURES_SINCE:
+        _fail(f"invalid value for --since: {since!r} is longer than 100 years")
+    data = _with_connection(lambda conn: report.collect(conn, seconds))
     if as_json:
         click.echo(report.to_json(data, _database_label()))
         return
@@ -555,8 +572,20 @@ def migrate(configfile, env, database_url, sql):
         click.echo(migrations.migration_sql(), nl=False)
         return
     load_config(configfile, env, {"database_url": database_url})
+    # Which database first, before connecting: migrating the wrong one (the embedded server because a variable
+    # was not exported) must be obvious. On stderr, so that stdout stays the one line of the result.
+    click.echo(f"migrating exekutor's tables in {_migrate_target()}", err=True)
     applied = _with_connection(lambda conn: migrations.migrate(conn=conn))
     click.echo(f"applied migrations: {', '.join(map(str, applied))}" if applied else "schema is up to date")
+
+
+def _migrate_target():
+    from exekutor import config
+    from exekutor.db import embedded
+
+    if config.database_url():
+        return _database_label()
+    return f"{_database_label()} in {embedded.data_dir()}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -637,3 +666,11 @@ production:
     max_execution_threads: 200
     polling_interval: 30s
 """
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# jobs (its own module; registered last, since it uses the helpers above)
+
+from exekutor.jobs_command import jobs as _jobs_group  # noqa: E402
+
+main.add_command(_jobs_group, "jobs")

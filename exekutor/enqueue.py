@@ -8,7 +8,7 @@ import psycopg2.errors
 from exekutor import config, hooks
 from exekutor.db.arrays import array, number, quoted, text_or_null
 from exekutor.db.pool import default_pool
-from exekutor.jobs import DEFAULT_QUEUE
+from exekutor.jobs import DEFAULT_QUEUE, JobDefinition
 from exekutor.serialization import dump_arguments, json_backend
 
 # One statement for any batch size, each column as one array literal (see exekutor.db.arrays). COPY is not an
@@ -44,12 +44,17 @@ _RAND_B = (1 << 62) - 1
 
 
 class JobRequest:
-    """One job to enqueue; after enqueueing, the handle to it (its `id` is the job's id)."""
+    """One job to enqueue; after enqueueing, the handle to it (its `id` is the job's id).
+
+    `JobRequest(job_id)` is a handle to an existing job, for its actions only (fetch, errors, retry, cancel)."""
 
     __slots__ = ("id", "definition", "args", "kwargs", "queue", "priority", "wait", "wait_until", "options",
                  "payload", "connection")
 
-    def __init__(self, definition, args, kwargs, options):
+    def __init__(self, definition, args=None, kwargs=None, options=None):
+        if not isinstance(definition, JobDefinition):
+            self._handle(definition)
+            return
         merged = {**definition.options, **options} if options else definition.options
         self.id = new_job_id()
         self.definition = definition
@@ -66,15 +71,46 @@ class JobRequest:
         self.payload = dump_arguments(args, kwargs, job_name=definition.name)
         self.payload["job"] = definition.name
 
+    def _handle(self, job_id):
+        from exekutor.operations import check_job_id
+
+        self.id = check_job_id(job_id)
+        self.definition = self.args = self.kwargs = self.queue = self.priority = None
+        self.wait = self.wait_until = self.options = self.payload = self.connection = None
+
     @property
     def name(self):
-        return self.definition.name
+        return self.definition.name if self.definition is not None else None
 
     def fetch(self, connection=None):
         """The job's row as a dict (status spelled out), or None when it no longer exists."""
         return fetch_job(self.id, connection)
 
+    def errors(self, connection=None):
+        """The job's error records, oldest first: [{"created_at", "attempt", "type", "message", "traceback"}]."""
+        from exekutor.operations import job_errors
+
+        return on_connection(connection, lambda conn: job_errors(conn, self.id))
+
+    def retry(self, at=None, connection=None):
+        """Put the job back to pending (at once, or at the aware datetime `at`) if it failed or was discarded,
+        with a fresh retry budget; True if it was, False if it was not failed or discarded."""
+        from exekutor.operations import retry
+
+        return bool(on_connection(connection, lambda conn: retry(conn, [self.id], at=at)).retried)
+
+    def cancel(self, connection=None):
+        """Cancel the job: a pending one is discarded at once, an executing one interrupted by its worker within a
+        second (both end discarded with a JobCancelled record). True if the cancel was recorded; False if the
+        job had already finished (it keeps its outcome), was already being cancelled, or does not exist."""
+        from exekutor.operations import cancel
+
+        result = on_connection(connection, lambda conn: cancel(conn, [self.id]))
+        return bool(result.cancelled or result.interrupting)
+
     def __repr__(self):
+        if self.definition is None:
+            return f"<JobRequest id={self.id}>"
         return f"<JobRequest {self.name} id={self.id} queue={self.queue!r} priority={self.priority}>"
 
 
@@ -184,7 +220,8 @@ def register_connection_adapter(adapter):
 
 def fetch_job(job_id, connection=None):
     query = ("SELECT id::text, queue, priority, status, attempts, enqueued_at, scheduled_at, started_at, "
-             "finished_at, runtime, payload, options, worker_id::text FROM exekutor_jobs WHERE id = %s")
+             "finished_at, runtime, payload, options, worker_id::text, cancel_requested_at FROM exekutor_jobs "
+             "WHERE id = %s")
 
     def run(conn):
         with conn.cursor() as cursor:
@@ -196,7 +233,12 @@ def fetch_job(job_id, connection=None):
             info["status"] = _JOB_STATUS.get(info["status"], info["status"])
             return info
 
+    return on_connection(connection, run)
+
+
+def on_connection(connection, action):
+    """`action(conn)` on the caller's connection (inside its transaction), else on a pooled autocommit one."""
     if connection is not None:
-        return run(raw_connection(connection))
+        return action(raw_connection(connection))
     with default_pool().connection() as conn:
-        return run(conn)
+        return action(conn)

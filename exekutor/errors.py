@@ -39,3 +39,11 @@ class DatabaseTimeout(ExekutorError):
 
 class SchemaError(ExekutorError):
     """exekutor's tables are missing or out of date: run `exekutor-gevent migrate`."""
+
+
+class JobCancelled(BaseException):
+    """Thrown into a job an operator cancelled while it ran (`exekutor-gevent jobs cancel`, `JobRequest.cancel()`).
+
+    A BaseException, like gevent.Timeout, so that a job's `except Exception:` does not swallow it; the job ends
+    discarded with a record of this type whatever it does with it.
+    """

@@ -20,7 +20,14 @@ from exekutor import hooks
 from exekutor.asynchronous import reject_undeclared_method
 from exekutor.db.green import is_connection_lost
 from exekutor.error_records import error_record
-from exekutor.errors import DiscardJob, JobTimeoutError, QueueTimeoutError, SerializationError, UnknownJobError
+from exekutor.errors import (
+    DiscardJob,
+    JobCancelled,
+    JobTimeoutError,
+    QueueTimeoutError,
+    SerializationError,
+    UnknownJobError,
+)
 from exekutor.jobs import clamp_delay, registry
 from exekutor.serialization import load_arguments
 
@@ -75,12 +82,18 @@ def check_options(info):
     options = info.get("options")
     if not options:
         return  # most jobs have none
-    if not isinstance(options, dict) or not all(_is_seconds(options.get(name)) for name in _TIME_OPTIONS):
+    if (not isinstance(options, dict) or not all(_is_seconds(options.get(name)) for name in _TIME_OPTIONS)
+            or not _is_count(options.get("retry_base"))):
         raise SerializationError(f"malformed job options {str(options)[:200]}: expected an object whose "
-                                 "execution_timeout and queue_timeout are numbers of seconds")
+                                 "execution_timeout and queue_timeout are numbers of seconds (and retry_base an "
+                                 "integer)")
 
 
 _TIME_OPTIONS = ("execution_timeout", "queue_timeout")
+
+
+def _is_count(value):
+    return value is None or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _is_seconds(value):
@@ -113,9 +126,9 @@ def _call_with_payload(definition, payload):
 def classify(definition, info, error, runtime, own_server=None):
     """The outcome of a job run that raised `error` (any BaseException); `own_server` is the worker's database
     (see exekutor.db.green.is_connection_lost)."""
-    job_id, attempts = info["id"], info["attempts"]
+    job_id, attempts = info["id"], attempts_in_budget(info)
     record = error_record(error)
-    if isinstance(error, DiscardJob) or (definition and isinstance(error, definition.discard_on)):
+    if isinstance(error, (DiscardJob, JobCancelled)) or (definition and isinstance(error, definition.discard_on)):
         return Outcome(job_id, DISCARDED, runtime, record)
     if isinstance(error, (JobTimeoutError, QueueTimeoutError)):
         return Outcome(job_id, DISCARDED, runtime, record)
@@ -129,10 +142,19 @@ def classify(definition, info, error, runtime, own_server=None):
     return Outcome(job_id, FAILED, runtime, record)
 
 
+def attempts_in_budget(info):
+    """The attempts a Retry policy counts: those since an operator last retried the job (`exekutor-gevent jobs
+    retry` keeps the attempt it had reached in the job's options as retry_base), else all of them."""
+    base, attempts = (info.get("options") or {}).get("retry_base"), info["attempts"]
+    if isinstance(base, int) and not isinstance(base, bool) and 0 <= base < attempts:  # else a hand-made row
+        return attempts - base
+    return attempts
+
+
 def _retry_delay(retry, info):
     """The retry's delay, clamped (see exekutor.jobs.clamp_delay); a backoff callable that fails waits max_wait."""
     try:
-        return clamp_delay(retry.delay(info["attempts"]))
+        return clamp_delay(retry.delay(attempts_in_budget(info)))
     except Exception as error:  # noqa: BLE001 - the user's backoff must not cost the job its outcome
         logger.error("exekutor job %s: its Retry backoff raised %s: %s; retrying after max_wait (%gs)", info["id"],
                      type(error).__name__, error, retry.max_wait)

@@ -1,4 +1,5 @@
-"""What `exekutor-gevent info` shows: the workers per host and the unfinished jobs per queue.
+"""What `exekutor-gevent info` shows: the workers per host, the unfinished jobs per queue and the recent failures;
+and the tables of `exekutor-gevent jobs list` and `jobs show`.
 
 `collect()` reads both in one snapshot (ages are computed by the database, so the clock of the machine that
 runs `info` does not matter); `render()` turns them into aligned tables whose warnings are styled (the CLI
@@ -11,6 +12,7 @@ import click
 
 from exekutor import config
 from exekutor.display import printable
+from exekutor.operations import failure_summary
 
 _WORKERS = """
 SELECT w.id::text, w.hostname, w.pid, w.identifier, w.status, w.queues, w.min_priority, w.max_priority,
@@ -33,17 +35,21 @@ GROUP BY queue
 ORDER BY queue
 """
 STATUS_NAMES = {"i": "starting", "r": "running", "s": "stopping", "c": "crashed"}
+FAILURES_SINCE = 24 * 3600  # seconds of failures `info` shows
+MAX_FAILURES_SINCE = 100 * 365 * 86400
 
 
-def collect(conn):
-    """{'workers': [...], 'queues': [...], 'totals': {...}} with warning flags from the configuration:
-    a heartbeat is late after two heartbeat_intervals and the worker presumed dead after worker_timeout; a queue
-    is overdue when a due job has waited longer than polling_interval (the poll should have found it)."""
+def collect(conn, failures_since=FAILURES_SINCE):
+    """{'workers': [...], 'queues': [...], 'totals': {...}, 'failures': {...}} with warning flags from the
+    configuration: a heartbeat is late after two heartbeat_intervals and the worker presumed dead after
+    worker_timeout; a queue is overdue when a due job has waited longer than polling_interval (the poll should
+    have found it). Failures are those of the last `failures_since` seconds (see operations.failure_summary)."""
     late, dead = 2 * config.get("heartbeat_interval"), config.get("worker_timeout")
     overdue = config.get("polling_interval")
     with conn.cursor() as cursor:
-        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")  # one snapshot for both
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")  # one snapshot for all
         workers, queues = _fetch(cursor, _WORKERS), _fetch(cursor, _QUEUES)
+    failures = failure_summary(conn, failures_since)
     conn.rollback()
     for worker in workers:
         worker["status"] = STATUS_NAMES.get(worker["status"], worker["status"])
@@ -53,7 +59,8 @@ def collect(conn):
         queue["overdue"] = (queue["overdue_for"] or 0) > overdue
     totals = {"workers": len(workers), "hosts": len({w["hostname"] for w in workers}),
               **{key: sum(q[key] for q in queues) for key in ("pending", "due", "executing")}}
-    return {"workers": workers, "queues": queues, "totals": totals}
+    totals.update({key: sum(q[key] for q in failures["queues"]) for key in ("failed", "discarded", "cancelled")})
+    return {"workers": workers, "queues": queues, "totals": totals, "failures": failures}
 
 
 def _fetch(cursor, sql):
@@ -92,7 +99,93 @@ def render(data, database):
     lines.append(click.style(summary if queues else "Jobs: none pending or executing", bold=True))
     if queues:
         lines += table(QUEUE_COLUMNS, [_queue_row(queue) for queue in queues])
+    lines.append("")
+    lines += _failure_lines(data["failures"], totals)
     return lines
+
+
+def _failure_lines(failures, totals):
+    seconds = int(failures["seconds"])
+    period = (f"{seconds // 86400}d" if seconds % 86400 == 0 and seconds > 86400 else
+              f"{seconds // 3600}h" if seconds % 3600 == 0 else duration(seconds))
+    if not failures["queues"]:
+        return [click.style(f"Failures in the last {period}: none", bold=True)]
+    summary = (f"Failures in the last {period}: {totals['failed']} failed, {totals['discarded']} discarded, "
+               f"{totals['cancelled']} cancelled")
+    lines = [click.style(summary, **(ALARM if totals["failed"] else {"bold": True}))]
+    lines += table(FAILURE_COLUMNS, [[queue["queue"], (str(queue["failed"]), WARN if queue["failed"] else None),
+                                      str(queue["discarded"]), str(queue["cancelled"])]
+                                     for queue in failures["queues"]])
+    lines += ["", click.style("Newest failures ('exekutor-gevent jobs show ID' for the traceback):", bold=True)]
+    lines += table(NEWEST_COLUMNS, [[job["id"], job["job"] or "-", job["queue"], job["status"],
+                                     timestamp(job["finished_at"]), _error_summary(job)]
+                                    for job in failures["newest"]])
+    return lines
+
+
+FAILURE_COLUMNS = [("QUEUE", "<"), ("FAILED", ">"), ("DISCARDED", ">"), ("CANCELLED", ">")]
+NEWEST_COLUMNS = [("ID", "<"), ("JOB", "<"), ("QUEUE", "<"), ("STATUS", "<"), ("FINISHED", "<"), ("ERROR", "<")]
+ERROR_WIDTH = 70
+
+
+def _error_summary(job):
+    """`Type: first line of the message`, cut to ERROR_WIDTH."""
+    error = job.get("last_error")
+    if not error:
+        return "-"
+    kind = (error["type"] or "?").rpartition(".")[2]
+    message = (error["message"] or "").strip().splitlines()
+    text = f"{kind}: {message[0]}" if message else kind
+    return text if len(text) <= ERROR_WIDTH else text[:ERROR_WIDTH - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `exekutor-gevent jobs list` and `jobs show`
+
+_FINISHED = ("completed", "failed", "discarded", "cancelled")
+
+
+def render_jobs(jobs, status):
+    """The table of a page of jobs; the time column is the one the listing is ordered by."""
+    title, column = (("FINISHED", "finished_at") if status in _FINISHED else ("STARTED", "started_at")
+                     if status == "executing" else ("SCHEDULED", "scheduled_at") if status in ("pending", "scheduled")
+                     else ("ENQUEUED", "enqueued_at"))
+    columns = [("ID", "<"), ("JOB", "<"), ("QUEUE", "<"), ("PRIORITY", ">"), ("STATUS", "<"), ("ATTEMPTS", ">"),
+               (title, "<"), ("ERROR", "<")]
+    return table(columns, [[job["id"], job["job"] or "-", job["queue"], str(job["priority"]), job["status"],
+                            str(job["attempts"]), timestamp(job[column]) if job[column] else "-",
+                            _error_summary(job)] for job in jobs])
+
+
+def render_job(job):
+    """The lines of `jobs show`: the job's fields, then each error record with its traceback."""
+    fields = [("job", job["job"] or "-"), ("status", job["status"]), ("queue", job["queue"]),
+              ("priority", job["priority"]), ("attempts", job["attempts"]),
+              ("enqueued", _when(job["enqueued_at"])), ("scheduled", _when(job["scheduled_at"])),
+              ("started", _when(job["started_at"])), ("finished", _when(job["finished_at"])),
+              ("runtime", f"{job['runtime']:.3f}s" if job["runtime"] is not None else "-"),
+              ("worker", job["worker_id"] or "-"), ("cancel requested", _when(job["cancel_requested_at"])),
+              ("arguments", _compact(job["payload"], ("args", "kwargs"))), ("options", _compact(job["options"]))]
+    lines = [click.style(f"Job {job['id']}", bold=True)]
+    lines += [f"  {name + ':':<18}{printable(str(value))}" for name, value in fields]
+    errors = job["errors"]
+    lines += ["", click.style(f"Errors: {len(errors)}" if errors else "Errors: none", bold=True)]
+    for error in errors:
+        lines.append(f"  attempt {error['attempt'] or '-'} at {_when(error['created_at'])}: "
+                     f"{printable(error['type'] or '?')}: {printable(error['message'] or '')}")
+        for line in (error["traceback"] or "").rstrip().splitlines():
+            lines.append("      " + printable(line))
+    return lines
+
+
+def _when(value):
+    return timestamp(value) if value else "-"
+
+
+def _compact(value, keys=None):
+    if isinstance(value, dict) and keys:
+        value = {key: value.get(key) for key in keys}
+    return json.dumps(value, ensure_ascii=False, default=str) if value else "-"
 
 
 WORKER_COLUMNS = [("HOST", "<"), ("ID", "<"), ("IDENTIFIER", "<"), ("PID", ">"), ("STATUS", "<"),

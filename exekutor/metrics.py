@@ -29,6 +29,7 @@ SELECT queue,
        coalesce(extract(epoch FROM now() - min(scheduled_at) FILTER (WHERE scheduled_at <= now())), 0)
 FROM exekutor_jobs WHERE status = 'p' GROUP BY queue
 """
+OPERATOR_ACTIONS = "SELECT action, jobs FROM exekutor_operator_actions"
 # Upper bounds (seconds) of the latency and runtime histograms' buckets.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _FINISHED = {COMPLETED: "completed", FAILED: "failed", DISCARDED: "discarded", RETRY: "retried",
@@ -220,6 +221,7 @@ _WORKER_VALUES = (
     lambda worker, now: worker.heartbeat.reconciled_jobs,
     lambda worker, now: worker.executor.adopted,
     lambda worker, now: worker.listener.malformed if worker.listener is not None else 0,
+    lambda worker, now: worker.executor.cancelled,
 )
 
 
@@ -278,6 +280,8 @@ class _WorkerCollector:
                                 "them; the running copy carried on."),
             CounterMetricFamily("exekutor_notifications_malformed", "Notifications on exekutor's channel that were "
                                 "not what exekutor sends, ignored."),
+            CounterMetricFamily("exekutor_jobs_cancelled", "Jobs this worker interrupted (or dropped before they "
+                                "started) because an operator cancelled them."),
         ]
         if with_queues:
             families += [
@@ -285,12 +289,15 @@ class _WorkerCollector:
                 GaugeMetricFamily("exekutor_jobs_scheduled", "Pending jobs scheduled for later.", labels=["queue"]),
                 GaugeMetricFamily("exekutor_jobs_oldest_pending_age_seconds", "How long the oldest ready pending "
                                   "job has been waiting.", labels=["queue"]),
+                CounterMetricFamily("exekutor_operator_actions", "Jobs operators retried or cancelled (exekutor-gevent "
+                                    "jobs, JobRequest.retry/cancel), counted in the database: every worker reports "
+                                    "the same totals.", labels=["action"]),
             ]
         return families
 
-    def _add_queue_stats(self, worker, pending, scheduled, age):
+    def _add_queue_stats(self, worker, pending, scheduled, age, operator_actions):
         try:
-            rows = self._queue_stats(QUEUE_QUERY_TIMEOUT, worker)
+            rows, actions = self._queue_stats(QUEUE_QUERY_TIMEOUT, worker)
         except Exception as error:  # noqa: BLE001 - a scrape without queue gauges beats a failed scrape
             if isinstance(error, _DATABASE_ERRORS):
                 self._database_errors.labels("metrics").inc()
@@ -302,10 +309,14 @@ class _WorkerCollector:
             pending.add_metric([queue], ready)
             scheduled.add_metric([queue], later)
             age.add_metric([queue], float(oldest))
+        for action, jobs in sorted(actions):
+            operator_actions.add_metric([action], jobs)
         return True
 
     @staticmethod
     def _query_queues(worker):
         with worker.db() as conn, conn.cursor() as cursor:
             cursor.execute(QUEUE_STATS)
-            return cursor.fetchall()
+            rows = cursor.fetchall()
+            cursor.execute(OPERATOR_ACTIONS)
+            return rows, cursor.fetchall()

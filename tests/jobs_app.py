@@ -76,3 +76,12 @@ def discards(kind):
     if kind == "discard_on":
         raise KeyError("missing")
     raise exekutor.DiscardJob("not worth doing")
+
+
+@exekutor.job(name="tests.stubborn")
+def stubborn(seconds):
+    """Swallows any interruption with a bare except, and returns as if nothing happened."""
+    try:
+        gevent.sleep(seconds)
+    except:  # noqa: E722 - the point of the job
+        pass

@@ -325,7 +325,8 @@ def test_info_shows_workers_and_pending_jobs_as_tables_and_json(start_worker, db
     queues = {queue["queue"]: queue for queue in data["queues"]}
     assert (queues["backlog"]["pending"], queues["backlog"]["due"], queues["backlog"]["overdue"]) == (3, 3, True)
     assert (queues["later"]["pending"], queues["later"]["due"], queues["later"]["overdue"]) == (2, 0, False)
-    assert data["totals"] == {"workers": 1, "hosts": 1, "pending": 5, "due": 3, "executing": 0}
+    assert data["totals"] == {"workers": 1, "hosts": 1, "pending": 5, "due": 3, "executing": 0, "failed": 0,
+                              "discarded": 0, "cancelled": 0}
 
 
 def _run_on_terminal(*args):

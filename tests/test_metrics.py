@@ -129,3 +129,19 @@ def test_metrics_true_without_prometheus_client_is_a_config_error(monkeypatch):
                                           r"pip install 'exekutor-gevent\[metrics\]'"):
         exekutor.Worker(metrics=True)
     assert exekutor.Worker().metrics.enabled is False  # unset: on only when it is installed
+
+
+@pytest.mark.timeout(60)
+def test_cancellations_and_operator_actions_are_counted(health_worker, db):
+    worker = health_worker("--threads", "4", "--poll-interval", "1")
+    before = metric_values(worker.port)
+    running = health_jobs.sleep.perform_later(30)
+    wait_for(lambda: running.fetch()["status"] == "executing", 20, message="the job to start")
+    failed = jobs_app.noop.perform_later()
+    query(db, "UPDATE exekutor_jobs SET status = 'f', finished_at = now() WHERE id = %s", (failed.id,))
+    assert running.cancel() and failed.retry()
+    values = wait_for(lambda: (lambda v: metric(v, "exekutor_jobs_cancelled_total") == 1 and v)(
+        metric_values(worker.port)), 10, message="the cancel in the metrics")
+    for action in ("retry", "cancel"):
+        assert metric(values, "exekutor_operator_actions_total", action=action) == \
+            metric(before, "exekutor_operator_actions_total", action=action) + 1

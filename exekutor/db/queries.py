@@ -2,7 +2,8 @@
 import functools
 
 NOTIFY_CHANNEL = "exekutor::job_enqueued"
-LISTEN = 'LISTEN "exekutor::job_enqueued"'
+CANCEL_CHANNEL = "exekutor::job_cancelled"  # exekutor.operations sends {"w": worker id, "j": [job ids]}
+LISTEN = f'LISTEN "{NOTIFY_CHANNEL}"; LISTEN "{CANCEL_CHANNEL}"'
 
 # Reservation: the oldest ready jobs of the highest priority, skipping rows other workers hold.
 RESERVE_JOBS = """
@@ -136,4 +137,9 @@ WITH dead AS (
 SELECT (SELECT count(*) FROM dead), (SELECT count(*) FROM ownerless),
        (SELECT exekutor_notify_pending(array_agg(queue::text), array_agg(priority::integer), array_agg(scheduled_at))
         FROM ownerless)
+"""
+
+# The jobs this worker runs whose cancel an operator requested (the executing index: cheap).
+CANCEL_REQUESTED = """
+SELECT id::text FROM exekutor_jobs WHERE status = 'e' AND worker_id = %s AND cancel_requested_at IS NOT NULL
 """

@@ -11,8 +11,8 @@ import logging
 import gevent
 from gevent.queue import Empty, Queue
 
-from exekutor.errors import JobTimeoutError
-from exekutor.execution import FAILED, Outcome, error_record, execute, run
+from exekutor.errors import JobCancelled, JobTimeoutError
+from exekutor.execution import DISCARDED, FAILED, Outcome, error_record, execute, run
 from exekutor.log import job_swallowed_timeout
 
 logger = logging.getLogger("exekutor")
@@ -32,6 +32,7 @@ class Executor:
         self.running = {}  # job id -> (greenlet, job info)
         self.adopted = 0  # reservations of a job this worker was still running (see submit)
         self.stopped_unowned = 0  # jobs stopped because this worker may have been presumed dead
+        self.cancelled = 0  # jobs ended because an operator cancelled them
         self._killing = set()  # greenlets the worker is killing: their GreenletExit is not the job's failure
         self.unwritten = lambda: 0  # outcomes not yet written (the worker hooks the completer's count up)
 
@@ -101,9 +102,11 @@ class Executor:
         self.running[info["id"]] = (current, info)
         outcome = None
         try:
-            self.worker.job_started(info)
-            outcome = execute(info, call=self._call_with_time_limit, interrupted_by_worker=self._killed_by_worker,
-                              own_server=self.worker.database_server)
+            if info.get("cancel") is None:  # not cancelled while it waited for a greenlet
+                self.worker.job_started(info)
+                outcome = execute(info, call=self._call_with_time_limit, own_server=self.worker.database_server,
+                                  interrupted_by_worker=self._killed_by_worker)
+            outcome = self._unless_cancelled(outcome, info)
         except BaseException as error:  # noqa: BLE001 - a bug of ours must not leave the job executing forever
             if self._killed_by_worker(error):
                 raise
@@ -120,6 +123,41 @@ class Executor:
                 self._on_outcome(outcome, info)
             self.held.pop(info["id"], None)
             self._on_free()
+
+    # --- cancellation ---------------------------------------------------------------------------------
+
+    def cancel(self, job_id):
+        """An operator cancelled this job: interrupt it within this loop iteration (with JobCancelled, which also
+        cancels a statement it runs on a pool connection), or drop it if it waits for a greenlet. False if this
+        worker does not hold it (it finished, or never was ours)."""
+        info = self.held.get(job_id)
+        if info is None or info.get("cancel") is not None:
+            return info is not None
+        info["cancel"] = "requested"
+        entry = self.running.get(job_id)
+        if entry is not None:
+            gevent.get_hub().loop.run_callback(self._interrupt, entry[0], info)
+        logger.info("exekutor job %s: cancelled by an operator; interrupting it", job_id)
+        return True
+
+    def _interrupt(self, greenlet, info):
+        # From the hub: the job is interrupted now, unless it finished meanwhile (it then keeps its outcome).
+        if self.running.get(info["id"], (None,))[0] is greenlet and not greenlet.dead:
+            info["cancel"] = "delivered"
+            greenlet.throw(JobCancelled("cancelled by an operator while it ran"))
+
+    def _unless_cancelled(self, outcome, info):
+        """A job interrupted by a cancel (or cancelled before it started) ends discarded with JobCancelled,
+        whatever it did with the exception; one that finished before the interruption keeps its outcome."""
+        state = info.get("cancel")
+        if state is None or (state == "requested" and outcome is not None):
+            return outcome
+        self.cancelled += 1
+        if outcome is not None and outcome.error and outcome.error["type"].endswith(".JobCancelled"):
+            return Outcome(info["id"], DISCARDED, outcome.runtime, outcome.error)  # where it was interrupted
+        error = JobCancelled("cancelled by an operator before it started" if outcome is None else
+                             "cancelled by an operator while it ran (the job caught the interruption)")
+        return Outcome(info["id"], DISCARDED, outcome.runtime if outcome else 0.0, error_record(error))
 
     def _killed_by_worker(self, error):
         return isinstance(error, gevent.GreenletExit) and gevent.getcurrent() in self._killing

@@ -1,4 +1,5 @@
-"""The listener: a dedicated autocommit connection that LISTENs for new jobs and wakes the provider.
+"""The listener: a dedicated autocommit connection that LISTENs for new jobs and wakes the provider, and for
+cancel requests, which it hands to the worker's cancellation component.
 
 It waits on the connection's socket (cooperatively), filters notifications by the worker's queues and
 priority range, and tells the provider "work now" or "work at T". A silent connection is pinged, so a
@@ -17,7 +18,7 @@ import gevent
 from gevent.socket import wait_read
 
 from exekutor.db.connection import close_quietly, connect
-from exekutor.db.queries import LISTEN
+from exekutor.db.queries import CANCEL_CHANNEL, LISTEN
 from exekutor.worker.component import Component
 
 logger = logging.getLogger("exekutor")
@@ -44,6 +45,7 @@ class Listener(Component):
             self.succeeded()
             # Notifications sent while we were not listening are lost: poll once to catch up.
             self.provider.poll_now()
+            self.worker.cancellation.check_now()
             self._listen()
         finally:
             self.connected = False
@@ -69,7 +71,10 @@ class Listener(Component):
         while self.conn.notifies:
             notifications, self.conn.notifies[:] = list(self.conn.notifies), []
             for notification in notifications:
-                self._handle(notification.payload)
+                if notification.channel == CANCEL_CHANNEL:
+                    self.worker.cancellation.notified(notification.payload)
+                else:
+                    self._handle(notification.payload)
 
     def _ping(self):
         """A silent connection may be half-open: a query that does not answer in time proves it."""

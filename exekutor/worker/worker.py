@@ -21,6 +21,7 @@ from exekutor.errors import ConfigError, DatabaseTimeout, SchemaError
 from exekutor.execution import COMPLETED, DISCARDED, FAILED
 from exekutor.jobs import MAX_PRIORITY, MIN_PRIORITY
 from exekutor.serialization import json_backend
+from exekutor.worker.cancellation import Cancellation
 from exekutor.worker.completer import Completer
 from exekutor.worker.executor import Executor
 from exekutor.worker.heartbeat import Heartbeat
@@ -85,6 +86,7 @@ class Worker:
         self.executor.unwritten = self.completer.pending_count
         self.heartbeat = Heartbeat(self, settings["heartbeat_interval"], settings["worker_timeout"])
         self.ownership = OwnershipGuard(self, self.heartbeat, settings["worker_timeout"])
+        self.cancellation = Cancellation(self, self.executor)
         self.listener = Listener(self, self.provider) if settings["enable_listener"] else None
         self.healthcheck = None
         self.metrics = metrics.for_worker(self)
@@ -141,7 +143,8 @@ class Worker:
                 timer.close()
 
     def components(self):
-        return [c for c in (self.provider, self.completer, self.heartbeat, self.listener) if c is not None]
+        return [c for c in (self.provider, self.completer, self.heartbeat, self.cancellation, self.listener)
+                if c is not None]
 
     # --- start ------------------------------------------------------------------------------------------
 

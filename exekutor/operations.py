@@ -1,0 +1,394 @@
+"""Operating the queue (DESIGN §10): find jobs, read one with its errors, retry and cancel them.
+
+The one layer that `exekutor-gevent jobs`, `info`, `JobRequest(job_id)` and the dashboard use. Every function
+takes a psycopg2 connection in autocommit mode (each action batch commits on its own, so a retry of a million jobs
+never holds one huge transaction).
+
+Listing is keyset-paginated: a page ends with an opaque cursor naming the last row's sort key, and the next page
+starts after it, so page 1,000 costs what page 1 does. The order depends on the status asked for:
+
+- finished (completed, failed, discarded, cancelled): newest finished first, on the index (status, finished_at, id);
+- pending and scheduled: next to run first (priority, scheduled_at, enqueued_at), on the pending index;
+- executing: longest running first (there are at most as many as the workers' greenlets);
+- any status: newest enqueued first, on the primary key (job ids are time-ordered UUIDs).
+
+Retry puts failed or discarded jobs back to pending with the same id: their error records stay, their attempts
+count on, and they get a fresh retry budget (the attempt they had reached is kept in their options as
+`retry_base`; the worker counts a Retry policy's attempts from there). A retry is an enqueue again: enqueued_at is
+reset, so queue_timeout counts from it.
+
+Cancel records the request in the row (`cancel_requested_at`). A pending job ends at once (a trigger discards it
+with a JobCancelled record); an executing one is announced to its worker on the `exekutor::job_cancelled`
+channel, and the worker also finds the request in the row at each poll, so a lost notification does not lose it.
+"""
+import base64
+import binascii
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass
+
+from exekutor.db.queries import CANCEL_CHANNEL
+from exekutor.jobs import check_job_name, check_queue
+
+STATUS_LETTERS = {"p": "pending", "e": "executing", "c": "completed", "f": "failed", "d": "discarded"}
+STATUSES = ("pending", "scheduled", "executing", "completed", "failed", "discarded", "cancelled")
+RETRYABLE = ("failed", "discarded", "cancelled")
+CANCELLABLE = ("pending", "scheduled", "executing")
+MAX_PAGE = 1000
+DEFAULT_PAGE = 50
+ACTION_BATCH = 5000  # rows per retry/cancel statement
+NOTIFY_CHUNK = 100  # job ids per cancel notification: far below PostgreSQL's 8000-byte payload limit
+CANCELLED_TYPE = "exekutor.errors.JobCancelled"
+
+# Per status: the SQL condition, the sort key (all columns sorted the same way, so a row comparison continues a
+# page) and its direction, and the time column --since applies to.
+_FINISHED = ("(finished_at, id)", "DESC", "finished_at")
+_ORDERS = {
+    "pending": ("status = 'p'", "(priority, scheduled_at, enqueued_at, id)", "ASC", "enqueued_at"),
+    "scheduled": ("status = 'p' AND scheduled_at > now()", "(priority, scheduled_at, enqueued_at, id)", "ASC",
+                  "enqueued_at"),
+    "executing": ("status = 'e'", "(started_at, id)", "ASC", "started_at"),
+    "completed": ("status = 'c'", *_FINISHED),
+    "failed": ("status = 'f'", *_FINISHED),
+    "discarded": ("status = 'd'", *_FINISHED),
+    "cancelled": ("status = 'd' AND cancel_requested_at IS NOT NULL", *_FINISHED),
+    None: ("true", "(id)", "DESC", "enqueued_at"),
+}
+_KEY_TYPES = {"priority": "int", "scheduled_at": "time", "enqueued_at": "time", "started_at": "time",
+              "finished_at": "time", "id": "uuid"}
+
+_COLUMNS = """
+j.id::text AS id, j.payload->>'job' AS job, j.queue, j.priority, j.status, j.attempts, j.enqueued_at,
+j.scheduled_at, j.started_at, j.finished_at, j.runtime, j.worker_id::text AS worker_id, j.cancel_requested_at"""
+_LAST_ERROR = """
+(SELECT e.error - 'traceback' FROM exekutor_job_errors e WHERE e.job_id = j.id
+ ORDER BY e.created_at DESC, e.id DESC LIMIT 1) AS last_error"""
+
+
+class OperationError(ValueError):
+    """Bad input to an operation (an unknown status, a malformed id or cursor): nothing was done."""
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs: a status (see STATUSES), a queue, a job name, and a time they were enqueued (finished, for
+    finished statuses) at or after. None means any."""
+    status: str = None
+    queue: str = None
+    job: str = None
+    since: dt.datetime = None
+
+    def __post_init__(self):
+        if self.status not in _ORDERS:
+            raise OperationError(f"unknown status {self.status!r}: expected one of {', '.join(STATUSES)}")
+        if self.queue is not None:
+            try:
+                check_queue(self.queue)
+            except ValueError as error:
+                raise OperationError(str(error)) from None
+        if self.job is not None:
+            try:
+                if not isinstance(self.job, str) or not self.job:
+                    raise ValueError(f"invalid job name {self.job!r}: expected a non-empty string")
+                check_job_name(self.job)  # NUL, lone surrogates: no name can hold them
+            except ValueError as error:
+                raise OperationError(str(error)) from None
+        if self.since is not None and (not isinstance(self.since, dt.datetime) or self.since.tzinfo is None):
+            raise OperationError(f"invalid since {self.since!r}: expected a timezone-aware datetime")
+
+    def where(self, extra_status=None):
+        """(SQL condition, params) for the filter; `extra_status` narrows it to statuses an action may touch."""
+        condition, _, _, since_column = _ORDERS[self.status]
+        parts, params = [condition], {}
+        if extra_status:
+            parts.append(extra_status)
+        if self.queue is not None:
+            parts.append("queue = %(queue)s")
+            params["queue"] = self.queue
+        if self.job is not None:
+            parts.append("payload->>'job' = %(job)s")
+            params["job"] = self.job
+        if self.since is not None:
+            parts.append(f"{since_column} >= %(since)s")
+            params["since"] = self.since
+        return " AND ".join(parts), params
+
+
+@dataclass
+class Page:
+    jobs: list
+    next_cursor: str = None  # None: this is the last page
+
+
+# --- reading ----------------------------------------------------------------------------------------------------
+
+def list_jobs(conn, job_filter=None, limit=DEFAULT_PAGE, after=None):
+    """A page of jobs matching `job_filter`, after the page that ended with cursor `after`."""
+    job_filter = job_filter or JobFilter()
+    limit = _check_limit(limit)
+    condition, params = job_filter.where()
+    _, key, direction, _ = _ORDERS[job_filter.status]
+    columns = _key_columns(key)
+    # Qualified: in ORDER BY a bare name would mean the output column (id is selected as text).
+    qualified = [f"j.{column}" for column in columns]
+    if after is not None:
+        values = decode_cursor(after, job_filter.status)
+        placeholders = ", ".join(f"%(after_{i})s::{_sql_type(column)}" for i, column in enumerate(columns))
+        condition += f" AND ({', '.join(qualified)}) {'>' if direction == 'ASC' else '<'} ({placeholders})"
+        params.update({f"after_{i}": value for i, value in enumerate(values)})
+    order = ", ".join(f"{column} {direction}" for column in qualified)
+    params["limit"] = limit + 1  # one more says whether another page exists
+    rows = _fetch(conn, f"SELECT {_COLUMNS}, {_LAST_ERROR} FROM exekutor_jobs j WHERE {condition} "
+                        f"ORDER BY {order} LIMIT %(limit)s", params)
+    jobs = [_job(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return Page(jobs, encode_cursor(jobs[-1], job_filter.status) if more else None)
+
+
+def get_job(conn, job_id):
+    """One job with its arguments, options and every error record (oldest first), or None if there is none."""
+    job_id = check_job_id(job_id)
+    rows = _fetch(conn, f"SELECT {_COLUMNS}, j.payload, j.options FROM exekutor_jobs j WHERE j.id = %(id)s",
+                  {"id": job_id})
+    if not rows:
+        return None
+    job = _job(rows[0])
+    job["errors"] = job_errors(conn, job_id)
+    return job
+
+
+def job_errors(conn, job_id):
+    """The error records of a job, oldest first: [{"created_at", "attempt", "type", "message", "traceback"}]."""
+    rows = _fetch(conn, "SELECT created_at, attempt, error FROM exekutor_job_errors WHERE job_id = %(id)s "
+                        "ORDER BY created_at, id", {"id": check_job_id(job_id)})
+    return [{"created_at": row["created_at"], "attempt": row["attempt"], **_error_fields(row["error"])}
+            for row in rows]
+
+
+def count_jobs(conn, job_filter=None, action=None, job_ids=None):
+    """How many jobs match the filter (or are among `job_ids`); with `action` ("retry" or "cancel"), how many of
+    them it would touch."""
+    extra = {"retry": _RETRY_SCOPE, "cancel": _CANCEL_SCOPE, None: None}[action]
+    if job_ids is not None:
+        condition = " AND ".join(filter(None, ["id = ANY(%(ids)s::uuid[])", extra]))
+        params = {"ids": [check_job_id(job_id) for job_id in job_ids]}
+    else:
+        condition, params = (job_filter or JobFilter()).where(extra)
+    return _fetch(conn, f"SELECT count(*) AS n FROM exekutor_jobs WHERE {condition}", params)[0]["n"]
+
+
+# Failures per queue and the newest failures, for `info` and the dashboard.
+_FAILURE_COUNTS = """
+SELECT queue, count(*) FILTER (WHERE status = 'f')::int AS failed,
+       count(*) FILTER (WHERE status = 'd' AND cancel_requested_at IS NULL)::int AS discarded,
+       count(*) FILTER (WHERE status = 'd' AND cancel_requested_at IS NOT NULL)::int AS cancelled
+FROM exekutor_jobs
+WHERE status IN ('f', 'd') AND finished_at >= now() - %(seconds)s * interval '1 second'
+GROUP BY queue ORDER BY queue
+"""
+
+
+def failure_summary(conn, seconds=24 * 3600, newest=5):
+    """{"queues": [{queue, failed, discarded, cancelled}], "newest": [jobs]} over the last `seconds`."""
+    since = _fetch(conn, "SELECT now() - %(s)s * interval '1 second' AS t", {"s": seconds})[0]["t"]
+    queues = _fetch(conn, _FAILURE_COUNTS, {"seconds": seconds})
+    newest_failed = list_jobs(conn, JobFilter(status="failed", since=since), limit=newest).jobs
+    newest_discarded = list_jobs(conn, JobFilter(status="discarded", since=since), limit=newest).jobs
+    latest = sorted(newest_failed + newest_discarded, key=lambda job: job["finished_at"], reverse=True)[:newest]
+    return {"seconds": seconds, "queues": queues, "newest": latest}
+
+
+# --- acting -----------------------------------------------------------------------------------------------------
+
+_RETRY_SCOPE = "status IN ('f', 'd')"
+_CANCEL_SCOPE = "status IN ('p', 'e') AND cancel_requested_at IS NULL"
+
+_RETRY = """
+WITH picked AS (
+    SELECT id FROM exekutor_jobs WHERE {condition} ORDER BY id LIMIT %(batch)s FOR UPDATE SKIP LOCKED
+), retried AS (
+    UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL, started_at = NULL, finished_at = NULL,
+        runtime = NULL, cancel_requested_at = NULL, enqueued_at = now(),
+        scheduled_at = coalesce(%(at)s::timestamptz, now()),
+        options = coalesce(j.options, '{{}}'::jsonb) || jsonb_build_object('retry_base', j.attempts)
+    FROM picked WHERE j.id = picked.id AND j.status IN ('f', 'd')
+    RETURNING j.id, j.queue, j.priority, j.scheduled_at
+), counted AS (
+    UPDATE exekutor_operator_actions SET jobs = jobs + (SELECT count(*) FROM retried) WHERE action = 'retry'
+)
+SELECT coalesce(array_agg(id::text), '{{}}'),
+       exekutor_notify_pending(array_agg(queue::text), array_agg(priority::integer), array_agg(scheduled_at))
+FROM retried
+"""
+
+# FOR UPDATE without SKIP LOCKED: a job its worker is completing right now is waited for, not skipped (its
+# outcome then decides: finished jobs keep it, a job sent back to pending is discarded by the trigger).
+_CANCEL = """
+WITH picked AS (
+    SELECT id FROM exekutor_jobs WHERE {condition} ORDER BY id LIMIT %(batch)s FOR UPDATE
+), cancelled AS (
+    UPDATE exekutor_jobs j SET cancel_requested_at = now()
+    FROM picked WHERE j.id = picked.id AND j.status IN ('p', 'e') AND j.cancel_requested_at IS NULL
+    RETURNING j.id, j.status, j.worker_id
+), counted AS (
+    UPDATE exekutor_operator_actions SET jobs = jobs + (SELECT count(*) FROM cancelled) WHERE action = 'cancel'
+), notified AS (
+    SELECT count(pg_notify('{channel}', json_build_object('w', worker_id, 'j', ids)::text)) AS n
+    FROM (SELECT worker_id, json_agg(id) AS ids
+          FROM (SELECT id, worker_id, row_number() OVER (PARTITION BY worker_id) AS position
+                FROM cancelled WHERE status = 'e') AS executing
+          GROUP BY worker_id, (position - 1) / {chunk}) AS per_worker
+)
+SELECT coalesce(array_agg(id::text) FILTER (WHERE status = 'd'), '{{}}'),
+       coalesce(array_agg(id::text) FILTER (WHERE status = 'e'), '{{}}'),
+       (SELECT n FROM notified)
+FROM cancelled
+"""
+
+
+@dataclass
+class RetryResult:
+    retried: list  # ids put back to pending
+
+
+@dataclass
+class CancelResult:
+    cancelled: list  # ids of pending jobs, now discarded
+    interrupting: list  # ids of executing jobs whose workers were told to interrupt them
+
+
+def retry(conn, job_ids=None, job_filter=None, at=None):
+    """Put failed and discarded jobs (by id, or all that match a filter) back to pending, at once or at `at`."""
+    if at is not None and (not isinstance(at, dt.datetime) or at.tzinfo is None):
+        raise OperationError(f"invalid retry time {at!r}: expected a timezone-aware datetime")
+    retried = []
+    for statement, params in _action_batches(_RETRY, _RETRY_SCOPE, job_ids, job_filter):
+        params["at"] = at
+        ids, _ = _run_action(conn, statement, params)
+        retried += ids
+        if len(ids) < ACTION_BATCH or job_ids is not None:
+            break
+    return RetryResult(retried)
+
+
+def cancel(conn, job_ids=None, job_filter=None):
+    """Cancel pending and executing jobs (by id, or all that match a filter); see the module's docstring."""
+    result = CancelResult([], [])
+    for statement, params in _action_batches(_CANCEL, _CANCEL_SCOPE, job_ids, job_filter):
+        pending, executing, _ = _run_action(conn, statement, params)
+        result.cancelled += pending
+        result.interrupting += executing
+        if len(pending) + len(executing) < ACTION_BATCH or job_ids is not None:
+            break
+    return result
+
+
+def _action_batches(template, scope, job_ids, job_filter):
+    """The statement and parameters of each batch (re-run until a batch comes back short)."""
+    if (job_ids is None) == (job_filter is None):
+        raise OperationError("give either job ids or a filter")
+    if job_ids is not None:
+        condition = f"id = ANY(%(ids)s::uuid[]) AND {scope}"
+        params = {"ids": [check_job_id(job_id) for job_id in job_ids]}
+    else:
+        condition, params = job_filter.where(scope)
+    statement = template.format(condition=condition, channel=CANCEL_CHANNEL, chunk=NOTIFY_CHUNK)
+    while True:
+        yield statement, {**params, "batch": ACTION_BATCH}
+
+
+def _run_action(conn, statement, params):
+    with conn.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchone()
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+def check_job_id(job_id):
+    """The canonical text of a job id (a UUID, or its text); OperationError otherwise."""
+    if isinstance(job_id, uuid.UUID):
+        return str(job_id)
+    try:
+        return str(uuid.UUID(job_id))
+    except (TypeError, ValueError, AttributeError):
+        raise OperationError(f"invalid job id {str(job_id)[:80]!r}: expected a UUID") from None
+
+
+def _check_limit(limit):
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise OperationError(f"invalid limit {limit!r}: expected 1 to {MAX_PAGE}")
+    return limit
+
+
+def _fetch(conn, sql, params):
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        columns = [column.name for column in cursor.description]
+        return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
+def _job(row):
+    row["status"] = _status_name(row)
+    if "last_error" in row:  # type and message (a listing leaves the traceback to get_job)
+        error = row["last_error"]
+        row["last_error"] = {key: _error_fields(error)[key] for key in ("type", "message")} if error else None
+    return row
+
+
+def _status_name(row):
+    if row["status"] == "d" and row["cancel_requested_at"] is not None:
+        return "cancelled"
+    return STATUS_LETTERS.get(row["status"], row["status"])
+
+
+def _error_fields(error):
+    """type, message and traceback of a stored record, whatever shape a hand-made row gave it."""
+    error = error if isinstance(error, dict) else {"message": str(error)}
+    return {key: error.get(key) if isinstance(error.get(key), str) else None
+            for key in ("type", "message", "traceback")}
+
+
+def _key_columns(key):
+    return [column.strip() for column in key.strip("()").split(",")]
+
+
+def _sql_type(column):
+    return {"int": "integer", "time": "timestamptz", "uuid": "uuid"}[_KEY_TYPES[column]]
+
+
+def encode_cursor(job, status):
+    """The cursor after `job` in a listing of `status`: its sort key, base64 (opaque to users, stable to us)."""
+    _, key, _, _ = _ORDERS[status]
+    values = [job[column] for column in _key_columns(key)]
+    data = [status or "", *(value.isoformat() if isinstance(value, dt.datetime) else value for value in values)]
+    return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor, status):
+    """The sort key values in a cursor made for the same status; OperationError for anything else."""
+    _, key, _, _ = _ORDERS[status]
+    columns = _key_columns(key)
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(text)
+    except (TypeError, ValueError, binascii.Error):
+        raise OperationError(f"invalid cursor {str(cursor)[:80]!r}: use the one a listing printed") from None
+    if not isinstance(data, list) or len(data) != len(columns) + 1 or data[0] != (status or ""):
+        raise OperationError(f"invalid cursor {str(cursor)[:80]!r}: not from a listing with this --status")
+    return [_cursor_value(column, value, cursor) for column, value in zip(columns, data[1:])]
+
+
+def _cursor_value(column, value, cursor):
+    kind = _KEY_TYPES[column]
+    try:
+        if kind == "int" and isinstance(value, int) and not isinstance(value, bool) and -2**31 <= value < 2**31:
+            return value
+        if kind == "time" and isinstance(value, str):
+            return dt.datetime.fromisoformat(value).isoformat()  # checked here, read by PostgreSQL
+        if kind == "uuid":
+            return check_job_id(value)
+    except (ValueError, OperationError):
+        pass
+    raise OperationError(f"invalid cursor {str(cursor)[:80]!r}: use the one a listing printed")
