@@ -145,7 +145,8 @@ def classify(definition, info, error, runtime, own_server=None):
 def attempts_in_budget(info):
     """The attempts a Retry policy counts: those since an operator last retried the job (`exekutor-gevent jobs
     retry` keeps the attempt it had reached in the job's options as retry_base), else all of them."""
-    base, attempts = (info.get("options") or {}).get("retry_base"), info["attempts"]
+    options, attempts = info.get("options"), info["attempts"]
+    base = options.get("retry_base") if isinstance(options, dict) else None
     if isinstance(base, int) and not isinstance(base, bool) and 0 <= base < attempts:  # else a hand-made row
         return attempts - base
     return attempts
