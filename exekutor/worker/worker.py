@@ -182,6 +182,19 @@ class Worker:
         if missing:
             raise SchemaError(f"exekutor's tables are missing or out of date in this database (migrations "
                               f"{', '.join(map(str, missing))} not applied): run `exekutor-gevent migrate`")
+        self._check_maintenance()
+
+    def _check_maintenance(self):
+        from exekutor.db.maintenance import autovacuum_problem
+
+        try:
+            with self.db() as conn:
+                problem = autovacuum_problem(conn)
+        except Exception as error:  # noqa: BLE001 - advice, never a reason not to start
+            logger.debug("exekutor worker %s: could not check autovacuum: %s", self.id, error)
+            return
+        if problem:
+            logger.warning("exekutor worker %s: %s", self.id, problem)
 
     def register(self, status="r"):
         from psycopg2.extras import Json

@@ -1,0 +1,112 @@
+"""The queue table under sustained load: per-job statements by primary key, housekeeping by index, table settings.
+
+Plans, not timings: each test builds the table state in which the planner used to choose a path whose cost grows
+with dead rows or with the backlog, and asserts the path the statement takes now.
+"""
+import json
+import uuid
+
+import pytest
+
+from exekutor.db.arrays import array
+from exekutor.db.queries import NEXT_SCHEDULED, RELEASE_UNHELD
+from exekutor.execution import Outcome
+from exekutor.worker.completer import completion
+from tests.conftest import query, scalar, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def plan(conn, sql, params):
+    rows = query(conn, "EXPLAIN " + sql, params)
+    return "\n".join(row[0] for row in rows)
+
+
+@pytest.fixture
+def busy_table(db):
+    """50,000 jobs that passed through a worker and 100 executing for a worker the statistics have never seen:
+    the planner then expects next to nothing under that worker id in the executing index."""
+    old_worker, new_worker = str(uuid.uuid4()), str(uuid.uuid4())
+    query(db, "INSERT INTO exekutor_jobs (payload, status, attempts, worker_id, started_at, finished_at) "
+              "SELECT '{\"job\": \"tests.noop\"}', 'c', 1, %s, now(), now() FROM generate_series(1, 50000)",
+          (old_worker,))
+    query(db, "ANALYZE exekutor_jobs")
+    query(db, "INSERT INTO exekutor_jobs (payload, status, attempts, worker_id, started_at) "
+              "SELECT '{\"job\": \"tests.noop\"}', 'e', 1, %s, now() FROM generate_series(1, 100)", (new_worker,))
+    ids = [row[0] for row in query(db, "SELECT id::text FROM exekutor_jobs WHERE status = 'e'")]
+    return new_worker, ids
+
+
+def test_completion_finds_its_rows_by_primary_key(db, busy_table):
+    worker_id, ids = busy_table
+    for status in ("c", "retry"):
+        outcomes = [Outcome(job_id, status, 0.001, delay=1.0, attempts=1) for job_id in ids]
+        sql, params = completion(outcomes, worker_id, json.dumps)
+        shown = plan(db, sql, params)
+        assert "exekutor_jobs_pkey" in shown and "exekutor_jobs_executing_idx" not in shown, shown
+    # And it still writes what it fences: this worker's rows at their attempt, nothing else.
+    sql, params = completion([Outcome(job_id, "c", 0.001, attempts=1) for job_id in ids], worker_id, json.dumps)
+    assert scalar(db, sql, params) == 100
+    sql, params = completion([Outcome(ids[0], "c", 0.001, attempts=1)], str(uuid.uuid4()), json.dumps)
+    assert scalar(db, sql, params) == 0
+
+
+def test_releasing_unheld_jobs_finds_them_by_primary_key(db, busy_table):
+    worker_id, ids = busy_table
+    params = {"ids": array(ids), "attempts": array(["1"] * len(ids)), "worker_id": worker_id}
+    shown = plan(db, RELEASE_UNHELD, params)
+    assert "exekutor_jobs_pkey" in shown and "exekutor_jobs_executing_idx" not in shown, shown
+
+
+def test_the_next_scheduled_time_is_one_index_lookup(db):
+    query(db, "INSERT INTO exekutor_jobs (payload, priority, scheduled_at) SELECT '{\"job\": \"tests.noop\"}', "
+              "1 + i % 100, now() - interval '1 hour' FROM generate_series(1, 30000) AS i")
+    query(db, "INSERT INTO exekutor_jobs (payload, priority, scheduled_at) SELECT '{\"job\": \"tests.noop\"}', "
+              "1 + i % 100, now() + i * interval '1 second' FROM generate_series(1, 10000) AS i")
+    query(db, "ANALYZE exekutor_jobs")
+    for queues in (None, ["default"]):
+        params = {"queues": queues, "min_priority": 1, "max_priority": 32767}
+        shown = plan(db, NEXT_SCHEDULED, params)
+        assert "exekutor_jobs_scheduled_idx" in shown and "Seq Scan" not in shown, shown
+        assert "scheduled_at > now()" in shown.split("Index Cond:")[1].splitlines()[0], shown
+        seconds, _ = query(db, NEXT_SCHEDULED, params)[0]
+        assert 0 < seconds <= 1.5
+
+
+def test_migrations_give_the_tables_queue_settings(db):
+    options = dict(query(db, "SELECT relname, reloptions FROM pg_class WHERE relname IN "
+                             "('exekutor_jobs', 'exekutor_workers', 'exekutor_job_errors')"))
+    jobs = dict(option.split("=") for option in options["exekutor_jobs"])
+    assert float(jobs["autovacuum_vacuum_scale_factor"]) <= 0.01
+    assert float(jobs["autovacuum_vacuum_cost_delay"]) == 0
+    workers = dict(option.split("=") for option in options["exekutor_workers"])
+    assert int(workers["fillfactor"]) == 50 and int(workers["autovacuum_vacuum_threshold"]) <= 100
+    assert "autovacuum_vacuum_scale_factor=0.05" in options["exekutor_job_errors"]
+
+
+def test_a_worker_warns_once_when_autovacuum_does_not_run(start_worker, db):
+    server_on = scalar(db, "SHOW autovacuum") == "on"
+    if server_on:  # this server vacuums: turn it off for the table, as a DBA might have
+        query(db, "ALTER TABLE exekutor_jobs SET (autovacuum_enabled = false)")
+    try:
+        worker = start_worker("--poll-interval", "1")
+        expected = "autovacuum is off for the table" if server_on else "autovacuum is off on this PostgreSQL server"
+        wait_for(lambda: expected in worker.output(), 10, message="the warning")
+        assert worker.output().count("autovacuum is off") == 1
+    finally:
+        query(db, "ALTER TABLE exekutor_jobs RESET (autovacuum_enabled)")
+
+
+def test_the_autovacuum_check_names_what_is_off(db):
+    from exekutor.db.maintenance import autovacuum_problem
+
+    server_on = scalar(db, "SHOW autovacuum") == "on"
+    if server_on:
+        assert autovacuum_problem(db) is None
+    else:
+        assert "on this PostgreSQL server" in autovacuum_problem(db)
+    query(db, "ALTER TABLE exekutor_jobs SET (autovacuum_enabled = false)")
+    try:
+        assert ("for the table exekutor_jobs" if server_on else "on this PostgreSQL server") in autovacuum_problem(db)
+    finally:
+        query(db, "ALTER TABLE exekutor_jobs RESET (autovacuum_enabled)")
