@@ -43,5 +43,5 @@ def load_plugin(name):
 
 __all__ = ["config", "configure", "hooks", "job", "Job", "Retry", "registry", "enqueue_many", "JobRequest",
            "asynchronous", "NotAsynchronousError",
-           "serializers", "Worker", "Cleanup", "load_plugin", "DiscardJob", "ConfigError", "ExekutorError", "JobCancelled",
-           "JobTimeoutError", "QueueTimeoutError", "SerializationError", "UnknownJobError", "__version__"]
+           "serializers", "Worker", "Cleanup", "load_plugin", "DiscardJob", "ConfigError", "ExekutorError",
+           "JobCancelled", "JobTimeoutError", "QueueTimeoutError", "SerializationError", "UnknownJobError", "__version__"]
