@@ -23,3 +23,9 @@ NOOP_PAYLOAD = '{"job": "bench.noop", "args": [], "kwargs": {}}'
 
 def sleep_payload(seconds):
     return '{"job": "bench.sleep", "args": [%r], "kwargs": {}}' % float(seconds)
+
+
+@exekutor.job(name="bench.fails")
+def fails():
+    """Fails at once, no retry: the soak's failing share (an error record per job)."""
+    raise RuntimeError("bench.fails: failing on purpose")

@@ -222,6 +222,8 @@ _WORKER_VALUES = (
     lambda worker, now: worker.executor.adopted,
     lambda worker, now: worker.listener.malformed if worker.listener is not None else 0,
     lambda worker, now: worker.executor.cancelled,
+    lambda worker, now: worker.completer.statements,
+    lambda worker, now: worker.completer.statement_seconds,
 )
 
 
@@ -263,7 +265,9 @@ class _WorkerCollector:
             GaugeMetricFamily("exekutor_outcomes_unwritten", "Finished jobs whose outcome waits to be written."),
             CounterMetricFamily("exekutor_rescued_workers", "Workers presumed dead (no heartbeat within "
                                 "worker_timeout) whose rows this worker deleted."),
-            CounterMetricFamily("exekutor_rescued_jobs", "Orphaned jobs this worker put back to pending."),
+            CounterMetricFamily("exekutor_rescued_jobs", "Jobs this worker put back to pending to run again: the "
+                                "executing jobs of the workers it presumed dead, and executing jobs without any "
+                                "worker."),
             CounterMetricFamily("exekutor_worker_presumed_dead", "Times this worker found its row deleted by another "
                                 "worker that presumed it dead (it stops its jobs and registers again)."),
             CounterMetricFamily("exekutor_ownership_lost", "Times no heartbeat went through for nearly "
@@ -282,6 +286,9 @@ class _WorkerCollector:
                                 "not what exekutor sends, ignored."),
             CounterMetricFamily("exekutor_jobs_cancelled", "Jobs this worker interrupted (or dropped before they "
                                 "started) because an operator cancelled them."),
+            CounterMetricFamily("exekutor_completion_statements", "Statements that wrote batches of outcomes."),
+            CounterMetricFamily("exekutor_completion_statement_seconds", "Seconds those statements took (divided "
+                                "by their number: the mean time of a completion, which must stay flat over hours)."),
         ]
         if with_queues:
             families += [

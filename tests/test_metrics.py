@@ -60,6 +60,8 @@ def test_counters_and_histograms_move_as_jobs_run(health_worker, db):
     assert metric(values, "exekutor_greenlets_busy") == 0 and metric(values, "exekutor_greenlets_free") == 5
     assert metric(values, "exekutor_outcomes_unwritten") == 0
     assert 0 <= metric(values, "exekutor_heartbeat_age_seconds") < 60
+    assert metric(values, "exekutor_completion_statements_total") >= 1
+    assert metric(values, "exekutor_completion_statement_seconds_total") > 0
 
 
 @pytest.mark.timeout(60)

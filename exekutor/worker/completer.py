@@ -12,6 +12,7 @@ that is refused is alone, and that one is written with a minimal error record, t
 retried for its content.
 """
 import logging
+import time
 
 import psycopg2
 from gevent.event import Event
@@ -40,6 +41,8 @@ class Completer(Component):
         self.written = 0
         self.fenced_off = 0
         self.refused = 0  # outcomes written with a minimal record, or dropped, because the database refused them
+        self.statements = 0  # completion statements that went through, and the seconds they took (for /metrics)
+        self.statement_seconds = 0.0
 
     def add(self, outcome):
         self._pending.append(outcome)
@@ -92,8 +95,12 @@ class Completer(Component):
         with self.worker.db() as conn, conn.cursor() as cursor:
             codec = codec_for(conn.info.parameter_status("server_encoding"))
             sql, params = completion(batch, self.worker.id, self._dumps, self._delete_statuses, codec)
+            started = time.monotonic()
             cursor.execute(sql, params)
-            return cursor.fetchone()[0]
+            written = cursor.fetchone()[0]
+        self.statements += 1
+        self.statement_seconds += time.monotonic() - started
+        return written
 
     def _write_refused(self, outcome, error):
         """One outcome the database refused: written with a minimal error record, else without one, else dropped

@@ -1,0 +1,229 @@
+"""Soak: a steady mixed load for minutes, to see whether any cost grows with time.
+
+    python -m benchmarks.soak                      # 3 minutes at 600 jobs/s
+    python -m benchmarks.soak --minutes 20         # what the README quotes
+    python -m benchmarks.soak --snapshot           # with a session holding a snapshot the whole time
+    python -m benchmarks.soak --cleanup-rows 200000  # also a cleanup of that many finished rows halfway
+
+One worker process (`--threads 100`, health port for /metrics) on a fresh database `exekutor_bench_soak` whose
+autovacuum is off for exekutor_jobs (as on a server where it lags behind, or cannot clean because of a held
+snapshot). A producer in this process enqueues every 100 ms a batch of `rate / 10` jobs with `enqueue_many`:
+70 % no-op, 20 % IO (a 50 ms cooperative sleep), 5 % failing (no retry), 5 % running past a 50 ms
+execution_timeout. Every window (30 s) it reports the jobs finished, the pickup p50/p99 (started_at - enqueued_at,
+both the database's clock), the mean completion statement time (the worker's own counters from /metrics), dead
+rows and the table's size, and the worker's RSS. At the end it drains and reconciles every job: each ended with the
+status its kind must give, at attempt 1 (a job run twice would be at attempt 2); none is lost.
+"""
+import argparse
+import contextlib
+import random
+import socket
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+
+from benchmarks import harness
+
+DATABASE = harness.BENCH_DATABASE + "_soak"
+WINDOW = 30.0
+KINDS = (("noop", 0.70, "c"), ("io", 0.20, "c"), ("fails", 0.05, "f"), ("times_out", 0.05, "d"))
+
+
+def main(argv=None):
+    args = _parse(argv)
+    harness.install_signal_handlers()
+    db = harness.BenchDatabase(name=DATABASE)
+    db.create()
+    try:
+        run(db, args)
+    finally:
+        harness._stop_all_children()
+        db.drop()
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--rate", type=int, default=600, help="jobs per second (default 600)")
+    parser.add_argument("--threads", type=int, default=100)
+    parser.add_argument("--snapshot", action="store_true", help="hold a snapshot open for the whole run")
+    parser.add_argument("--cleanup-rows", type=int, default=0, help="delete this many finished rows halfway")
+    return parser.parse_args(argv)
+
+
+def run(db, args):
+    db.execute("ALTER TABLE exekutor_jobs SET (autovacuum_enabled = false)")
+    holder = _hold_snapshot(db) if args.snapshot else None
+    port = _free_port()
+    worker = harness.start_worker(db.url, args.threads, extra=("--healthcheck-port", str(port)))
+    harness.wait_worker_listening(db, worker)
+    print(f"soak: {args.minutes:g} min at {args.rate} jobs/s, worker pid {worker.pid}, --threads {args.threads}"
+          f"{', a snapshot held' if holder else ''}; {harness.machine_info()}", flush=True)
+    stop = threading.Event()
+    producer = threading.Thread(target=_produce, args=(db.url, args.rate, stop), daemon=True)
+    producer.start()
+    windows, started = [], time.monotonic()
+    end = started + args.minutes * 60
+    cleanup_at = started + args.minutes * 30 if args.cleanup_rows else None
+    metrics = _completion_counters(port)
+    try:
+        while time.monotonic() < end:
+            window_start = db.scalar("SELECT now()")
+            time.sleep(min(WINDOW, max(0.0, end - time.monotonic())))
+            if cleanup_at and time.monotonic() >= cleanup_at:
+                _cleanup(db, args.cleanup_rows)
+                cleanup_at = None
+            counters = _completion_counters(port)
+            completion, metrics = _mean_completion(metrics, counters), counters
+            windows.append(_window(db, worker, window_start, completion))
+            _print_window(len(windows), windows[-1])
+    finally:
+        stop.set()
+        producer.join(10)
+    drained = _drain(db, 120)
+    harness.stop_process(worker)
+    _report(windows, _reconcile(db, drained))
+    if holder is not None:
+        holder.close()
+
+
+def _hold_snapshot(db):
+    conn = harness.connect(db.url, autocommit=False)
+    with conn.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cursor.execute("SELECT count(*) FROM exekutor_workers")  # takes the snapshot
+    return conn
+
+
+def _produce(url, rate, stop):
+    """Every 100 ms, rate/10 jobs in one enqueue_many (its own commit)."""
+    import exekutor
+    from benchmarks import jobs  # noqa: F401 - registers the jobs
+
+    exekutor.configure(database_url=url)
+    per_tick, tick = max(1, rate // 10), 0.1
+    kinds = [name for name, share, _ in KINDS for _ in range(round(share * 100))]
+    next_tick = time.monotonic()
+    while not stop.is_set():
+        requests = [_request(random.choice(kinds)) for _ in range(per_tick)]
+        exekutor.enqueue_many(requests)
+        next_tick += tick
+        time.sleep(max(0.0, next_tick - time.monotonic()))
+
+
+def _request(kind):
+    from benchmarks import jobs
+
+    if kind == "noop":
+        return jobs.noop.set(queue="noop").job()
+    if kind == "io":
+        return jobs.sleep.set(queue="io").job(0.05)
+    if kind == "fails":
+        return jobs.fails.set(queue="fails").job()
+    return jobs.sleep.set(queue="times_out", execution_timeout=0.05).job(1.0)
+
+
+def _completion_counters(port):
+    """(statements, seconds) from the worker's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        for name in ("exekutor_completion_statements_total", "exekutor_completion_statement_seconds_total"):
+            if line.startswith(name + " "):
+                values[name] = float(line.split()[1])
+    return (values.get("exekutor_completion_statements_total", 0.0),
+            values.get("exekutor_completion_statement_seconds_total", 0.0))
+
+
+def _mean_completion(before, after):
+    statements = after[0] - before[0]
+    return (after[1] - before[1]) / statements * 1000 if statements else None
+
+
+def _window(db, worker, since, completion_ms):
+    finished, p50, p99 = db.execute(
+        "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY pickup), "
+        "percentile_cont(0.99) WITHIN GROUP (ORDER BY pickup) FROM (SELECT extract(epoch FROM started_at - "
+        "enqueued_at) * 1000 AS pickup FROM exekutor_jobs WHERE finished_at >= %s) AS w", (since,))[0]
+    dead, size = db.execute(
+        "SELECT n_dead_tup, pg_total_relation_size('exekutor_jobs') FROM pg_stat_user_tables "
+        "WHERE relname = 'exekutor_jobs'")[0]
+    seconds = db.scalar("SELECT extract(epoch FROM now() - %s)", (since,))
+    return {"finished_per_s": finished / float(seconds), "pickup_p50_ms": p50, "pickup_p99_ms": p99,
+            "completion_ms": completion_ms, "dead_rows": dead, "table_mb": size / 2**20,
+            "worker_rss_mb": harness.rss_bytes(worker.pid) / 2**20}
+
+
+def _print_window(number, w):
+    print(f"  window {number:3}: {w['finished_per_s']:7.0f} jobs/s  pickup p50 {_ms(w['pickup_p50_ms'])}  p99 "
+          f"{_ms(w['pickup_p99_ms'])}  completion {_ms(w['completion_ms'])}  dead rows {w['dead_rows']:,}  "
+          f"table {w['table_mb']:.0f} MB  worker {w['worker_rss_mb']:.0f} MB", flush=True)
+
+
+def _ms(value):
+    return f"{value:7.2f} ms" if value is not None else "      - ms"
+
+
+def _cleanup(db, rows):
+    from exekutor.cleanup import Cleanup
+
+    started = time.monotonic()
+    oldest = db.scalar("SELECT finished_at FROM exekutor_jobs WHERE status IN ('c', 'f', 'd') ORDER BY finished_at "
+                       "OFFSET %s LIMIT 1", (rows,))
+    deleted = Cleanup(db.url).cleanup_jobs(before=oldest) if oldest else 0
+    print(f"  cleanup: deleted {deleted:,} finished jobs in {time.monotonic() - started:.1f}s", flush=True)
+
+
+def _drain(db, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not db.scalar("SELECT count(*) FROM exekutor_jobs WHERE status IN ('p', 'e')"):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _reconcile(db, drained):
+    """Every job ended with the status its kind (its queue) must give, at attempt 1 (a job run twice is at 2)."""
+    expected = {name: status for name, _, status in KINDS}
+    rows = db.execute("SELECT queue, status, attempts = 1, count(*) FROM exekutor_jobs GROUP BY 1, 2, 3")
+    problems = [] if drained else ["jobs still pending or executing 120 s after the load stopped"]
+    for queue, status, once, count in rows:
+        if status != expected.get(queue):
+            problems.append(f"{count} {queue} job(s) {status!r} instead of {expected.get(queue)!r}")
+        if not once:
+            problems.append(f"{count} {queue} job(s) ran more than once")
+    return {"jobs": sum(row[3] for row in rows), "problems": problems}
+
+
+def _report(windows, reconciliation):
+    if not windows:
+        print("no window completed")
+        return
+    first, last = windows[0], windows[-1]
+    means = [w["completion_ms"] for w in windows if w["completion_ms"] is not None]
+    print(f"\nsoak: {reconciliation['jobs']:,} jobs, "
+          + ("every one reconciled (its kind's status, one run)" if not reconciliation["problems"] else
+             "PROBLEMS: " + "; ".join(reconciliation["problems"])))
+    print(f"  pickup p99, first window {_ms(first['pickup_p99_ms'])}, last {_ms(last['pickup_p99_ms'])} "
+          f"(ratio {last['pickup_p99_ms'] / first['pickup_p99_ms']:.2f}; target <= 1.5)")
+    if means:
+        print(f"  completion statement mean over the windows {statistics.mean(means):.2f} ms, worst window "
+              f"{max(means):.2f} ms (target < 2 ms)")
+    print(f"  dead rows at the end {last['dead_rows']:,}, table {last['table_mb']:.0f} MB, worker RSS "
+          f"{first['worker_rss_mb']:.0f} -> {last['worker_rss_mb']:.0f} MB")
+    if reconciliation["problems"]:
+        sys.exit(1)
+
+
+def _free_port():
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+if __name__ == "__main__":
+    main()
