@@ -1,4 +1,6 @@
 """Putting jobs in the queue: one INSERT per batch, in the caller's transaction when a connection is given."""
+import hashlib
+import json
 import random
 import time
 
@@ -8,7 +10,7 @@ import psycopg2.errors
 from exekutor import config, hooks
 from exekutor.db.arrays import array, number, quoted, text_or_null
 from exekutor.db.pool import default_pool
-from exekutor.jobs import DEFAULT_QUEUE, JobDefinition
+from exekutor.jobs import DEFAULT_QUEUE, UNIQUE_UNTIL, JobDefinition, check_unique_key
 from exekutor.serialization import dump_arguments, json_backend
 
 # One statement for any batch size, each column as one array literal (see exekutor.db.arrays). COPY is not an
@@ -23,6 +25,23 @@ INSERT_JOB = """
 INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options)
 VALUES (%s, %s, %s, coalesce(%s::timestamptz, now() + %s * interval '1 second'), %s, %s)
 """
+
+# Unique jobs (migration 0005): the batch insert with the key columns, skipping a request whose key is held (the
+# conflict target names the partial unique index by its predicate); then the holders of the keys not inserted.
+_HOLDS_KEY = "unique_key IS NOT NULL AND (status = 'p' OR (status = 'e' AND unique_until = 'f'))"
+INSERT_UNIQUE_JOBS = f"""
+INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options, unique_key, unique_until)
+SELECT id, queue, priority, coalesce(scheduled_at, now() + delay * interval '1 second'), payload, options,
+       unique_key, unique_until
+FROM unnest(%s::uuid[], %s::text[], %s::smallint[], %s::timestamptz[], %s::float8[], %s::jsonb[], %s::jsonb[],
+            %s::text[], %s::char(1)[])
+    AS batch(id, queue, priority, scheduled_at, delay, payload, options, unique_key, unique_until)
+ON CONFLICT (unique_key) WHERE {_HOLDS_KEY} DO NOTHING
+RETURNING id::text
+"""
+KEY_HOLDERS = f"SELECT unique_key, id::text FROM exekutor_jobs WHERE unique_key = ANY(%s) AND {_HOLDS_KEY}"
+# Rounds of insert-then-look-up: a holder may finish (or start) between the two statements, freeing its key.
+UNIQUE_ROUNDS = 5
 
 _JOB_STATUS = {"p": "pending", "e": "executing", "c": "completed", "f": "failed", "d": "discarded"}
 _TIMEOUT_OPTIONS = ("execution_timeout", "queue_timeout")
@@ -49,7 +68,7 @@ class JobRequest:
     `JobRequest(job_id)` is a handle to an existing job, for its actions only (fetch, errors, retry, cancel)."""
 
     __slots__ = ("id", "definition", "args", "kwargs", "queue", "priority", "wait", "wait_until", "options",
-                 "payload", "connection")
+                 "payload", "connection", "unique_key", "unique_until", "duplicate")
 
     def __init__(self, definition, args=None, kwargs=None, options=None):
         if not isinstance(definition, JobDefinition):
@@ -69,6 +88,9 @@ class JobRequest:
         self.options = {k: merged[k] for k in _TIMEOUT_OPTIONS if k in merged} if options else definition.timeouts
         # Serialized now so that a bad argument fails the enqueue call, not the worker.
         self.payload = dump_arguments(args, kwargs, job_name=definition.name)
+        self.unique_key = unique_key(definition, merged, args, kwargs, self.payload)
+        self.unique_until = UNIQUE_UNTIL[merged.get("unique_until") or "finished"] if self.unique_key else None
+        self.duplicate = False  # set by the enqueue when another job held the key: then `id` is that job's
         self.payload["job"] = definition.name
 
     def _handle(self, job_id):
@@ -77,6 +99,8 @@ class JobRequest:
         self.id = check_job_id(job_id)
         self.definition = self.args = self.kwargs = self.queue = self.priority = None
         self.wait = self.wait_until = self.options = self.payload = self.connection = None
+        self.unique_key = self.unique_until = None
+        self.duplicate = False
 
     @property
     def name(self):
@@ -112,6 +136,24 @@ class JobRequest:
         if self.definition is None:
             return f"<JobRequest id={self.id}>"
         return f"<JobRequest {self.name} id={self.id} queue={self.queue!r} priority={self.priority}>"
+
+
+def unique_key(definition, options, args, kwargs, payload):
+    """The job's unique key, or None: `.set(unique_key=...)` as given; `unique=True`, the job's name and a digest of
+    its serialized arguments; `unique=callable`, the job's name and what the callable returns for the arguments."""
+    key = options.get("unique_key")
+    rule = options.get("unique")
+    if key is None and rule:
+        if callable(rule):
+            derived = rule(*args, **kwargs)
+            if not isinstance(derived, str):
+                raise TypeError(f"the unique= callable of job {definition.name} returned {derived!r}: expected a str")
+        else:
+            canonical = json.dumps([payload["args"], payload["kwargs"]], sort_keys=True, separators=(",", ":"),
+                                   default=repr)
+            derived = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+        key = check_unique_key(f"{definition.name}:{derived}")
+    return key
 
 
 def enqueue(jobs, connection=None):
@@ -150,6 +192,9 @@ def enqueue_many(jobs, connection=None):
 
 
 def _insert(jobs, connection):
+    if any(job.unique_key is not None for job in jobs):
+        on_connection(connection, lambda conn: _insert_unique(jobs, conn))
+        return
     statement = _insert_statement(jobs)
     if connection is not None:
         with raw_connection(connection).cursor() as cursor:
@@ -174,6 +219,37 @@ def _insert_autocommit(statement):
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             if attempt == 2:
                 raise
+
+
+def _insert_unique(jobs, conn):
+    """Insert what no other job's key holds; a request whose key is held becomes a handle to the holder
+    (`duplicate` true, `id` the holder's). Duplicates within the batch: the first request of a key gets in."""
+    dumps = json_backend(config.get("json_serializer")).dumps
+    waiting = jobs
+    with conn.cursor() as cursor:
+        for _ in range(UNIQUE_ROUNDS):
+            cursor.execute(INSERT_UNIQUE_JOBS, _columns(waiting, dumps) + _unique_columns(waiting))
+            inserted = {row[0] for row in cursor.fetchall()}
+            skipped = [job for job in waiting if job.id not in inserted]
+            if not skipped:
+                return
+            cursor.execute(KEY_HOLDERS, (list({job.unique_key for job in skipped}),))
+            holders = dict(cursor.fetchall())
+            for job in skipped:
+                if job.unique_key in holders:
+                    job.id, job.duplicate = holders[job.unique_key], True
+            waiting = [job for job in skipped if not job.duplicate]
+            if not waiting:
+                return
+            # Their holders finished or started between the two statements: the keys are free again.
+    raise RuntimeError(f"could not enqueue {len(waiting)} unique job(s) after {UNIQUE_ROUNDS} rounds: their keys "
+                       "were taken and freed again each time")
+
+
+def _unique_columns(jobs):
+    keys = [text_or_null(job.unique_key) for job in jobs]
+    untils = [job.unique_until or "NULL" for job in jobs]
+    return array(keys), array(untils)
 
 
 def _insert_statement(jobs):

@@ -165,6 +165,7 @@ def render_job(job):
               ("started", _when(job["started_at"])), ("finished", _when(job["finished_at"])),
               ("runtime", f"{job['runtime']:.3f}s" if job["runtime"] is not None else "-"),
               ("worker", job["worker_id"] or "-"), ("cancel requested", _when(job["cancel_requested_at"])),
+              ("unique key", job["unique_key"] or "-"),
               ("arguments", _compact(job["payload"], ("args", "kwargs"))), ("options", _compact(job["options"]))]
     lines = [click.style(f"Job {job['id']}", bold=True)]
     lines += [f"  {name + ':':<18}{printable(str(value))}" for name, value in fields]

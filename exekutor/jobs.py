@@ -18,9 +18,13 @@ MAX_QUEUE_NAME_LENGTH = 63
 MAX_WAIT = MAX_TIMEOUT = 100 * 365 * 24 * 3600.0
 MIN_PRIORITY, MAX_PRIORITY = 1, 32767
 DEFAULT_QUEUE = "default"
-# Options that `.set()` accepts; the first four may also be given at definition.
-DEFINITION_OPTIONS = ("queue", "priority", "execution_timeout", "queue_timeout")
-ENQUEUE_OPTIONS = DEFINITION_OPTIONS + ("wait", "wait_until", "connection")
+# Options given at definition, and those `.set()` accepts.
+DEFINITION_OPTIONS = ("queue", "priority", "execution_timeout", "queue_timeout", "unique", "unique_until")
+ENQUEUE_OPTIONS = ("queue", "priority", "execution_timeout", "queue_timeout", "unique_until", "unique_key", "wait",
+                   "wait_until", "connection")
+# How long a unique job holds its key (see exekutor.db.migrations 0005), and the longest key.
+UNIQUE_UNTIL = {"finished": "f", "started": "s"}
+MAX_UNIQUE_KEY_LENGTH = 1000
 
 
 # --- validation -------------------------------------------------------------------------------------------
@@ -117,6 +121,30 @@ def check_wait_until(value):
     return utc
 
 
+def check_unique(value):
+    """`unique=`: True (the key is the job's name and arguments), False, or a callable deriving the key."""
+    if isinstance(value, bool) or callable(value):
+        return value
+    raise ValueError(f"invalid unique {value!r}: expected True, False or a callable (*args, **kwargs) -> str")
+
+
+def check_unique_until(value):
+    if value not in UNIQUE_UNTIL:
+        raise ValueError(f"invalid unique_until {value!r}: expected 'finished' or 'started'")
+    return value
+
+
+def check_unique_key(value):
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"invalid unique key {value!r}: expected a non-empty string")
+    if len(value) > MAX_UNIQUE_KEY_LENGTH:
+        raise ValueError(f"invalid unique key {value[:40]!r}...: longer than {MAX_UNIQUE_KEY_LENGTH} characters")
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(f"invalid unique key {value[:80]!r}: {problem}")
+    return value
+
+
 _CHECKS = {
     "queue": check_queue,
     "priority": check_priority,
@@ -125,6 +153,9 @@ _CHECKS = {
     "wait": check_wait,
     "wait_until": check_wait_until,
     "connection": lambda v: v,
+    "unique": check_unique,
+    "unique_until": check_unique_until,
+    "unique_key": check_unique_key,
 }
 
 
@@ -283,7 +314,7 @@ class Enqueueable:
 
     def set(self, **options):
         """A copy with per-enqueue options: queue, priority, wait, wait_until, execution_timeout,
-        queue_timeout, connection."""
+        queue_timeout, unique_key, unique_until, connection."""
         merged = dict(self._enqueue_options())
         merged.update(validate_options(options))
         return ConfiguredJob(self._definition(), merged)
@@ -349,9 +380,10 @@ class JobFunction(Enqueueable):
 
 
 def job(func=None, *, name=None, queue=None, priority=None, execution_timeout=None, queue_timeout=None,
-        retry=None, discard_on=()):
+        retry=None, discard_on=(), unique=None, unique_until=None):
     """Register a function as a job: `@exekutor.job` or `@exekutor.job(queue=..., priority=..., ...)`."""
-    options = dict(queue=queue, priority=priority, execution_timeout=execution_timeout, queue_timeout=queue_timeout)
+    options = dict(queue=queue, priority=priority, execution_timeout=execution_timeout, queue_timeout=queue_timeout,
+                   unique=unique, unique_until=unique_until)
 
     def decorate(f):
         if not callable(f):
@@ -391,6 +423,8 @@ class Job:
     priority = None
     execution_timeout = None
     queue_timeout = None
+    unique = None
+    unique_until = None
     retry = None
     discard_on = ()
     abstract = True

@@ -60,7 +60,8 @@ _KEY_TYPES = {"priority": "int", "scheduled_at": "time", "enqueued_at": "time", 
 
 _COLUMNS = """
 j.id::text AS id, j.payload->>'job' AS job, j.queue, j.priority, j.status, j.attempts, j.enqueued_at,
-j.scheduled_at, j.started_at, j.finished_at, j.runtime, j.worker_id::text AS worker_id, j.cancel_requested_at"""
+j.scheduled_at, j.started_at, j.finished_at, j.runtime, j.worker_id::text AS worker_id, j.cancel_requested_at,
+j.unique_key"""
 _LAST_ERROR = """
 (SELECT e.error - 'traceback' FROM exekutor_job_errors e WHERE e.job_id = j.id
  ORDER BY e.created_at DESC, e.id DESC LIMIT 1) AS last_error"""

@@ -85,3 +85,15 @@ def stubborn(seconds):
         gevent.sleep(seconds)
     except:  # noqa: E722 - the point of the job
         pass
+
+
+@exekutor.job(name="tests.unique_record", unique=True)
+def unique_record(tag, sleep=0.0):
+    """tests.record, unique by its arguments (held until it finishes)."""
+    record(tag, sleep)
+
+
+@exekutor.job(name="tests.unique_until_started", unique=lambda tag, **kwargs: tag, unique_until="started")
+def unique_until_started(tag, sleep=0.0):
+    """tests.record, unique by its tag only while it waits."""
+    record(tag, sleep)
