@@ -146,14 +146,18 @@ def call_in_hub(hub, fn, timeout):
 
 class SingleFlight:
     """Callers that overlap share one run of `fn` (in the current hub, with the first caller's arguments); each
-    waits at most its own timeout."""
+    waits at most its own timeout. With `max_age`, a successful run that took at least `slow` seconds is also
+    reused by callers that come within max_age of it: an expensive query asked for by every scrape then runs at
+    most once per max_age, while a cheap one stays fresh for every caller."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, max_age=0.0, slow=0.0):
         self._fn = fn
         self._running = None
+        self._max_age, self._slow = max_age, slow
+        self._started_at = self._finished_at = None
 
     def __call__(self, timeout, *args):
-        if self._running is None or self._running.ready():
+        if self._running is None or (self._running.ready() and not self._fresh()):
             self._running = gevent.spawn(self._capture, *args)
         running = self._running
         running.join(timeout)
@@ -164,9 +168,17 @@ class SingleFlight:
             raise error
         return result
 
+    def _fresh(self):
+        error, _ = self._running.value
+        took = self._finished_at - self._started_at
+        return error is None and took >= self._slow and time.monotonic() - self._finished_at < self._max_age
+
     def _capture(self, *args):
+        self._started_at = time.monotonic()
         # Errors are the callers' to handle, not the hub's to print.
         try:
             return None, self._fn(*args)
         except Exception as error:  # noqa: BLE001
             return error, None
+        finally:
+            self._finished_at = time.monotonic()

@@ -22,6 +22,11 @@ from exekutor.execution import COMPLETED, DISCARDED, FAILED, RELEASE, RETRY, err
 
 # Seconds a scrape waits for the queue query; without an answer the queue gauges are left out of that scrape.
 QUEUE_QUERY_TIMEOUT = 5.0
+# Scrapes within QUEUE_STATS_MAX_AGE seconds of a queue query that took at least QUEUE_STATS_SLOW seconds reuse its
+# answer: counting a backlog of a million pending jobs takes the database a fifth of a second, which every scrape of
+# every worker would otherwise pay. A quick query (a small backlog) runs at every scrape.
+QUEUE_STATS_MAX_AGE = 10.0
+QUEUE_STATS_SLOW = 0.05
 QUEUE_STATS = """
 SELECT queue,
        count(*) FILTER (WHERE scheduled_at <= now()),
@@ -234,7 +239,7 @@ class _WorkerCollector:
         self.workers = weakref.WeakSet()
         self._jobs = jobs
         self._database_errors = database_errors
-        self._queue_stats = SingleFlight(self._query_queues)
+        self._queue_stats = SingleFlight(self._query_queues, max_age=QUEUE_STATS_MAX_AGE, slow=QUEUE_STATS_SLOW)
         self._queues_seen = set()
 
     def describe(self):

@@ -110,3 +110,21 @@ def test_the_autovacuum_check_names_what_is_off(db):
         assert ("for the table exekutor_jobs" if server_on else "on this PostgreSQL server") in autovacuum_problem(db)
     finally:
         query(db, "ALTER TABLE exekutor_jobs RESET (autovacuum_enabled)")
+
+
+def test_a_slow_queue_query_is_reused_by_scrapes_for_a_while_and_a_quick_one_is_not():
+    import gevent
+
+    from exekutor.eventloop import SingleFlight
+
+    calls = []
+
+    def query_taking(seconds):
+        calls.append(seconds)
+        gevent.sleep(seconds)
+        return len(calls)
+
+    slow = SingleFlight(query_taking, max_age=10.0, slow=0.05)
+    assert slow(5, 0.06) == 1 and slow(5, 0.06) == 1  # the second scrape reuses the slow answer
+    quick = SingleFlight(query_taking, max_age=10.0, slow=0.05)
+    assert quick(5, 0.0) == 2 and quick(5, 0.0) == 3  # quick queries run every time
