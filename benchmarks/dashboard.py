@@ -1,0 +1,90 @@
+"""The dashboard's pages on a big table: each under 200 ms with 1,000,000 finished and 100,000 pending jobs.
+
+The table is filled as the big-table scenario fills it (finished jobs 10 ms apart, so the last hour holds 360,000 of
+them: the throughput chart has real work to do), plus pending jobs in a few queues and some workers. Each page is
+requested through Flask's test client, as a browser would get it (the queries, the rendering, the headers; not the
+network), once to warm up and then ROUNDS times; the median is the figure.
+"""
+import statistics
+import time
+
+from benchmarks import harness
+from benchmarks.jobs import NOOP_PAYLOAD
+from benchmarks.throughput import FILLER_QUEUE, fill_big_table
+
+ROUNDS = 15
+QUICK_ROUNDS = 5
+TARGET_MS = 200
+PENDING_QUEUES = ("default", "mail", "reports", "images")
+
+
+def scenario_dashboard(ctx):
+    budget = ctx.new_budget("dashboard")
+    finished, pending = ctx.count(1_000_000, 200_000), ctx.count(100_000, 20_000)
+    db = ctx.db
+    db.reset()
+    started = time.monotonic()
+    fill_big_table(db, finished)
+    for queue in PENDING_QUEUES:
+        db.execute("INSERT INTO exekutor_jobs (queue, payload) SELECT %s, %s::jsonb FROM generate_series(1, %s)",
+                   (queue, NOOP_PAYLOAD, pending // len(PENDING_QUEUES)))
+    db.execute("INSERT INTO exekutor_workers (hostname, pid, identifier, status, queues, min_threads, max_threads) "
+               "SELECT 'bench-' || i, 1000 + i, 'worker-' || i, 'r', NULL, 1, 100 FROM generate_series(1, 4) AS i")
+    db.vacuum()
+    ctx.say(f"  filled {finished:,} finished and {pending:,} pending jobs in {time.monotonic() - started:.1f}s")
+    try:
+        timings = _measure(ctx, budget)
+    finally:
+        db.reset()
+    ctx.record("dashboard", {"finished": finished, "pending": pending,
+                             "pages_ms": {path: stats for path, (_, stats) in timings.items()}})
+    for path, (label, stats) in timings.items():
+        ctx.figure("dashboard_" + _slug(path), f"dashboard {label}, {finished:,} finished + {pending:,} pending",
+                   "ms", stats, target=("<=", TARGET_MS))
+
+
+def _pages(client, db):
+    """(path, label) of every page, with a real job id and a real second-page cursor."""
+    failed_id = db.scalar("SELECT id::text FROM exekutor_jobs WHERE status = 'f' LIMIT 1")
+    first = client.get("/dashboard/jobs?status=failed").get_data(as_text=True)
+    cursor = first.split('id="next-page" href="')[1].split('"')[0].replace("&amp;", "&")
+    return [("/dashboard/", "overview /"), (f"/dashboard/queues/{FILLER_QUEUE}", "/queues/<busy queue>"),
+            ("/dashboard/queues/mail", "/queues/<pending queue>"), ("/dashboard/workers", "/workers"),
+            ("/dashboard/jobs", "/jobs (all)"), ("/dashboard/jobs?status=failed", "/jobs?status=failed"),
+            (cursor, "/jobs?status=failed, page 2"), ("/dashboard/jobs?status=pending&queue=mail",
+                                                      "/jobs?status=pending&queue=mail"),
+            (f"/dashboard/jobs/{failed_id}", "/jobs/<id>"), ("/dashboard/schedules", "/schedules")]
+
+
+def _measure(ctx, budget):
+    import flask
+
+    from exekutor.dashboard import blueprint
+
+    app = flask.Flask("bench")
+    app.register_blueprint(blueprint, url_prefix="/dashboard")
+    client = app.test_client()
+    rounds = QUICK_ROUNDS if ctx.quick else ROUNDS
+    timings = {}
+    for path, label in _pages(client, ctx.db):
+        _get(client, path)  # warm: the pool's connection, the templates, PostgreSQL's caches
+        times = []
+        for _ in range(rounds):
+            if times and not budget.allows(statistics.median(times) / 1000):
+                break
+            started = time.perf_counter()
+            _get(client, path)
+            times.append((time.perf_counter() - started) * 1000)
+        stats = harness.summary(times)
+        timings[path] = (label, stats)
+        ctx.say(f"  {label:<40} median {stats['median']:7.1f} ms  (min {stats['min']:.1f}, max {stats['max']:.1f})")
+    return timings
+
+
+def _get(client, path):
+    response = client.get(path)
+    assert response.status_code == 200, f"{path}: HTTP {response.status_code}"
+
+
+def _slug(path):
+    return "".join(ch if ch.isalnum() else "_" for ch in path.replace("/dashboard", "", 1)).strip("_")[:40] or "root"

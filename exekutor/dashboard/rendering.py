@@ -1,0 +1,43 @@
+"""Helpers the dashboard's templates call: times, ages, charts, the CSRF token.
+
+Given to the blueprint's templates by a context processor rather than as app-wide Jinja filters, so that mounting
+the dashboard adds nothing to the host application's template namespace. Values from rows (queue and job names,
+messages, tracebacks) are left to Jinja's autoescape; `printable` additionally shows control characters and
+bidirectional overrides as escapes, so a name cannot reorder the text around it.
+"""
+import json
+
+from exekutor import config
+from exekutor.dashboard import charts, csrf
+from exekutor.display import printable
+from exekutor.info import duration, timestamp
+
+
+def when(value):
+    return timestamp(value) if value else "-"
+
+
+def age(seconds):
+    return duration(seconds) if seconds is not None else "-"
+
+
+def as_json(value):
+    """Indented JSON for arguments and options (escaped by the template like any text)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=True) if value else "-"
+
+
+def error_summary(job):
+    error = job.get("last_error")
+    if not error:
+        return ""
+    kind = (error.get("type") or "?").rpartition(".")[2]
+    lines = (error.get("message") or "").strip().splitlines()
+    return f"{kind}: {lines[0]}" if lines else kind
+
+
+def install(blueprint):
+    @blueprint.context_processor
+    def helpers():
+        return {"when": when, "age": age, "as_json": as_json, "chart": charts.bar_chart, "csrf_token": csrf.token,
+                "csrf_field": csrf.FIELD, "printable": printable, "error_summary": error_summary,
+                "actions_enabled": bool(config.get("dashboard_allow_actions"))}

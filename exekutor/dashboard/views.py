@@ -1,0 +1,197 @@
+"""The dashboard's pages and actions: a Flask blueprint over exekutor.operations (DESIGN §10, §12).
+
+Read-only unless `dashboard_allow_actions` is on: then retry and cancel (one job, or every job of a filter) are
+a GET that shows what would be touched and a form, and a POST of that form with a CSRF token (see csrf.py).
+Every page can also be fetched as a fragment (`?fragment=1`, the content without the layout), which
+dashboard.js swaps in every few seconds.
+"""
+import psycopg2
+from flask import Blueprint, Flask, abort, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from exekutor import config, operations
+from exekutor.dashboard import csrf, data, rendering
+
+blueprint = Blueprint("exekutor_dashboard", __name__, template_folder="templates", static_folder="static",
+                      static_url_path="/static")
+PAGE_SIZE = 50
+REFRESH_SECONDS = 5
+ACTIONS = {"retry": operations.RETRYABLE, "cancel": operations.CANCELLABLE}
+rendering.install(blueprint)
+
+
+def actions_enabled():
+    return bool(config.get("dashboard_allow_actions"))
+
+
+def _page(template, refresh=True, status=200, **context):
+    fragment = request.args.get("fragment") == "1"
+    html = render_template(f"exekutor_dashboard/{template}", fragment=fragment, notice=_notice(),
+                           refresh=REFRESH_SECONDS if refresh else None, **context)
+    return html, status
+
+
+def _notice():
+    """What the action redirected here did; only a known verb and a number are taken from the query string, so a
+    link cannot put words of its own on the page."""
+    action, done = request.args.get("action"), request.args.get("done", "")
+    if action not in ACTIONS or not done.isdigit():
+        return None
+    return f"{'Retried' if action == 'retry' else 'Cancelled'} {int(done)} job(s)."
+
+
+# --- pages ------------------------------------------------------------------------------------------------------
+
+@blueprint.route("/")
+def overview():
+    with data.connection() as conn:
+        return _page("overview.html", page="overview", **data.overview(conn))
+
+
+@blueprint.route("/queues/<path:name>")
+def queue(name):
+    try:
+        operations.JobFilter(queue=name)
+    except operations.OperationError as error:
+        abort(404, str(error))
+    with data.connection() as conn:
+        return _page("queue.html", page="overview", name=name, **data.queue_page(conn, name))
+
+
+@blueprint.route("/workers")
+def workers():
+    with data.connection() as conn:
+        return _page("workers.html", page="workers", workers=data.workers(conn))
+
+
+@blueprint.route("/jobs")
+def jobs():
+    args = _filter_args(request.args)
+    try:
+        job_filter = operations.JobFilter(**args)
+        with data.connection() as conn:
+            result = operations.list_jobs(conn, job_filter, limit=PAGE_SIZE, after=request.args.get("after") or None)
+    except operations.OperationError as error:
+        return _page("jobs.html", page="jobs", filters=args, error=str(error), jobs=[], next_cursor=None,
+                     status=400)
+    return _page("jobs.html", page="jobs", filters=args, error=None, jobs=result.jobs,
+                 next_cursor=result.next_cursor, bulk=_bulk_actions(job_filter))
+
+
+@blueprint.route("/jobs/<job_id>")
+def job(job_id):
+    try:
+        job_id = operations.check_job_id(job_id)
+    except operations.OperationError as error:
+        abort(404, str(error))
+    with data.connection() as conn:
+        found = operations.get_job(conn, job_id)
+    if found is None:
+        abort(404, f"no job {job_id}")
+    finished = found["status"] in ("completed", "failed", "discarded", "cancelled")
+    return _page("job.html", page="jobs", job=found, refresh=not finished,
+                 show_arguments=bool(config.get("dashboard_show_arguments")),
+                 can={action: found["status"] in statuses for action, statuses in ACTIONS.items()})
+
+
+@blueprint.route("/schedules")
+def schedules():
+    return _page("schedules.html", page="schedules", refresh=False)
+
+
+# --- actions ----------------------------------------------------------------------------------------------------
+
+@blueprint.route("/actions/<action>", methods=["GET", "POST"])
+def act(action):
+    """GET: what the action would touch, and the form to confirm it; POST: do it (CSRF-checked)."""
+    if action not in ACTIONS:
+        abort(404)
+    if not actions_enabled():
+        abort(403, "actions are disabled: this dashboard is read-only (dashboard_allow_actions)")
+    source = request.form if request.method == "POST" else request.args
+    target = _target(action, source)
+    if request.method == "POST":
+        csrf.check()
+        with data.connection() as conn:
+            done = _perform(conn, action, target)
+        return redirect(_return_url(target, action=action, done=len(done)), code=303)
+    with data.connection() as conn:
+        count = operations.count_jobs(conn, target["filter"], action, target["ids"])
+    return _page("confirm.html", page="jobs", refresh=False, action=action, target=target, count=count,
+                 back=_return_url(target))
+
+
+def _target(action, source):
+    """{"ids": [one id] or None, "filter": JobFilter or None, "args": the filter's fields}; 400 on bad input."""
+    try:
+        if source.get("id"):
+            return {"ids": [operations.check_job_id(source["id"])], "filter": None, "args": {}}
+        args = _filter_args(source)
+        if args["status"] not in ACTIONS[action]:
+            abort(400, f"{action} by filter needs a status among {', '.join(ACTIONS[action])}")
+        return {"ids": None, "filter": operations.JobFilter(**args), "args": args}
+    except operations.OperationError as error:
+        abort(400, str(error))
+
+
+def _perform(conn, action, target):
+    arguments = {"job_ids": target["ids"]} if target["ids"] else {"job_filter": target["filter"]}
+    if action == "retry":
+        return operations.retry(conn, **arguments).retried
+    result = operations.cancel(conn, **arguments)
+    return result.cancelled + result.interrupting
+
+
+def _return_url(target, **extra):
+    if target["ids"]:
+        return url_for(".job", job_id=target["ids"][0], **extra)
+    return url_for(".jobs", **{key: value for key, value in target["args"].items() if value}, **extra)
+
+
+def _bulk_actions(job_filter):
+    """The actions a filter's "every matching job" buttons may offer (none when actions are off)."""
+    if not actions_enabled():
+        return []
+    return [action for action, statuses in ACTIONS.items() if job_filter.status in statuses]
+
+
+def _filter_args(source):
+    """status, queue and job from a query string or form; empty means any."""
+    return {key: (source.get(key) or None) for key in ("status", "queue", "job")}
+
+
+# --- errors and headers -----------------------------------------------------------------------------------------
+
+@blueprint.errorhandler(HTTPException)
+def http_error(error):
+    return _page("error.html", refresh=False, status=error.code, page=None, code=error.code,
+                 message=error.description if error.code in (400, 403, 404) else error.name)
+
+
+@blueprint.errorhandler(psycopg2.Error)
+def database_error(error):
+    # Never the driver's text: it may name the server, and a page is no place for the database's address.
+    return _page("error.html", refresh=False, status=503, page=None, code=503,
+                 message="the database is unavailable or exekutor's tables are missing "
+                         "(run 'exekutor-gevent migrate'); reload to try again")
+
+
+@blueprint.after_request
+def security_headers(response):
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    if request.endpoint != "exekutor_dashboard.static":
+        response.headers["Cache-Control"] = "no-store"
+    return csrf.set_cookie(response)
+
+
+def create_app():
+    """The standalone dashboard: the blueprint at the root of an app of its own (no static route of the app's,
+    so the blueprint's /static is the only one)."""
+    app = Flask("exekutor.dashboard", static_folder=None)
+    app.register_blueprint(blueprint, url_prefix="")
+    return app

@@ -1,0 +1,301 @@
+"""The dashboard through Flask's test client: every page, escaping, arguments, CSRF, actions, headers."""
+import re
+import uuid
+
+import psycopg2.extensions
+import psycopg2.extras
+import pytest
+
+from exekutor import config
+from tests.conftest import query, scalar
+
+flask = pytest.importorskip("flask")
+
+pytestmark = pytest.mark.timeout(60)
+
+PREFIX = "/admin/jobs"
+HOSTILE = ['<script>alert(1)</script>', '<img src=x onerror=alert(1)>', '<a href="javascript:alert(1)">x</a>']
+CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'")
+
+
+@pytest.fixture
+def app(database_url):
+    from exekutor.dashboard import blueprint
+
+    app = flask.Flask(__name__)
+    app.config["TESTING"] = True
+
+    # What docs/dashboard.md shows: the application's own login guards the blueprint.
+    @app.before_request
+    def login_required():
+        if flask.request.blueprint == "exekutor_dashboard" and flask.request.headers.get("X-Test-User") != "admin":
+            flask.abort(401)
+
+    app.register_blueprint(blueprint, url_prefix=PREFIX)
+    return app
+
+
+def logged_in(app):
+    client = app.test_client()
+    client.environ_base["HTTP_X_TEST_USER"] = "admin"
+    return client
+
+
+@pytest.fixture
+def client(app):
+    return logged_in(app)
+
+
+def get(client, path, status=200):
+    response = client.get(PREFIX + path)
+    assert response.status_code == status, response.get_data(as_text=True)[:2000]
+    return response, response.get_data(as_text=True)
+
+
+def make_job(conn, status="f", queue="mail", job="myapp.jobs:send_receipt", message="SMTP refused",
+             traceback="Traceback (most recent call last):\n  File \"jobs.py\", line 8\nRuntimeError", args=(1042,)):
+    job_id = str(uuid.uuid4())
+    finished = status in ("c", "f", "d")
+    query(conn, "INSERT INTO exekutor_jobs (id, queue, payload, status, attempts, started_at, finished_at, runtime) "
+                "VALUES (%s, %s, jsonb_build_object('job', %s::text, 'args', %s::jsonb, 'kwargs', '{}'::jsonb), %s, "
+                "%s, CASE WHEN %s THEN now() END, CASE WHEN %s THEN now() END, CASE WHEN %s THEN 0.5 END)",
+          (job_id, queue, job, psycopg2.extras.Json(list(args)), status, 0 if status == "p" else 1,
+           status != "p", finished, finished))
+    if status in ("f", "d"):
+        query(conn, "INSERT INTO exekutor_job_errors (job_id, attempt, error) VALUES (%s, 1, "
+                    "jsonb_build_object('type', 'builtins.RuntimeError', 'message', %s::text, 'traceback', %s::text))",
+              (job_id, message, traceback))
+    return job_id
+
+
+def status_of(conn, job_id):
+    return scalar(conn, "SELECT status FROM exekutor_jobs WHERE id = %s", (job_id,))
+
+
+def csrf_token(html):
+    return re.search(r'name="csrf_token" value="([0-9a-f]+)"', html).group(1)
+
+
+# --- pages --------------------------------------------------------------------------------------------------------
+
+def test_every_page_answers_with_the_security_headers(client, db):
+    failed = make_job(db)
+    make_job(db, status="p", queue="default")
+    make_job(db, status="c", queue="default")
+    query(db, "INSERT INTO exekutor_workers (hostname, pid, identifier, status, queues, max_threads, min_threads) "
+              "VALUES ('web-1', 4242, 'mailer', 'r', ARRAY['mail'], 50, 1)")
+    pages = ["/", "/queues/mail", "/workers", "/jobs", "/jobs?status=failed&queue=mail", f"/jobs/{failed}",
+             "/schedules"]
+    for path in pages:
+        response, html = get(client, path)
+        assert response.headers["Content-Security-Policy"].startswith(CSP)
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert "<html" in html and "style=" not in html and "<script>" not in html and "onclick" not in html
+    for name, kind in (("dashboard.css", "text/css"), ("dashboard.js", "text/javascript")):
+        response, _ = get(client, f"/static/{name}")
+        assert response.headers["Content-Type"].startswith(kind)
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_overview_counts_each_queue_and_charts_the_last_hour(client, db):
+    for status, count in (("p", 3), ("f", 2), ("d", 1), ("c", 4)):
+        for _ in range(count):
+            make_job(db, status=status)
+    query(db, "UPDATE exekutor_jobs SET scheduled_at = now() + interval '1 hour' "
+              "WHERE id = (SELECT id FROM exekutor_jobs WHERE status = 'p' LIMIT 1)")
+    _, html = get(client, "/")
+    row = re.search(r"<tr>\s*<td><a href=\"/admin/jobs/queues/mail\">mail</a></td>(.*?)</tr>", html, re.S).group(1)
+    assert re.findall(r'<td class="num[^"]*">(?:<a[^>]*>)?([^<]+)', row)[:6] == ["2", "1", "0", "2", "1", "0s"]
+    assert row.count('<rect class="bar"') == 1  # all 7 finished jobs in the current minute
+    assert "<title>7 (1 min ago)</title>" in row
+
+
+def test_workers_page_shows_host_pid_identifier_queues_and_greenlets(client, db):
+    query(db, "INSERT INTO exekutor_workers (hostname, pid, identifier, status, queues, max_threads, min_threads, "
+              "last_heartbeat_at) VALUES ('web-1', 4242, 'mailer', 'r', ARRAY['mail'], 50, 1, "
+              "now() - interval '12 seconds')")
+    _, html = get(client, "/workers")
+    for text in ("web-1", "4242", "mailer", ">mail</a>", ">50<", "12s ago"):
+        assert text in html
+
+
+def test_job_page_shows_errors_with_tracebacks_and_hides_arguments(client, db):
+    job_id = make_job(db, args=("secret-token-123",))
+    _, html = get(client, f"/jobs/{job_id}")
+    assert "SMTP refused" in html and "File &#34;jobs.py&#34;, line 8" in html
+    assert "secret-token-123" not in html and "dashboard_show_arguments is off" in html
+    config.configure(dashboard_show_arguments=True)
+    _, html = get(client, f"/jobs/{job_id}")
+    assert "secret-token-123" in html
+
+
+def test_unknown_or_malformed_ids_and_bad_filters_are_clean_errors(client, db):
+    get(client, f"/jobs/{uuid.uuid4()}", status=404)
+    get(client, "/jobs/not-a-uuid", status=404)
+    _, html = get(client, "/jobs?status=<b>exploded</b>", status=400)
+    assert "unknown status" in html and "<b>exploded" not in html
+    get(client, "/jobs?status=failed&after=garbage", status=400)
+
+
+def test_jobs_are_filtered_and_paginated_with_cursors(client, db):
+    ids = {make_job(db, queue="mail") for _ in range(120)}
+    make_job(db, queue="other")
+    make_job(db, queue="mail", job="myapp.jobs:other")
+    seen, path = [], "/jobs?status=failed&queue=mail&job=myapp.jobs:send_receipt"
+    while path:
+        _, html = get(client, path)
+        seen += re.findall(r'<div class="id">([0-9a-f-]{36})</div>', html)
+        following = re.search(r'id="next-page" href="/admin/jobs([^"]+)"', html)
+        path = following.group(1).replace("&amp;", "&") if following else None
+    assert len(seen) == 120 and set(seen) == ids
+
+
+def test_fragment_is_the_content_without_the_layout(client, db):
+    make_job(db)
+    _, html = get(client, "/?fragment=1")
+    assert "<html" not in html and "Queues" in html and "<script" not in html
+
+
+def test_no_database_url_in_any_page(client, db, database_url):
+    job_id = make_job(db)
+    dbname = psycopg2.extensions.parse_dsn(database_url)["dbname"]
+    for path in ("/", "/workers", "/jobs", f"/jobs/{job_id}", "/queues/mail", "/schedules"):
+        _, html = get(client, path)
+        assert database_url not in html and dbname not in html
+
+
+def test_a_database_error_is_a_503_without_the_drivers_text(client, monkeypatch):
+    from exekutor.dashboard import data
+
+    def broken():
+        raise psycopg2.OperationalError('connection to server at "db.internal" failed: password=hunter2')
+
+    monkeypatch.setattr(data, "connection", broken)
+    _, html = get(client, "/", status=503)
+    assert "db.internal" not in html and "hunter2" not in html and "database is unavailable" in html
+
+
+def test_the_applications_login_guards_every_page(app):
+    anonymous = app.test_client()
+    for path in ("/", "/jobs", "/workers", "/actions/retry?status=failed"):
+        assert anonymous.get(PREFIX + path).status_code == 401
+
+
+# --- escaping -------------------------------------------------------------------------------------------------------
+
+def test_hostile_names_messages_and_tracebacks_are_escaped(client, db):
+    hostile = " ".join(HOSTILE)
+    job_id = make_job(db, queue="<script>alert(1)</script>", job=hostile, message=hostile, traceback=hostile)
+    query(db, "INSERT INTO exekutor_workers (hostname, pid, identifier, status, queues) "
+              "VALUES (%s, 1, %s, 'r', ARRAY[%s])", (hostile, hostile, "<img src=x onerror=alert(1)>"))
+    pages = ["/", "/workers", "/jobs", "/jobs?status=failed", f"/jobs/{job_id}",
+             "/queues/%3Cscript%3Ealert(1)%3C%2Fscript%3E"]
+    for path in pages:
+        _, html = get(client, path)
+        for text in HOSTILE:
+            assert text not in html, (path, text)
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html, path
+        assert 'href="javascript:' not in html
+
+
+# --- actions --------------------------------------------------------------------------------------------------------
+
+def test_read_only_by_default_no_buttons_and_403(client, db):
+    job_id = make_job(db)
+    pending = make_job(db, status="p")
+    for path in (f"/jobs/{job_id}", "/jobs?status=failed", f"/jobs/{pending}"):
+        _, html = get(client, path)
+        assert "/actions/" not in html and "<form method=\"post\"" not in html
+    get(client, f"/actions/retry?id={job_id}", status=403)
+    response = client.post(PREFIX + "/actions/retry", data={"id": job_id, "csrf_token": "x"})
+    assert response.status_code == 403
+    assert client.post(PREFIX + "/actions/cancel", data={"id": pending}).status_code == 403
+    assert status_of(db, job_id) == "f" and status_of(db, pending) == "p"
+
+
+def test_retry_one_job_after_confirmation(client, db):
+    config.configure(dashboard_allow_actions=True)
+    job_id = make_job(db)
+    _, html = get(client, f"/jobs/{job_id}")
+    assert f"/actions/retry?id={job_id}" in html and "/actions/cancel" not in html
+    _, html = get(client, f"/actions/retry?id={job_id}")
+    assert "Retry 1 job(s)?" in html and status_of(db, job_id) == "f"  # the GET only asks
+    response = client.post(PREFIX + "/actions/retry", data={"id": job_id, "csrf_token": csrf_token(html)})
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/jobs/{job_id}?action=retry&done=1")
+    assert status_of(db, job_id) == "p"
+    _, html = get(client, f"/jobs/{job_id}?action=retry&done=1")
+    assert "Retried 1 job(s)." in html
+
+
+def test_cancel_every_matching_job_after_confirmation(client, db):
+    config.configure(dashboard_allow_actions=True)
+    pending = [make_job(db, status="p") for _ in range(3)]
+    other = make_job(db, status="p", queue="other")
+    _, html = get(client, "/jobs?status=pending&queue=mail")
+    assert 'id="bulk-cancel"' in html and 'id="bulk-retry"' not in html
+    _, html = get(client, "/actions/cancel?status=pending&queue=mail")
+    assert "Cancel 3 job(s)?" in html
+    response = client.post(PREFIX + "/actions/cancel", data={"status": "pending", "queue": "mail",
+                                                               "csrf_token": csrf_token(html)})
+    assert response.status_code == 303
+    assert [status_of(db, job_id) for job_id in pending] == ["d", "d", "d"] and status_of(db, other) == "p"
+
+
+def test_posts_without_a_valid_token_change_nothing(app, db):
+    config.configure(dashboard_allow_actions=True)
+    job_id = make_job(db)
+    counted = scalar(db, "SELECT jobs FROM exekutor_operator_actions WHERE action = 'retry'")
+    client = logged_in(app)
+    _, html = get(client, f"/actions/retry?id={job_id}")
+    token = csrf_token(html)
+    attempts = [
+        {"id": job_id},  # no token
+        {"id": job_id, "csrf_token": "0" * 64},  # a wrong one
+        {"id": job_id, "csrf_token": token[:-1] + ("0" if token[-1] != "0" else "1")},
+    ]
+    for form in attempts:
+        assert client.post(PREFIX + "/actions/retry", data=form).status_code == 403
+    # The right token from another site's page, and a token without its cookie (another browser).
+    cross = client.post(PREFIX + "/actions/retry", data={"id": job_id, "csrf_token": token},
+                        headers={"Origin": "https://evil.example"})
+    assert cross.status_code == 403
+    stranger = logged_in(app)
+    assert stranger.post(PREFIX + "/actions/retry", data={"id": job_id, "csrf_token": token}).status_code == 403
+    assert status_of(db, job_id) == "f"
+    assert scalar(db, "SELECT jobs FROM exekutor_operator_actions WHERE action = 'retry'") == counted
+
+
+def test_the_csrf_cookie_is_strict_httponly_and_scoped(client, db):
+    config.configure(dashboard_allow_actions=True)
+    job_id = make_job(db)
+    response, _ = get(client, f"/actions/retry?id={job_id}")
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and f"Path={PREFIX}/" in cookie
+
+
+def test_an_action_by_filter_needs_a_status_it_applies_to(client, db):
+    config.configure(dashboard_allow_actions=True)
+    get(client, "/actions/retry?status=pending", status=400)
+    get(client, "/actions/cancel?status=failed", status=400)
+    get(client, "/actions/retry", status=400)
+    get(client, "/actions/explode?status=failed", status=404)
+
+
+# --- standalone app and command ---------------------------------------------------------------------------------
+
+def test_standalone_app_serves_the_blueprint_at_the_root(database_url, db):
+    from exekutor.dashboard import create_app
+
+    client = create_app().test_client()
+    assert client.get("/").status_code == 200
+    assert client.get("/static/dashboard.js").status_code == 200
+
+
+def test_the_command_refuses_bad_ports_in_one_line():
+    from tests.test_cli import run_cli
+
+    result = run_cli("dashboard", "--port", "70000")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,205 @@
+"""The dashboard in a real headless Chromium (Selenium), against `exekutor-gevent dashboard` as a real process.
+
+One server and one browser per module (a few seconds each test). Every page is visited and photographed (PNG files
+in $EXEKUTOR_TEST_ARTIFACTS, default tests/artifacts/, which CI keeps); a failed job is retried and a pending one
+cancelled by clicking, and the database is checked; hostile text stays text: no alert, no console error, no CSP
+violation, also after the live refresh swapped the page's content.
+"""
+import base64
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from tests.conftest import ROOT, query, wait_for
+from tests.test_dashboard import HOSTILE, make_job, status_of
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing (Debian packages chromium and chromium-driver; .ci/run installs them)",
+                allow_module_level=True)
+pytest.importorskip("flask")
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+ARTIFACTS = os.environ.get("EXEKUTOR_TEST_ARTIFACTS") or os.path.join(ROOT, "tests", "artifacts")
+
+
+@pytest.fixture(scope="module")
+def server(database_url):
+    """`exekutor-gevent dashboard --allow-actions` on a free loopback port; its base URL."""
+    log = tempfile.NamedTemporaryFile(prefix="exekutor-dashboard-", suffix=".log", delete=False)
+    env = dict(os.environ, EXEKUTOR_DATABASE_URL=database_url, PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "exekutor", "dashboard", "--port", "0", "--allow-actions"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def address():
+        with open(log.name, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        if proc.poll() is not None:
+            raise AssertionError(f"the dashboard exited with {proc.returncode}:\n{text}")
+        found = re.search(r"on (http://127\.0\.0\.1:\d+)/", text)
+        return found and found.group(1)
+
+    try:
+        yield wait_for(address, 30, "the dashboard to listen")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+        os.unlink(log.name)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="exekutor-chromium-")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1360,900", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(20)
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def visit(browser, server, path, shot=None):
+    browser.get(server + path)
+    assert_nothing_ran(browser)
+    if shot:
+        save(browser, shot)
+
+
+def save(browser, name):
+    """A screenshot of the whole page, beyond the window, in the artifacts directory."""
+    width, height = browser.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+    shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": width, "height": min(height, 6000), "scale": 1}})
+    with open(os.path.join(ARTIFACTS, f"dashboard-{name}.png"), "wb") as f:
+        f.write(base64.b64decode(shot["data"]))
+
+
+def assert_nothing_ran(browser):
+    """No alert is open, and the console has no error (a blocked inline script is a CSP error there)."""
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018 - reading it is what raises
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
+    assert not errors, errors
+
+
+def rows(browser):
+    return browser.find_elements(By.CSS_SELECTOR, "table.jobs tbody tr")
+
+
+# --- pages --------------------------------------------------------------------------------------------------------
+
+def test_every_page_renders_cleanly(browser, server, db):
+    failed = make_job(db, message="SMTP server refused the connection for order 1042")
+    for _ in range(3):
+        make_job(db, status="p", queue="default", job="myapp.jobs:resize_image")
+    for _ in range(6):
+        make_job(db, status="c", queue="mail")
+    make_job(db, status="d", queue="reports", job="myapp.jobs:rollup", message="queue_timeout passed")
+    query(db, "INSERT INTO exekutor_workers (hostname, pid, identifier, status, queues, min_threads, max_threads) "
+              "VALUES ('app-1', 4242, 'mailer', 'r', ARRAY['mail', 'default'], 1, 100)")
+    for path, name in (("/", "overview"), ("/queues/mail", "queue"), ("/workers", "workers"), ("/jobs", "jobs"),
+                       (f"/jobs/{failed}", "job"), ("/schedules", "schedules")):
+        visit(browser, server, path, shot=name)
+        assert browser.find_element(By.CSS_SELECTOR, "header.top .brand").text == "exekutor"
+    visit(browser, server, "/workers")
+    assert "app-1" in browser.find_element(By.TAG_NAME, "main").text
+    visit(browser, server, f"/jobs/{failed}")
+    assert "SMTP server refused the connection" in browser.find_element(By.CSS_SELECTOR, ".error-record").text
+
+
+def test_filter_and_paginate(browser, server, db):
+    for _ in range(60):
+        make_job(db, queue="mail")
+    for _ in range(5):
+        make_job(db, queue="other")
+    visit(browser, server, "/jobs")
+    Select(browser.find_element(By.ID, "filter-status")).select_by_value("failed")
+    browser.find_element(By.ID, "filter-queue").send_keys("mail")
+    browser.find_element(By.ID, "filter-submit").click()
+    wait_for(lambda: "status=failed" in browser.current_url, 10, "the filtered page")
+    assert len(rows(browser)) == 50
+    browser.find_element(By.ID, "next-page").click()
+    wait_for(lambda: "after=" in browser.current_url, 10, "the second page")
+    assert len(rows(browser)) == 10 and not browser.find_elements(By.ID, "next-page")
+    assert all(row.find_elements(By.TAG_NAME, "td")[1].text == "mail" for row in rows(browser))
+    browser.find_element(By.ID, "first-page").click()
+    wait_for(lambda: "after=" not in browser.current_url, 10, "the first page again")
+    assert_nothing_ran(browser)
+
+
+# --- actions --------------------------------------------------------------------------------------------------------
+
+def test_retry_a_failed_job_by_clicking(browser, server, db):
+    job_id = make_job(db)
+    visit(browser, server, f"/jobs/{job_id}")
+    browser.find_element(By.ID, "retry").click()
+    wait_for(lambda: browser.find_elements(By.ID, "confirm"), 10, "the confirmation")
+    save(browser, "confirm")
+    assert status_of(db, job_id) == "f"  # asking changed nothing
+    browser.find_element(By.ID, "confirm").click()
+    notice = wait_for(lambda: browser.find_elements(By.ID, "notice"), 10, "the notice")[0]
+    assert notice.text == "Retried 1 job(s)."
+    assert status_of(db, job_id) == "p"
+    assert_nothing_ran(browser)
+
+
+def test_cancel_a_pending_job_by_clicking(browser, server, db):
+    job_id = make_job(db, status="p")
+    visit(browser, server, f"/jobs/{job_id}")
+    browser.find_element(By.ID, "cancel").click()
+    wait_for(lambda: browser.find_elements(By.ID, "confirm"), 10, "the confirmation")
+    browser.find_element(By.ID, "confirm").click()
+    wait_for(lambda: browser.find_elements(By.ID, "notice"), 10, "the notice")
+    assert status_of(db, job_id) == "d"
+    assert "cancelled" in browser.find_element(By.CSS_SELECTOR, "h1 .status").text
+    assert_nothing_ran(browser)
+
+
+# --- hostile text -------------------------------------------------------------------------------------------------
+
+def test_hostile_text_is_shown_literally_and_nothing_runs(browser, server, db):
+    hostile = " ".join(HOSTILE) + " javascript:alert(1)"
+    visit(browser, server, "/jobs?status=failed")
+    started = time.monotonic()
+    # Made after the page loaded: it arrives through the live refresh (innerHTML), the riskier path.
+    job_id = make_job(db, queue="<script>alert(1)</script>", job=hostile, message=hostile, traceback=hostile)
+    wait_for(lambda: len(rows(browser)) == 1, 15, "the live refresh to show the job")
+    assert time.monotonic() - started < 15
+    assert hostile in browser.find_element(By.CSS_SELECTOR, "table.jobs a.job-link").text
+    assert_nothing_ran(browser)
+    for path in ("/", f"/jobs/{job_id}", "/queues/%3Cscript%3Ealert(1)%3C%2Fscript%3E"):
+        visit(browser, server, path)
+        assert "<script>alert(1)</script>" in browser.find_element(By.TAG_NAME, "main").text
+        for link in browser.find_elements(By.TAG_NAME, "a"):
+            assert not (link.get_attribute("href") or "").lower().startswith("javascript:")
+    visit(browser, server, f"/jobs/{job_id}", shot="hostile")
+    traceback = browser.find_element(By.CSS_SELECTOR, "pre.traceback").text
+    assert traceback == hostile
+    assert not browser.find_elements(By.CSS_SELECTOR, "main script, main img")
