@@ -47,15 +47,20 @@ def _show(value):
         return f"<int of {value.bit_length()} bits>"
 
 
-def check_queue(queue):
-    if not isinstance(queue, str) or not queue:
-        raise ValueError(f"invalid queue name {queue!r}: expected a non-empty string")
-    if len(queue) > MAX_QUEUE_NAME_LENGTH:
-        raise ValueError(f"invalid queue name {queue[:20]!r}...: longer than {MAX_QUEUE_NAME_LENGTH} characters")
-    problem = text_problem(queue)
+def _check_name(what, value, max_length):
+    """A non-empty str of at most `max_length` characters that PostgreSQL text can hold."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"invalid {what} {value!r}: expected a non-empty string")
+    if len(value) > max_length:
+        raise ValueError(f"invalid {what} {value[:40]!r}...: longer than {max_length} characters")
+    problem = text_problem(value)
     if problem:
-        raise ValueError(f"invalid queue name {queue!r}: {problem}")
-    return queue
+        raise ValueError(f"invalid {what} {value[:80]!r}: {problem}")
+    return value
+
+
+def check_queue(queue):
+    return _check_name("queue name", queue, MAX_QUEUE_NAME_LENGTH)
 
 
 def check_job_name(name):
@@ -135,14 +140,7 @@ def check_unique_until(value):
 
 
 def check_unique_key(value):
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"invalid unique key {value!r}: expected a non-empty string")
-    if len(value) > MAX_UNIQUE_KEY_LENGTH:
-        raise ValueError(f"invalid unique key {value[:40]!r}...: longer than {MAX_UNIQUE_KEY_LENGTH} characters")
-    problem = text_problem(value)
-    if problem:
-        raise ValueError(f"invalid unique key {value[:80]!r}: {problem}")
-    return value
+    return _check_name("unique key", value, MAX_UNIQUE_KEY_LENGTH)
 
 
 _CHECKS = {

@@ -85,19 +85,30 @@ class Processes:
 
     @staticmethod
     def output(proc):
-        proc.log.seek(0)
-        return proc.log.read().decode(errors="replace")
+        return log_text(proc)
 
     def close(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-            proc.log.close()
-        server = postmaster(self.data_dir)
-        if server and alive(server[0]):
-            os.kill(server[0], signal.SIGQUIT)  # the postmaster's immediate shutdown: it takes its children along
-            wait_for(lambda: not alive(server[0]), 20, message="the embedded server to stop")
+        stop_all(self.procs, self.data_dir)
+
+
+def log_text(proc):
+    """What a process started with a `.log` file has written."""
+    proc.log.seek(0)
+    return proc.log.read().decode(errors="replace")
+
+
+def stop_all(procs, data_dir):
+    """Kill the processes a test started (their `.log` files closed), then the embedded server in `data_dir` if one
+    is left running."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.log.close()
+    server = postmaster(data_dir)
+    if server and alive(server[0]):
+        os.kill(server[0], signal.SIGQUIT)  # the postmaster's immediate shutdown: it takes its children along
+        wait_for(lambda: not alive(server[0]), 20, message="the embedded server to stop")
 
 
 @pytest.fixture
