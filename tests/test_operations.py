@@ -323,7 +323,7 @@ def test_info_shows_failures_per_queue_and_the_newest(db):
     query(db, "UPDATE exekutor_jobs SET finished_at = now() - interval '2 days' WHERE queue = 'reports'")
     result = run_cli("info")
     assert result.returncode == 0, result.stderr
-    assert "Failures in the last 1d 00h: 3 failed, 0 discarded, 0 cancelled" in result.stdout
+    assert "Failures in the last 24h: 3 failed, 0 discarded, 0 cancelled" in result.stdout
     assert "RuntimeError: boom" in result.stdout and "reports" not in result.stdout
     data = json.loads(run_cli("info", "--json").stdout)
     assert data["totals"]["failed"] == 3 and len(data["failures"]["newest"]) == 3
