@@ -327,6 +327,11 @@ def test_info_shows_failures_per_queue_and_the_newest(db):
     assert "RuntimeError: boom" in result.stdout and "reports" not in result.stdout
     data = json.loads(run_cli("info", "--json").stdout)
     assert data["totals"]["failed"] == 3 and len(data["failures"]["newest"]) == 3
+    week = run_cli("info", "--since", "7d")
+    assert "Failures in the last 7d: 3 failed, 2 discarded, 0 cancelled" in week.stdout and "reports" in week.stdout
+    for bad in ("1e300", "-1", "soon"):
+        result = run_cli("info", "--since", bad)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, (bad, result.stderr)
 
 
 _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=()), max_size=80) | st.sampled_from(
