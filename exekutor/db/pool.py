@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import psycopg2
 import psycopg2.extensions
 
+from exekutor import config
 from exekutor.db.connection import cancel_backend, close_quietly, connect, is_usable
 
 
@@ -114,11 +115,12 @@ _default_lock = threading.Lock()
 
 
 def default_pool():
-    """The process's pool for enqueueing without a caller's connection (re-created after a fork)."""
+    """The process's pool for enqueueing without a caller's connection (re-created after a fork), of
+    `enqueue_pool_size` connections: in a web server, each process that enqueues opens up to that many."""
     global _default, _default_pid
     with _default_lock:
         if _default is None or _default_pid != os.getpid():
-            _default = ConnectionPool(size=10, autocommit=True)
+            _default = ConnectionPool(size=config.get("enqueue_pool_size"), autocommit=True)
             _default_pid = os.getpid()
         return _default
 

@@ -6,7 +6,8 @@ Every heartbeat_interval, until the worker's row is deleted at the very end of i
   (they may run elsewhere): it says so (log, `exekutor_worker_presumed_dead` metric), stops the jobs it still runs,
   without an outcome, and registers again (unless it is stopping);
 - deletes the rows of workers whose heartbeat is older than worker_timeout (the trigger on that delete puts their
-  executing jobs back to pending), but only once its own heartbeats have gone through without a gap for
+  executing jobs back to pending; the log line and `exekutor_rescued_jobs` count them with the ownerless jobs
+  it releases), but only once its own heartbeats have gone through without a gap for
   worker_timeout: after an outage every worker reconnects at its own pace, and the first one back must not take
   the others, whose heartbeats are still in backoff, for dead;
 - releases the jobs the database says it owns but it does not hold (a reservation whose reply never arrived),
@@ -81,12 +82,13 @@ class Heartbeat(Component):
             return  # not yet beating steadily for worker_timeout: others may just be reconnecting, as we were
         with self.worker.db() as conn, conn.cursor() as cursor:
             cursor.execute(RESCUE_ORPHANS, {"worker_timeout": self.worker_timeout, "worker_id": self.worker.id})
-            dead, ownerless, _ = cursor.fetchone()
+            dead, ownerless, _, released = cursor.fetchone()
         if dead or ownerless:
             self.rescued_workers += dead
-            self.rescued_jobs += ownerless
-            logger.warning("exekutor worker %s: removed %d dead worker(s) (no heartbeat for %gs) and released "
-                           "%d ownerless job(s)", self.worker.id, dead, self.worker_timeout, ownerless)
+            self.rescued_jobs += released + ownerless
+            logger.warning("exekutor worker %s: removed %d dead worker(s) (no heartbeat for %gs), whose %d "
+                           "executing job(s) went back to pending to run again, and released %d ownerless job(s)",
+                           self.worker.id, dead, self.worker_timeout, released, ownerless)
 
     def reconcile(self):
         """Release jobs owned by this worker in the database that it does not hold."""
