@@ -17,6 +17,7 @@ from exekutor.errors import (
     UnknownJobError,
 )
 from exekutor.jobs import Job, Retry, job, registry
+from exekutor.schedules import periodic
 from exekutor.serialization import serializers
 from exekutor.version import __version__
 
@@ -42,6 +43,6 @@ def load_plugin(name):
 
 
 __all__ = ["config", "configure", "hooks", "job", "Job", "Retry", "registry", "enqueue_many", "JobRequest",
-           "asynchronous", "NotAsynchronousError",
+           "asynchronous", "NotAsynchronousError", "periodic", "__version__",
            "serializers", "Worker", "Cleanup", "load_plugin", "DiscardJob", "ConfigError", "ExekutorError",
-           "JobCancelled", "JobTimeoutError", "QueueTimeoutError", "SerializationError", "UnknownJobError", "__version__"]
+           "JobCancelled", "JobTimeoutError", "QueueTimeoutError", "SerializationError", "UnknownJobError"]

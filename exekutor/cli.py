@@ -1,4 +1,5 @@
-"""The `exekutor-gevent` command line: start, stop, restart, info, jobs, cleanup, migrate, install.
+"""The `exekutor-gevent` command line: start, stop, restart, info, jobs, schedules, dashboard, cleanup, migrate,
+install.
 
 Every command checks all of its input (flags, config files, environment variables) before it does anything:
 bad input is one line on stderr and exit status 2, with nothing started, stopped or deleted. Other failures
@@ -669,8 +670,12 @@ production:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# jobs (its own module; registered last, since it uses the helpers above)
+# jobs, dashboard, schedules: modules of their own, registered last since they use the helpers above
 
+from exekutor.dashboard.command import dashboard as _dashboard_command  # noqa: E402
 from exekutor.jobs_command import jobs as _jobs_group  # noqa: E402
+from exekutor.schedules_command import schedules as _schedules_command  # noqa: E402
 
 main.add_command(_jobs_group, "jobs")
+main.add_command(_dashboard_command, "dashboard")
+main.add_command(_schedules_command, "schedules")

@@ -123,6 +123,28 @@ def _parse_level(value, unit=None):
     raise TypeError("not a log level")
 
 
+class ValueProblem(ValueError):
+    """A value with a problem more specific than "expected ...": its message replaces that part of the error."""
+
+
+def _parse_schedules(value, unit=None):
+    # Checked here in full (cron, time zone, every, keys), so a bad schedule stops `start` like any bad value.
+    from exekutor.schedules import Schedule, ScheduleError, from_mapping
+
+    if isinstance(value, str):  # an environment variable or an INI value: a JSON object
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueProblem("expected a JSON object of schedules in an environment variable or INI file") from None
+    if not isinstance(value, dict):
+        raise TypeError("not a mapping")
+    try:
+        return {str(name): entry if isinstance(entry, Schedule) else from_mapping(str(name), entry)
+                for name, entry in value.items()}
+    except ScheduleError as error:
+        raise ValueProblem(str(error)) from None
+
+
 def _looks_like_dsn(value):
     return bool(re.match(r"postgres(ql)?://", value) or re.match(r"\s*\w+\s*=", value))
 
@@ -155,6 +177,9 @@ SERIALIZER = Kind("serializer", _parse_serializer,
                   "'json', 'orjson', an import path like 'pkg.mod:obj', or an object with dumps() and loads()")
 LOGGER = Kind("logger", _parse_logger, "a logger name or a logging.Logger")
 LEVEL = Kind("log level", _parse_level, "one of {check}")
+SCHEDULES = Kind("mapping", _parse_schedules,
+                 "a mapping of schedule names to their job, cron or every, timezone, args, kwargs, catch_up, "
+                 "pass_tick")
 
 
 def _between(low, high):
@@ -218,6 +243,10 @@ OPTIONS = {option.name: option for option in [
            "The password is never shown."),
     Option("default_queue_priority", INT, 16383, None, PRIORITY,
            "Priority of jobs enqueued without one; 1 is the highest, 32767 the lowest."),
+    Option("enqueue_pool_size", INT, 10, None, _between(1, 1000),
+           "Most database connections one process opens to enqueue (and act on jobs) without a caller's "
+           "`connection=`; more concurrent enqueues wait for a free one. Count it per web process when sizing "
+           "`max_connections`. Read when the process first needs the pool."),
     Option("json_serializer", SERIALIZER, "json", None, ANY,
            "How job arguments are encoded: `json` (standard JSON, written with orjson's faster encoder when "
            "it is installed), `orjson`, an import path, or an object with `dumps`/`loads`."),
@@ -279,6 +308,18 @@ OPTIONS = {option.name: option for option in [
     Option("statement_timeout", DURATION, 30, "s", NON_NEGATIVE,
            "`statement_timeout` of the worker's own queries; 0 = none."),
     Option("connect_timeout", DURATION, 10, "s", POSITIVE, "Timeout for opening a database connection."),
+    Option("enable_scheduler", BOOL, True, None, ANY,
+           "Run the scheduler that enqueues recurring jobs (`schedules`, `@exekutor.periodic`) in this worker. "
+           "Every worker may run it: each tick is enqueued once, decided in the database."),
+    Option("schedules", SCHEDULES, {}, None, ANY,
+           "Recurring jobs, by name: `{job: \"myapp.jobs:rollup\", cron: \"0 3 * * *\", timezone: UTC, "
+           "args: [7]}` (or `every: 30s`). A JSON object in env/INI. See docs/recurring-and-unique.md."),
+    Option("dashboard_allow_actions", BOOL, False, None, ANY,
+           "Let the dashboard retry and cancel jobs (`exekutor-gevent dashboard --allow-actions`); off, it is "
+           "read-only and action requests answer 403."),
+    Option("dashboard_show_arguments", BOOL, False, None, ANY,
+           "Show job arguments on the dashboard's job pages; off by default, as arguments may hold personal data "
+           "or secrets."),
 ]}
 
 # Worker keyword -> option, where the names differ (Worker takes the original's short names).
@@ -336,6 +377,8 @@ def _convert(key, value, source, text=False):
         remember(value)  # before anything could quote it
     try:
         return option.convert(value, text)
+    except ValueProblem as problem:
+        raise ConfigError(f"invalid value for {key} in {source}: {_cut(redact_url(str(problem)), 240)}") from None
     except (TypeError, ValueError):
         # "from None": the parser's own message could quote the raw value, password and all.
         raise ConfigError(f"invalid value for {key} in {source}: expected {option.expected}, "

@@ -51,6 +51,7 @@ def collect(conn, failures_since=FAILURES_SINCE):
         workers, queues = _fetch(cursor, _WORKERS), _fetch(cursor, _QUEUES)
     failures = failure_summary(conn, failures_since)
     conn.rollback()
+    schedules = collect_schedules(conn)
     for worker in workers:
         worker["status"] = STATUS_NAMES.get(worker["status"], worker["status"])
         worker["heartbeat_late"] = worker["heartbeat_age"] > late
@@ -60,7 +61,30 @@ def collect(conn, failures_since=FAILURES_SINCE):
     totals = {"workers": len(workers), "hosts": len({w["hostname"] for w in workers}),
               **{key: sum(q[key] for q in queues) for key in ("pending", "due", "executing")}}
     totals.update({key: sum(q[key] for q in failures["queues"]) for key in ("failed", "discarded", "cancelled")})
-    return {"workers": workers, "queues": queues, "totals": totals, "failures": failures}
+    return {"workers": workers, "queues": queues, "totals": totals, "failures": failures, "schedules": schedules}
+
+
+def collect_schedules(conn):
+    """The recurring jobs (exekutor.schedules.overview): the table's and the config file's, with last and next run."""
+    from exekutor.schedules import active_schedules, overview
+
+    try:
+        return overview(conn, active_schedules())
+    finally:
+        conn.rollback()
+
+
+SCHEDULE_COLUMNS = [("SCHEDULE", "<"), ("JOB", "<"), ("WHEN", "<"), ("LAST RUN", "<"), ("NEXT RUN", "<")]
+
+
+def render_schedules(entries):
+    """The table of `exekutor-gevent schedules` and of info's "Schedules:"; an overdue next run is a warning."""
+    late = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)  # no worker claimed it for a minute
+    rows = [[entry["name"], entry["job"] or "-", entry["when"] + (" catch-up" if entry["catch_up"] else ""),
+             _when(entry["last_run"]),
+             (_when(entry["next_run"]), WARN if entry["next_run"] and entry["next_run"] < late else None)]
+            for entry in entries]
+    return table(SCHEDULE_COLUMNS, rows)
 
 
 def _fetch(cursor, sql):
@@ -101,6 +125,9 @@ def render(data, database):
         lines += table(QUEUE_COLUMNS, [_queue_row(queue) for queue in queues])
     lines.append("")
     lines += _failure_lines(data["failures"], totals)
+    if data.get("schedules"):
+        lines += ["", click.style(f"Schedules: {len(data['schedules'])}", bold=True)]
+        lines += render_schedules(data["schedules"])
     return lines
 
 

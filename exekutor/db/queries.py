@@ -160,3 +160,58 @@ SELECT (SELECT count(*) FROM dead), (SELECT count(*) FROM ownerless),
 CANCEL_REQUESTED = """
 SELECT id::text FROM exekutor_jobs WHERE status = 'e' AND worker_id = %s AND cancel_requested_at IS NOT NULL
 """
+
+# --- recurring jobs (exekutor.worker.scheduler, migration 0006) ------------------------------------------------
+
+# A worker's schedules, at its start: new ones start at their next tick (last_tick = now(), no immediate run); a
+# known one keeps its last_tick and gets this worker's definition. Rows in name order, so that workers starting
+# together lock them in the same order.
+UPSERT_SCHEDULES = """
+INSERT INTO exekutor_schedules AS s (name, definition, last_tick)
+SELECT name, definition, now() FROM unnest(%(names)s::text[], %(definitions)s::jsonb[]) AS u(name, definition)
+ORDER BY name
+ON CONFLICT (name) DO UPDATE SET definition = EXCLUDED.definition, updated_at = now()
+    WHERE s.definition IS DISTINCT FROM EXCLUDED.definition
+"""
+READ_SCHEDULES = """
+SELECT name, last_tick, extract(epoch FROM now())::float8 FROM exekutor_schedules WHERE name = ANY(%(names)s::text[])
+"""
+
+# Claim due ticks and insert their jobs in one statement: both happen or neither does.
+# - `due` is the compare-and-set: a schedule whose last_tick is still the one this worker last saw, and whose new
+#   tick has come in the database's time. Locked in name order (no deadlock between workers claiming the same
+#   schedules); SKIP LOCKED, as a locked row is being claimed by another worker right now (the worker looks again
+#   shortly). Under READ COMMITTED a row another worker updated after this statement's snapshot is re-checked in its
+#   newest version before it is locked, so two workers can never both pass the comparison.
+# - `claimed` moves last_tick to the tick; `inserted` adds the jobs of the claimed schedules only; the jobs
+#   table's statement trigger sends the usual notifications.
+# - The result: the claimed names, the jobs inserted, the last_tick of the others as this statement saw them, and
+#   the database's clock.
+CLAIM_TICKS = """
+WITH due AS MATERIALIZED (
+    SELECT s.name, d.tick FROM exekutor_schedules s
+    JOIN unnest(%(names)s::text[], %(previous)s::timestamptz[], %(ticks)s::timestamptz[]) AS d(name, previous, tick)
+        ON d.name = s.name
+    WHERE s.last_tick IS NOT DISTINCT FROM d.previous AND d.tick <= now()
+    ORDER BY s.name
+    FOR UPDATE OF s SKIP LOCKED
+), claimed AS (
+    UPDATE exekutor_schedules s SET last_tick = due.tick, last_enqueued_at = now()
+    FROM due WHERE s.name = due.name
+    RETURNING s.name
+), inserted AS (
+    INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options)
+    SELECT j.id, j.queue, j.priority, j.scheduled_at, j.payload, j.options
+    FROM unnest(%(job_schedules)s::text[], %(ids)s::uuid[], %(queues)s::text[], %(priorities)s::smallint[],
+                %(scheduled)s::timestamptz[], %(payloads)s::jsonb[], %(options)s::jsonb[])
+        AS j(schedule, id, queue, priority, scheduled_at, payload, options)
+    WHERE j.schedule IN (SELECT name FROM claimed)
+    RETURNING 1
+)
+SELECT ARRAY(SELECT name FROM claimed), (SELECT count(*) FROM inserted)::int,
+       ARRAY(SELECT s.name FROM exekutor_schedules s WHERE s.name = ANY(%(names)s::text[])
+             AND s.name NOT IN (SELECT name FROM claimed) ORDER BY s.name),
+       ARRAY(SELECT s.last_tick FROM exekutor_schedules s WHERE s.name = ANY(%(names)s::text[])
+             AND s.name NOT IN (SELECT name FROM claimed) ORDER BY s.name),
+       extract(epoch FROM now())::float8
+"""

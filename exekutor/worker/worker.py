@@ -28,6 +28,7 @@ from exekutor.worker.heartbeat import Heartbeat
 from exekutor.worker.listener import Listener
 from exekutor.worker.ownership import OwnershipGuard
 from exekutor.worker.provider import Provider
+from exekutor.worker.scheduler import Scheduler
 
 logger = logging.getLogger("exekutor")
 
@@ -88,6 +89,8 @@ class Worker:
         self.ownership = OwnershipGuard(self, self.heartbeat, settings["worker_timeout"])
         self.cancellation = Cancellation(self, self.executor)
         self.listener = Listener(self, self.provider) if settings["enable_listener"] else None
+        # Read from the configuration (not a Worker keyword: Worker takes the original's options).
+        self.scheduler = Scheduler(self) if config.get("enable_scheduler") else None
         self.healthcheck = None
         self.metrics = metrics.for_worker(self)
 
@@ -143,8 +146,8 @@ class Worker:
                 timer.close()
 
     def components(self):
-        return [c for c in (self.provider, self.completer, self.heartbeat, self.cancellation, self.listener)
-                if c is not None]
+        return [c for c in (self.provider, self.completer, self.heartbeat, self.cancellation, self.listener,
+                            self.scheduler) if c is not None]
 
     # --- start ------------------------------------------------------------------------------------------
 

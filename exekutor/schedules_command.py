@@ -1,0 +1,41 @@
+"""`exekutor-gevent schedules [--json]`: the recurring jobs, with their last and next run (DESIGN §11).
+
+Lists what the workers wrote to exekutor_schedules, plus the config file's `schedules:` section and, with `--app`,
+the schedules the application's modules declare with `@exekutor.periodic`. Times are the database's. Exit status:
+0, also when there are no schedules; 1 the database failed; 2 bad input.
+"""
+import click
+
+from exekutor.cli import _fail, _option, _with_connection, config_options, load_config
+
+
+@click.command()
+@config_options
+@_option("--app", multiple=True, help="Also list the schedules these modules declare (@exekutor.periodic).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+def schedules(configfile, env, database_url, app, as_json):
+    """List the recurring jobs with their last and next run."""
+    from exekutor import info
+    from exekutor import schedules as recurring
+    from exekutor.display import configured_database
+
+    load_config(configfile, env, {"database_url": database_url})
+    _import(app)
+    entries = _with_connection(lambda conn: recurring.overview(conn, recurring.active_schedules()))
+    if as_json:
+        click.echo(info.to_json({"schedules": entries}, configured_database()))
+    elif entries:
+        for line in info.render_schedules(entries):
+            click.echo(line)
+    else:
+        click.echo("no schedules (none in the database, the config files or --app)", err=True)
+
+
+def _import(modules):
+    """As `start --app` does (from the current directory; `module:factory` calls the factory)."""
+    from exekutor.worker.process import import_applications
+
+    try:
+        import_applications(list(modules))
+    except Exception as error:  # noqa: BLE001 - any error of the application's import is one line
+        _fail(f"cannot import --app {' '.join(modules)}: {type(error).__name__}: {error}")
