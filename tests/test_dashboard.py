@@ -299,3 +299,20 @@ def test_the_command_refuses_bad_ports_in_one_line():
 
     result = run_cli("dashboard", "--port", "70000")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_schedules_page_lists_the_schedules_with_their_runs_escaped(client, db):
+    from exekutor.schedules import make_schedule
+
+    hostile = make_schedule("<script>alert(1)</script>", "tests.noop", every=60)
+    nightly = make_schedule("nightly", "tests.noop", cron="0 3 * * *", timezone="Europe/Amsterdam")
+    try:
+        for schedule in (hostile, nightly):
+            query(db, "INSERT INTO exekutor_schedules (name, definition, last_tick, last_enqueued_at) "
+                      "VALUES (%s, %s, now() - interval '1 minute', now() - interval '1 minute')",
+                  (schedule.name, psycopg2.extras.Json(schedule.definition())))
+        _, html = get(client, "/schedules")
+        assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        assert "cron 0 3 * * * (Europe/Amsterdam)" in html and "every 1m" in html
+    finally:
+        query(db, "DELETE FROM exekutor_schedules")

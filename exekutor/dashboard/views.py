@@ -96,7 +96,12 @@ def job(job_id):
 
 @blueprint.route("/schedules")
 def schedules():
-    return _page("schedules.html", page="schedules", refresh=False)
+    from exekutor.schedules import active_schedules
+    from exekutor.schedules import overview as schedule_overview
+
+    with data.connection() as conn:
+        entries = schedule_overview(conn, active_schedules())
+    return _page("schedules.html", page="schedules", schedules=entries)
 
 
 # --- actions ----------------------------------------------------------------------------------------------------
