@@ -5,6 +5,7 @@ failed, 2 bad input (one line, nothing done). An action by filter asks for confi
 `--yes`; where no one can answer (stdin is not a terminal) it needs `--yes`. `--dry-run` says how many jobs an
 action would touch and touches none.
 """
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -66,8 +67,6 @@ def _connection():
 
 def _run(action):
     """`action(connection)` with one-line errors; OperationError is bad input (status 2)."""
-    import contextlib
-
     from exekutor.operations import OperationError
 
     with _database_errors():

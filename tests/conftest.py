@@ -162,6 +162,15 @@ def silent_server():
     server.close()
 
 
+def discard_process(proc, log_file):
+    """End of a test that started `proc` itself: killed if it still runs, its log file closed and removed."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    log_file.close()
+    os.unlink(log_file.name)
+
+
 def query(conn, sql, params=None):
     with conn.cursor() as cursor:
         cursor.execute(sql, params)

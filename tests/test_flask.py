@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 
 import exekutor
 from exekutor import config
-from tests.conftest import ROOT, query, scalar, wait_for
+from tests.conftest import ROOT, discard_process, query, scalar, wait_for
 from tests.flask_test_app import create_app
 from tests.flask_test_app import db as sqla
 from tests.test_asynchronous import error_of, wait_finished
@@ -100,11 +100,7 @@ def test_flask_exekutor_start_runs_a_worker_for_the_app(app, db, database_url):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        log.close()
-        os.unlink(log.name)
+        discard_process(proc, log)
 
 
 def test_flask_exekutor_runs_the_other_commands_in_process(app):
