@@ -13,6 +13,7 @@ import click
 from exekutor import config
 from exekutor.display import printable
 from exekutor.operations import failure_summary
+from exekutor.queue_stats import executing_by_queue, pending_by_queue
 
 _WORKERS = """
 SELECT w.id::text, w.hostname, w.pid, w.identifier, w.status, w.queues, w.min_priority, w.max_priority,
@@ -21,18 +22,6 @@ SELECT w.id::text, w.hostname, w.pid, w.identifier, w.status, w.queues, w.min_pr
        (SELECT count(*) FROM exekutor_jobs j WHERE j.worker_id = w.id AND j.status = 'e')::int AS executing
 FROM exekutor_workers w
 ORDER BY w.hostname, w.started_at, w.id
-"""
-_QUEUES = """
-SELECT queue, count(*) FILTER (WHERE status = 'p')::int AS pending, count(*) FILTER (WHERE due)::int AS due,
-       count(*) FILTER (WHERE status = 'e')::int AS executing,
-       min(scheduled_at) FILTER (WHERE status = 'p' AND NOT due) AS next_scheduled_at,
-       extract(epoch FROM min(scheduled_at) FILTER (WHERE status = 'p' AND NOT due) - now())::float8 AS next_in,
-       min(scheduled_at) FILTER (WHERE due) AS oldest_due_at,
-       extract(epoch FROM now() - min(scheduled_at) FILTER (WHERE due))::float8 AS overdue_for
-FROM (SELECT queue, status, scheduled_at, status = 'p' AND scheduled_at <= now() AS due
-      FROM exekutor_jobs WHERE status IN ('p', 'e')) AS unfinished
-GROUP BY queue
-ORDER BY queue
 """
 STATUS_NAMES = {"i": "starting", "r": "running", "s": "stopping", "c": "crashed"}
 FAILURES_SINCE = 24 * 3600  # seconds of failures `info` shows
@@ -48,7 +37,7 @@ def collect(conn, failures_since=FAILURES_SINCE):
     overdue = config.get("polling_interval")
     with conn.cursor() as cursor:
         cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")  # one snapshot for all
-        workers, queues = _fetch(cursor, _WORKERS), _fetch(cursor, _QUEUES)
+        workers, queues = _fetch(cursor, _WORKERS), _queues(cursor)
     failures = failure_summary(conn, failures_since)
     conn.rollback()
     schedules = collect_schedules(conn)
@@ -59,7 +48,8 @@ def collect(conn, failures_since=FAILURES_SINCE):
     for queue in queues:
         queue["overdue"] = (queue["overdue_for"] or 0) > overdue
     totals = {"workers": len(workers), "hosts": len({w["hostname"] for w in workers}),
-              **{key: sum(q[key] for q in queues) for key in ("pending", "due", "executing")}}
+              **{key: sum(q[key] for q in queues) for key in ("pending", "due", "executing")},
+              "estimated": any(q["estimated"] for q in queues)}
     totals.update({key: sum(q[key] for q in failures["queues"]) for key in ("failed", "discarded", "cancelled")})
     return {"workers": workers, "queues": queues, "totals": totals, "failures": failures, "schedules": schedules}
 
@@ -85,6 +75,16 @@ def render_schedules(entries):
              (_when(entry["next_run"]), WARN if entry["next_run"] and entry["next_run"] < late else None)]
             for entry in entries]
     return table(SCHEDULE_COLUMNS, rows)
+
+
+def _queues(cursor):
+    """The queues with pending or executing jobs (exekutor.queue_stats: big counts are estimates)."""
+    pending = {queue["queue"]: queue for queue in pending_by_queue(cursor)}
+    executing = executing_by_queue(cursor)
+    idle = {"due": 0, "scheduled": 0, "pending": 0, "estimated": False, "oldest_due_at": None, "overdue_for": None,
+            "next_scheduled_at": None, "next_in": None}
+    return [{**pending.get(name, {**idle, "queue": name}), "executing": executing.get(name, 0)}
+            for name in sorted(set(pending) | set(executing))]
 
 
 def _fetch(cursor, sql):
@@ -119,7 +119,9 @@ def render(data, database):
     if workers:
         lines += table(WORKER_COLUMNS, _worker_rows(workers))
     lines.append("")
-    summary = f"Jobs: {totals['pending']} pending ({totals['due']} due), {totals['executing']} executing"
+    about = "~" if totals.get("estimated") else ""
+    summary = (f"Jobs: {about}{totals['pending']} pending ({about}{totals['due']} due), "
+               f"{totals['executing']} executing")
     lines.append(click.style(summary if queues else "Jobs: none pending or executing", bold=True))
     if queues:
         lines += table(QUEUE_COLUMNS, [_queue_row(queue) for queue in queues])
@@ -244,7 +246,8 @@ def _queue_row(queue):
     next_scheduled = (f"in {duration(queue['next_in'])} ({timestamp(queue['next_scheduled_at'])})"
                       if queue["next_scheduled_at"] else "-")
     overdue = duration(queue["overdue_for"]) if queue["oldest_due_at"] else "-"
-    return [(queue["queue"], style), str(queue["pending"]), str(queue["due"]), str(queue["executing"]),
+    about = "~" if queue["estimated"] else ""  # a count above queue_stats' exact limit is an estimate
+    return [(queue["queue"], style), f"{about}{queue['pending']}", f"{about}{queue['due']}", str(queue["executing"]),
             next_scheduled, (overdue, style)]
 
 

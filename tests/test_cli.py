@@ -295,6 +295,28 @@ def _info_fixture_rows(db):
         insert_job(db, queue="backlog", scheduled_ago="10 minutes")
 
 
+def test_info_marks_estimated_counts_of_a_big_backlog(db, database_url):
+    # Above queue_stats' exact limit a count is the planner's estimate: shown with "~", flagged in the JSON.
+    from exekutor.queue_stats import EXACT_COUNT_LIMIT
+
+    query(db, "INSERT INTO exekutor_jobs (queue, payload, scheduled_at) SELECT 'big', '{\"job\": \"tests.noop\"}', "
+              "now() - interval '5 minutes' FROM generate_series(1, %s)", (3 * EXACT_COUNT_LIMIT,))
+    insert_job(db, queue="small", scheduled_ago="1 minute")
+    query(db, "ANALYZE exekutor_jobs")
+    result = run_cli("info", "--database-url", database_url)
+    assert result.returncode == 0, result.stderr
+    big = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["big"])
+    small = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["small"])
+    assert big.split()[1].startswith("~") and big.split()[2].startswith("~"), big
+    assert int(big.split()[1][1:]) > EXACT_COUNT_LIMIT
+    assert small.split()[1:3] == ["1", "1"]
+    assert "Jobs: ~" in result.stdout
+    data = json.loads(run_cli("info", "--json", "--database-url", database_url).stdout)
+    queues = {queue["queue"]: queue for queue in data["queues"]}
+    assert queues["big"]["estimated"] and not queues["small"]["estimated"] and data["totals"]["estimated"]
+    assert queues["small"]["pending"] == 1
+
+
 def test_info_shows_workers_and_pending_jobs_as_tables_and_json(start_worker, db, database_url):
     worker = start_worker("--identifier", "info-w", "--queue", "busy", "--threads", "2:5")
     worker_id = worker.wait_started(db)
@@ -326,7 +348,7 @@ def test_info_shows_workers_and_pending_jobs_as_tables_and_json(start_worker, db
     assert (queues["backlog"]["pending"], queues["backlog"]["due"], queues["backlog"]["overdue"]) == (3, 3, True)
     assert (queues["later"]["pending"], queues["later"]["due"], queues["later"]["overdue"]) == (2, 0, False)
     assert data["totals"] == {"workers": 1, "hosts": 1, "pending": 5, "due": 3, "executing": 0, "failed": 0,
-                              "discarded": 0, "cancelled": 0}
+                              "discarded": 0, "cancelled": 0, "estimated": False}
 
 
 def _run_on_terminal(*args):

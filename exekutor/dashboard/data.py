@@ -3,10 +3,9 @@
 Every page must stay well under 200 ms on a table of a million finished and a hundred thousand pending jobs
 (`python -m benchmarks dashboard`), so two reads are the dashboard's own:
 
-- Unfinished jobs per queue: `info.collect`'s query asks for `status IN ('p', 'e')` in one pass, which the planner
-  answers with a scan of the whole table once pending jobs are a few percent of it (150 ms at 1.1M rows). Asked
-  separately, each status is read from its partial index (pending: 25 ms for 100,000 jobs; executing: < 1 ms).
-  The workers and the failures still come from info's and operations' queries.
+- Unfinished jobs per queue come from exekutor.queue_stats, as for `info` and `/metrics`: index lookups per queue
+  (a few ms at a million pending jobs; counts above its exact limit are estimates, shown with "~"). The workers
+  and the failures come from info's and operations' queries.
 - Jobs finished per minute over the last hour (the charts): a busy hour is hundreds of thousands of rows, which
   no index answers per queue (the queue is not in the finished-jobs index), so a process counts each minute once:
   minutes that have ended are kept (a finished job stays finished, and cleanup deleting it later does not undo
@@ -18,6 +17,7 @@ import threading
 
 from exekutor import config, info, operations
 from exekutor.db.pool import default_pool
+from exekutor.queue_stats import executing_by_queue, pending_by_queue
 
 CHART_MINUTES = 60
 # Failed and discarded jobs stay until cleanup deletes them: the overview counts all of them, not a recent window.
@@ -26,12 +26,6 @@ ALL_TIME = info.MAX_FAILURES_SINCE
 # commit (and become visible) a little later.
 SETTLE_SECONDS = 60
 
-_PENDING = """
-SELECT queue, count(*)::int AS pending, count(*) FILTER (WHERE scheduled_at <= now())::int AS due,
-       extract(epoch FROM now() - min(scheduled_at) FILTER (WHERE scheduled_at <= now()))::float8 AS overdue_for
-FROM exekutor_jobs WHERE status = 'p' GROUP BY queue
-"""
-_EXECUTING = "SELECT queue, count(*)::int AS executing FROM exekutor_jobs WHERE status = 'e' GROUP BY queue"
 _NOW_MINUTE = "SELECT extract(epoch FROM date_trunc('minute', now()))::bigint AS minute"
 # One branch per status: each is a range scan of the finished-jobs index (status, finished_at, id); with
 # `status IN (...)` the planner scans the whole table instead, even for the last two minutes.
@@ -78,16 +72,17 @@ def workers(conn):
 def queue_rows(conn, series, failures, only=None):
     """Per queue: pending (due), scheduled, executing, failed, discarded, oldest pending age, its chart; every
     queue with unfinished, failed or discarded jobs, or jobs finished in the last hour."""
-    pending = {row["queue"]: row for row in _fetch(conn, _PENDING)}
-    executing = {row["queue"]: row["executing"] for row in _fetch(conn, _EXECUTING)}
+    with conn.cursor() as cursor:
+        pending = {row["queue"]: row for row in pending_by_queue(cursor)}
+        executing = executing_by_queue(cursor)
     failures = {row["queue"]: row for row in failures["queues"]}
     overdue = config.get("polling_interval")
     names = sorted(set(pending) | set(executing) | set(failures) | set(series))
     rows = []
     for name in names if only is None else [only]:
         waiting, failed = pending.get(name, {}), failures.get(name, {})
-        due = waiting.get("due", 0)
-        rows.append({"queue": name, "pending": due, "scheduled": waiting.get("pending", 0) - due,
+        rows.append({"queue": name, "pending": waiting.get("due", 0), "scheduled": waiting.get("scheduled", 0),
+                     "estimated": waiting.get("estimated", False),
                      "executing": executing.get(name, 0), "failed": failed.get("failed", 0),
                      "discarded": failed.get("discarded", 0) + failed.get("cancelled", 0),
                      "oldest_pending": waiting.get("overdue_for"),
@@ -98,7 +93,8 @@ def queue_rows(conn, series, failures, only=None):
 
 def totals(rows, workers_count):
     keys = ("pending", "scheduled", "executing", "failed", "discarded")
-    return {"workers": workers_count, **{key: sum(row[key] for row in rows) for key in keys}}
+    return {"workers": workers_count, **{key: sum(row[key] for row in rows) for key in keys},
+            "estimated": any(row["estimated"] for row in rows)}
 
 
 # --- throughput -------------------------------------------------------------------------------------------------

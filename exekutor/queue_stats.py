@@ -1,0 +1,110 @@
+"""How many jobs wait in each queue, and for how long: the per-queue figures of `info`, the dashboard and the
+`/metrics` gauges, from one query layer.
+
+Each figure is a bounded walk of the pending-by-queue index (migration 0007), whatever the backlog: a GROUP BY
+over the pending rows took 160 ms per scrape at 1,000,000 pending jobs, paid by every scrape of every worker.
+
+- The queues with pending jobs come from a loose scan (PENDING_QUEUES: one index descent per queue).
+- A queue's oldest due job and its next scheduled one are the first entries of its due and future ranges.
+- Counts are exact up to EXACT_COUNT_LIMIT per queue and figure, walking the index in its order (without the
+  ORDER BY, a small limit made the planner pick a sequential scan that expects a match every few rows). Above
+  it, PostgreSQL's estimate of the count (from the table's statistics, which autovacuum's ANALYZE keeps
+  current) stands in, never below the limit, and the queue's `estimated` flag is set: `info` and the dashboard
+  mark such counts with "~".
+"""
+import json
+
+from exekutor.db.queries import PENDING_QUEUES
+
+# Entries a count walks at most (per queue and figure); a bigger count is estimated. A thousand index entries
+# take about 0.3 ms to count.
+EXACT_COUNT_LIMIT = 1000
+
+_DUE = "j.status = 'p' AND j.queue = q.queue AND j.scheduled_at <= now()"
+_LATER = "j.status = 'p' AND j.queue = q.queue AND j.scheduled_at > now()"
+PENDING_BY_QUEUE = f"""
+WITH RECURSIVE {PENDING_QUEUES}
+SELECT q.queue,
+       (SELECT count(*) FROM (SELECT FROM exekutor_jobs j WHERE {_DUE} ORDER BY j.scheduled_at LIMIT %(limit)s)
+        AS c)::int AS due,
+       (SELECT count(*) FROM (SELECT FROM exekutor_jobs j WHERE {_LATER} ORDER BY j.scheduled_at LIMIT %(limit)s)
+        AS c)::int AS scheduled,
+       oldest.scheduled_at AS oldest_due_at,
+       extract(epoch FROM now() - oldest.scheduled_at)::float8 AS overdue_for,
+       next.scheduled_at AS next_scheduled_at,
+       extract(epoch FROM next.scheduled_at - now())::float8 AS next_in
+FROM pending_queues q
+LEFT JOIN LATERAL (SELECT j.scheduled_at FROM exekutor_jobs j WHERE {_DUE} ORDER BY j.scheduled_at LIMIT 1)
+    AS oldest ON true
+LEFT JOIN LATERAL (SELECT j.scheduled_at FROM exekutor_jobs j WHERE {_LATER} ORDER BY j.scheduled_at LIMIT 1)
+    AS next ON true
+WHERE q.queue IS NOT NULL
+ORDER BY q.queue
+"""
+# What the planner expects a count to be (EXPLAIN plans without running anything). The queue's pending total is
+# the good estimate (migration 0007's statistics on queue and status); how it splits into due and later is not
+# (the planner takes the time condition as independent of the queue), so a split comes from an exact figure
+# where there is one, else from the ratio of the two estimates. One EXPLAIN asks for all of them: a UNION ALL
+# whose branches are the queues' questions, in order.
+_QUESTIONS = {figure: f"SELECT FROM exekutor_jobs WHERE status = 'p' AND queue = %s{time}" for figure, time in
+              (("pending", ""), ("due", " AND scheduled_at <= now()"), ("scheduled", " AND scheduled_at > now()"))}
+# Executing jobs are few (at most the workers' max_threads), so this counts them.
+EXECUTING_BY_QUEUE = "SELECT queue, count(*)::int AS executing FROM exekutor_jobs WHERE status = 'e' GROUP BY queue"
+
+
+def pending_by_queue(cursor, exact_up_to=EXACT_COUNT_LIMIT):
+    """[{queue, due, scheduled, pending, estimated, oldest_due_at, overdue_for, next_scheduled_at, next_in}]
+    for every queue with pending jobs, in queue order, on `cursor` (so in its transaction's snapshot)."""
+    cursor.execute(PENDING_BY_QUEUE, {"limit": exact_up_to + 1})
+    columns = [column.name for column in cursor.description]
+    queues = [dict(zip(columns, row)) for row in cursor.fetchall()]
+    estimated = [queue for queue in queues if max(queue["due"], queue["scheduled"]) > exact_up_to]
+    questions = [(queue["queue"], figure) for queue in estimated for figure in _figures_to_plan(queue, exact_up_to)]
+    planned = dict(zip(questions, _planned_rows(cursor, questions)))
+    for queue in estimated:
+        _estimate(queue, {figure: rows for (name, figure), rows in planned.items() if name == queue["queue"]},
+                  exact_up_to)
+    for queue in queues:
+        queue["estimated"] = queue in estimated
+        queue["pending"] = queue["due"] + queue["scheduled"]
+    return queues
+
+
+def _figures_to_plan(queue, exact_up_to):
+    both = queue["due"] > exact_up_to and queue["scheduled"] > exact_up_to
+    return ("pending", "due", "scheduled") if both else ("pending",)
+
+
+def _estimate(queue, planned, exact_up_to):
+    """Replaces the counts that reached the limit by estimates, never below the limit."""
+    floor, total = exact_up_to + 1, planned["pending"]
+    if queue["scheduled"] <= exact_up_to:  # the other figure is exact: the estimate is the rest of the total
+        queue["due"] = max(floor, total - queue["scheduled"])
+    elif queue["due"] <= exact_up_to:
+        queue["scheduled"] = max(floor, total - queue["due"])
+    else:
+        due, later = planned["due"], planned["scheduled"]
+        queue["due"] = max(floor, round(total * due / max(1, due + later)))
+        queue["scheduled"] = max(floor, total - queue["due"])
+
+
+def executing_by_queue(cursor):
+    """{queue: executing jobs}."""
+    cursor.execute(EXECUTING_BY_QUEUE)
+    return dict(cursor.fetchall())
+
+
+def _planned_rows(cursor, questions):
+    """The planner's row estimates for [(queue, figure)], in order (0 where the plan has another shape)."""
+    if not questions:
+        return []
+    cursor.execute("EXPLAIN (FORMAT JSON) " + " UNION ALL ".join(_QUESTIONS[figure] for _, figure in questions),
+                   [queue for queue, _ in questions])
+    plan = cursor.fetchone()[0]
+    if isinstance(plan, str):  # a connection without psycopg2's json typecaster
+        plan = json.loads(plan)
+    plan = plan[0]["Plan"]
+    branches = plan.get("Plans", []) if plan["Node Type"] == "Append" else [plan]
+    if len(branches) != len(questions):  # then the counts stay at the limit
+        return [0] * len(questions)
+    return [int(branch["Plan Rows"]) for branch in branches]
