@@ -18,6 +18,7 @@ import sys
 import time
 
 from benchmarks import harness
+from benchmarks.housekeeping import measure_housekeeping
 from benchmarks.jobs import NOOP_PAYLOAD, sleep_payload
 from benchmarks.operations import measure_listing
 
@@ -272,6 +273,7 @@ def scenario_bigtable(ctx):
                               label="bigtable", db=big_db))
             ctx.say(f"  pair {i + 1}: empty table {_fmt_rate(empty_runs[-1]['rate'])} jobs/s, big table "
                     f"{_fmt_rate(runs[-1]['rate'])} jobs/s")
+        measure_housekeeping(ctx, big_db)
     finally:
         big_db.drop()
         ctx.extra_databases.remove(big_db)
