@@ -10,7 +10,10 @@ autovacuum is off for exekutor_jobs (as on a server where it lags behind, or can
 snapshot). A producer in this process enqueues every 100 ms a batch of `rate / 10` jobs with `enqueue_many`:
 70 % no-op, 20 % IO (a 50 ms cooperative sleep), 5 % failing (no retry), 5 % running past a 50 ms
 execution_timeout. Every window (30 s) it reports the jobs finished, the pickup p50/p99 (started_at - enqueued_at,
-both the database's clock), the mean completion statement time (the worker's own counters from /metrics), dead
+both the database's clock), the mean completion statement time as the worker times it (its own counters from
+/metrics: the round trip and its event loop's turns included) and on the server (EXPLAIN ANALYZE of the worker's
+completion statement for as many executing jobs as the worker's mean batch in the window, inserted for it, in a
+transaction rolled back), dead
 rows and the table's size, and the worker's RSS. At the end it drains and reconciles every job: each ended with the
 status its kind must give, at attempt 1 (a job run twice would be at attempt 2); none is lost.
 """
@@ -76,8 +79,13 @@ def run(db, args):
                 _cleanup(db, args.cleanup_rows)
                 cleanup_at = None
             counters = _completion_counters(port)
+            statements = counters[0] - metrics[0]
             completion, metrics = _mean_completion(metrics, counters), counters
             windows.append(_window(db, worker, window_start, completion))
+            # The probe's batch is the window's mean batch: finished jobs per completion statement.
+            batch = max(1, round(windows[-1]["finished"] / statements)) if statements else 1
+            windows[-1]["server_completion_ms"], plan = _server_completion(db, batch)
+            windows[-1]["batch"] = batch
             windows[-1]["full"] = time.monotonic() < end  # the last one is cut short
             _print_window(len(windows), windows[-1])
     finally:
@@ -85,6 +93,8 @@ def run(db, args):
         producer.join(10)
     drained = _drain(db, 120)
     harness.stop_process(worker)
+    if windows:
+        print("  plan of the last probe's completion statement:\n" + "\n".join("    " + line for line in plan))
     _report(windows, _reconcile(db, drained))
     if holder is not None:
         holder.close()
@@ -139,6 +149,33 @@ def _completion_counters(port):
             values.get("exekutor_completion_statement_seconds_total", 0.0))
 
 
+def _server_completion(db, batch):
+    """(ms, plan lines): the worker's completion statement for `batch` executing jobs of an unknown worker, as the
+    server runs it on the table as it is now (EXPLAIN ANALYZE: planning and execution), all rolled back."""
+    import json
+    import uuid
+
+    from exekutor.execution import Outcome
+    from exekutor.worker.completer import completion
+
+    worker_id = str(uuid.uuid4())
+    conn = harness.connect(db.url, autocommit=False)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("INSERT INTO exekutor_jobs (queue, payload, status, worker_id, attempts, started_at) "
+                           "SELECT 'probe', '{\"job\": \"probe\"}', 'e', %s, 1, now() "
+                           "FROM generate_series(1, %s) RETURNING id::text", (worker_id, batch))
+            outcomes = [Outcome(row[0], "c", 0.001, attempts=1) for row in cursor.fetchall()]
+            sql, params = completion(outcomes, worker_id, json.dumps)
+            cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + cursor.mogrify(sql, params).decode())
+            plan = [row[0] for row in cursor.fetchall()]
+        times = [float(line.split(":")[1].split()[0]) for line in plan if line.startswith(("Planning", "Execution"))]
+        return sum(times), plan
+    finally:
+        conn.rollback()
+        conn.close()
+
+
 def _mean_completion(before, after):
     statements = after[0] - before[0]
     return (after[1] - before[1]) / statements * 1000 if statements else None
@@ -155,14 +192,16 @@ def _window(db, worker, since, completion_ms):
         "SELECT n_dead_tup, pg_total_relation_size('exekutor_jobs') FROM pg_stat_user_tables "
         "WHERE relname = 'exekutor_jobs'")[0]
     seconds = db.scalar("SELECT extract(epoch FROM now() - %s)", (since,))
-    return {"finished_per_s": finished / float(seconds), "pickup_p50_ms": p50, "pickup_p99_ms": p99,
+    return {"finished": finished, "finished_per_s": finished / float(seconds), "pickup_p50_ms": p50,
+            "pickup_p99_ms": p99,
             "completion_ms": completion_ms, "dead_rows": dead, "table_mb": size / 2**20,
             "worker_rss_mb": harness.rss_bytes(worker.pid) / 2**20}
 
 
 def _print_window(number, w):
     print(f"  window {number:3}: {w['finished_per_s']:7.0f} jobs/s  pickup p50 {_ms(w['pickup_p50_ms'])}  p99 "
-          f"{_ms(w['pickup_p99_ms'])}  completion {_ms(w['completion_ms'])}  dead rows {w['dead_rows']:,}  "
+          f"{_ms(w['pickup_p99_ms'])}  completion {_ms(w['completion_ms'])} (server "
+          f"{_ms(w['server_completion_ms'])}, {w['batch']} jobs)  dead rows {w['dead_rows']:,}  "
           f"table {w['table_mb']:.0f} MB  worker {w['worker_rss_mb']:.0f} MB", flush=True)
 
 
@@ -222,6 +261,11 @@ def _report(windows, reconciliation):
         print(f"  completion statement as the worker times it (its event loop included), mean over the windows "
               f"{statistics.mean(means):.2f} ms, worst window "
               f"{max(means):.2f} ms (target < 2 ms)")
+    servers = [w["server_completion_ms"] for w in windows]
+    print(f"  completion statement on the server (a batch of the window's mean size, planning included), mean over "
+          f"the windows "
+          f"{statistics.mean(servers):.2f} ms, first window {servers[0]:.2f} ms, worst {max(servers):.2f} ms, last "
+          f"{servers[-1]:.2f} ms (target < 2 ms)")
     print(f"  dead rows at the end {last['dead_rows']:,}, table {last['table_mb']:.0f} MB, worker RSS "
           f"{first['worker_rss_mb']:.0f} -> {last['worker_rss_mb']:.0f} MB")
     if reconciliation["problems"]:
