@@ -49,7 +49,7 @@ def collect(conn, failures_since=FAILURES_SINCE):
         queue["overdue"] = (queue["overdue_for"] or 0) > overdue
     totals = {"workers": len(workers), "hosts": len({w["hostname"] for w in workers}),
               **{key: sum(q[key] for q in queues) for key in ("pending", "due", "executing")},
-              "estimated": any(q["estimated"] for q in queues)}
+              **{key: any(q[key] for q in queues) for key in ("estimated", "due_estimated")}}
     totals.update({key: sum(q[key] for q in failures["queues"]) for key in ("failed", "discarded", "cancelled")})
     return {"workers": workers, "queues": queues, "totals": totals, "failures": failures, "schedules": schedules}
 
@@ -81,8 +81,9 @@ def _queues(cursor):
     """The queues with pending or executing jobs (exekutor.queue_stats: big counts are estimates)."""
     pending = {queue["queue"]: queue for queue in pending_by_queue(cursor)}
     executing = executing_by_queue(cursor)
-    idle = {"due": 0, "scheduled": 0, "pending": 0, "estimated": False, "oldest_due_at": None, "overdue_for": None,
-            "next_scheduled_at": None, "next_in": None}
+    idle = {"due": 0, "scheduled": 0, "pending": 0, "estimated": False, "due_estimated": False,
+            "scheduled_estimated": False, "oldest_due_at": None, "overdue_for": None, "next_scheduled_at": None,
+            "next_in": None}
     return [{**pending.get(name, {**idle, "queue": name}), "executing": executing.get(name, 0)}
             for name in sorted(set(pending) | set(executing))]
 
@@ -119,8 +120,8 @@ def render(data, database):
     if workers:
         lines += table(WORKER_COLUMNS, _worker_rows(workers))
     lines.append("")
-    about = "~" if totals.get("estimated") else ""
-    summary = (f"Jobs: {about}{totals['pending']} pending ({about}{totals['due']} due), "
+    pending, due = ("~" if totals.get(key) else "" for key in ("estimated", "due_estimated"))
+    summary = (f"Jobs: {pending}{totals['pending']} pending ({due}{totals['due']} due), "
                f"{totals['executing']} executing")
     lines.append(click.style(summary if queues else "Jobs: none pending or executing", bold=True))
     if queues:
@@ -246,8 +247,8 @@ def _queue_row(queue):
     next_scheduled = (f"in {duration(queue['next_in'])} ({timestamp(queue['next_scheduled_at'])})"
                       if queue["next_scheduled_at"] else "-")
     overdue = duration(queue["overdue_for"]) if queue["oldest_due_at"] else "-"
-    about = "~" if queue["estimated"] else ""  # a count above queue_stats' exact limit is an estimate
-    return [(queue["queue"], style), f"{about}{queue['pending']}", f"{about}{queue['due']}", str(queue["executing"]),
+    pending, due = ("~" if estimated else "" for estimated in (queue["estimated"], queue["due_estimated"]))
+    return [(queue["queue"], style), f"{pending}{queue['pending']}", f"{due}{queue['due']}", str(queue["executing"]),
             next_scheduled, (overdue, style)]
 
 

@@ -53,8 +53,9 @@ EXECUTING_BY_QUEUE = "SELECT queue, count(*)::int AS executing FROM exekutor_job
 
 
 def pending_by_queue(cursor, exact_up_to=EXACT_COUNT_LIMIT):
-    """[{queue, due, scheduled, pending, estimated, oldest_due_at, overdue_for, next_scheduled_at, next_in}]
-    for every queue with pending jobs, in queue order, on `cursor` (so in its transaction's snapshot)."""
+    """[{queue, due, scheduled, pending, estimated, due_estimated, scheduled_estimated, oldest_due_at,
+    overdue_for, next_scheduled_at, next_in}] for every queue with pending jobs, in queue order, on `cursor` (so
+    in its transaction's snapshot). `estimated`: some count of the queue is an estimate."""
     cursor.execute(PENDING_BY_QUEUE, {"limit": exact_up_to + 1})
     columns = [column.name for column in cursor.description]
     queues = [dict(zip(columns, row)) for row in cursor.fetchall()]
@@ -65,7 +66,9 @@ def pending_by_queue(cursor, exact_up_to=EXACT_COUNT_LIMIT):
         _estimate(queue, {figure: rows for (name, figure), rows in planned.items() if name == queue["queue"]},
                   exact_up_to)
     for queue in queues:
-        queue["estimated"] = queue in estimated
+        # An estimate is always above the limit, and an exact count never is.
+        queue["due_estimated"], queue["scheduled_estimated"] = (queue[f] > exact_up_to for f in ("due", "scheduled"))
+        queue["estimated"] = queue["due_estimated"] or queue["scheduled_estimated"]
         queue["pending"] = queue["due"] + queue["scheduled"]
     return queues
 

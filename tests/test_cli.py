@@ -348,7 +348,7 @@ def test_info_shows_workers_and_pending_jobs_as_tables_and_json(start_worker, db
     assert (queues["backlog"]["pending"], queues["backlog"]["due"], queues["backlog"]["overdue"]) == (3, 3, True)
     assert (queues["later"]["pending"], queues["later"]["due"], queues["later"]["overdue"]) == (2, 0, False)
     assert data["totals"] == {"workers": 1, "hosts": 1, "pending": 5, "due": 3, "executing": 0, "failed": 0,
-                              "discarded": 0, "cancelled": 0, "estimated": False}
+                              "discarded": 0, "cancelled": 0, "estimated": False, "due_estimated": False}
 
 
 def _run_on_terminal(*args):

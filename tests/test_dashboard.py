@@ -112,6 +112,20 @@ def test_overview_counts_each_queue_and_charts_the_last_hour(client, db):
     assert "<title>7 (1 min ago)</title>" in row
 
 
+def test_a_big_backlog_shows_estimated_counts(client, db):
+    from exekutor.queue_stats import EXACT_COUNT_LIMIT
+
+    query(db, "INSERT INTO exekutor_jobs (queue, payload) SELECT 'mail', '{\"job\": \"tests.noop\"}' "
+              "FROM generate_series(1, %s)", (2 * EXACT_COUNT_LIMIT,))
+    query(db, "ANALYZE exekutor_jobs")
+    _, html = get(client, "/")
+    row = re.search(r"<tr>\s*<td><a href=\"/admin/jobs/queues/mail\">mail</a></td>(.*?)</tr>", html, re.S).group(1)
+    pending, scheduled = re.findall(r'<td class="num[^"]*">(?:<a[^>]*>)?([^<]+)', row)[:2]
+    assert pending.startswith("~") and int(pending[1:]) > EXACT_COUNT_LIMIT and scheduled == "0", row
+    _, html = get(client, "/queues/mail")
+    assert re.search(r'<span class="value">~\d+</span><span class="label">pending \(due\)', html), html
+
+
 def test_workers_page_shows_host_pid_identifier_queues_and_greenlets(client, db):
     query(db, "INSERT INTO exekutor_workers (hostname, pid, identifier, status, queues, max_threads, min_threads, "
               "last_heartbeat_at) VALUES ('web-1', 4242, 'mailer', 'r', ARRAY['mail'], 50, 1, "

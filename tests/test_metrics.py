@@ -147,3 +147,24 @@ def test_cancellations_and_operator_actions_are_counted(health_worker, db):
     for action in ("retry", "cancel"):
         assert metric(values, "exekutor_operator_actions_total", action=action) == \
             metric(before, "exekutor_operator_actions_total", action=action) + 1
+
+
+@pytest.mark.timeout(60)
+def test_queue_gauges_of_a_big_backlog_are_estimates_near_the_truth(health_worker, db):
+    # Above the exact limit a gauge is the planner's estimate: never below the limit, near the real count once the
+    # table has statistics (autovacuum's ANALYZE; here by hand), and the oldest pending age stays exact.
+    from exekutor.queue_stats import EXACT_COUNT_LIMIT
+
+    backlog = 5 * EXACT_COUNT_LIMIT
+    query(db, "INSERT INTO exekutor_jobs (queue, payload, scheduled_at) SELECT 'backlog', "
+              "'{\"job\": \"tests.noop\"}', now() - interval '10 minutes' FROM generate_series(1, %s)", (backlog,))
+    query(db, "INSERT INTO exekutor_jobs (queue, payload, scheduled_at) SELECT 'backlog', "
+              "'{\"job\": \"tests.noop\"}', now() + interval '1 hour' FROM generate_series(1, 3)")
+    query(db, "ANALYZE exekutor_jobs")
+    worker = health_worker("--queue", "default")
+    values = wait_for(lambda: (lambda v: metric(v, "exekutor_jobs_pending", queue="backlog") and v)(
+        metric_values(worker.port)), 20, message="the backlog's gauge")
+    assert EXACT_COUNT_LIMIT < metric(values, "exekutor_jobs_pending", queue="backlog") <= 2 * backlog
+    assert 0.5 * backlog <= metric(values, "exekutor_jobs_pending", queue="backlog")
+    assert metric(values, "exekutor_jobs_scheduled", queue="backlog") == 3  # under the limit: exact
+    assert 590 < metric(values, "exekutor_jobs_oldest_pending_age_seconds", queue="backlog") < 900

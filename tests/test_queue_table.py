@@ -6,7 +6,10 @@ with dead rows or with the backlog, and asserts the path the statement takes now
 import json
 import uuid
 
+import psycopg2
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exekutor.db.arrays import array
 from exekutor.db.queries import NEXT_SCHEDULED, RELEASE_UNHELD
@@ -209,3 +212,41 @@ def test_queue_figures_of_hostile_queue_names(db):
             assert figures[name]["scheduled"] == jobs - due and not figures[name]["estimated"]
         else:
             assert figures[name]["scheduled"] >= 3 and figures[name]["estimated"]
+
+
+# Queue names as users write them: any text PostgreSQL can store in a varchar(63), not empty.
+_QUEUE_NAMES = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+                       max_size=63)
+
+
+@given(queues=st.dictionaries(_QUEUE_NAMES, st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=6),
+       limit=st.integers(1, 5))
+def test_queue_figures_match_the_rows_whatever_the_names_and_counts(database_url, queues, limit):
+    """Every queue with pending jobs is listed once; counts at or under the limit are exact, counts over it are
+    flagged and never below the limit; the oldest due and next scheduled times are exact."""
+    from exekutor.queue_stats import pending_by_queue
+
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cursor:  # one transaction, rolled back: nothing stays for the next example
+            for name, (due, later) in queues.items():
+                cursor.execute("INSERT INTO exekutor_jobs (queue, payload, scheduled_at) SELECT %s, "
+                               "'{\"job\": \"tests.noop\"}', now() - i * interval '1 minute' "
+                               "FROM generate_series(1, %s) AS i", (name, due))
+                cursor.execute("INSERT INTO exekutor_jobs (queue, payload, scheduled_at) SELECT %s, "
+                               "'{\"job\": \"tests.noop\"}', now() + i * interval '1 minute' "
+                               "FROM generate_series(1, %s) AS i", (name, later))
+            figures = {queue["queue"]: queue for queue in pending_by_queue(cursor, exact_up_to=limit)}
+    finally:
+        conn.rollback()
+        conn.close()
+    expected = {name: counts for name, counts in queues.items() if sum(counts)}
+    assert sorted(figures) == sorted(expected)
+    for name, (due, later) in expected.items():
+        got = figures[name]
+        assert got["estimated"] == (max(due, later) > limit)
+        for figure, real in (("due", due), ("scheduled", later)):
+            assert got[figure] == real if real <= limit else got[figure] > limit, (name, figure, got, real)
+        assert (got["oldest_due_at"] is None) == (due == 0)
+        assert (got["next_scheduled_at"] is None) == (later == 0)
+        assert got["pending"] == got["due"] + got["scheduled"]

@@ -82,7 +82,8 @@ def queue_rows(conn, series, failures, only=None):
     for name in names if only is None else [only]:
         waiting, failed = pending.get(name, {}), failures.get(name, {})
         rows.append({"queue": name, "pending": waiting.get("due", 0), "scheduled": waiting.get("scheduled", 0),
-                     "estimated": waiting.get("estimated", False),
+                     "pending_estimated": waiting.get("due_estimated", False),
+                     "scheduled_estimated": waiting.get("scheduled_estimated", False),
                      "executing": executing.get(name, 0), "failed": failed.get("failed", 0),
                      "discarded": failed.get("discarded", 0) + failed.get("cancelled", 0),
                      "oldest_pending": waiting.get("overdue_for"),
@@ -94,7 +95,7 @@ def queue_rows(conn, series, failures, only=None):
 def totals(rows, workers_count):
     keys = ("pending", "scheduled", "executing", "failed", "discarded")
     return {"workers": workers_count, **{key: sum(row[key] for row in rows) for key in keys},
-            "estimated": any(row["estimated"] for row in rows)}
+            **{f"{key}_estimated": any(row[f"{key}_estimated"] for row in rows) for key in ("pending", "scheduled")}}
 
 
 # --- throughput -------------------------------------------------------------------------------------------------
