@@ -10,10 +10,10 @@ autovacuum is off for exekutor_jobs (as on a server where it lags behind, or can
 snapshot). A producer in this process enqueues every 100 ms a batch of `rate / 10` jobs with `enqueue_many`:
 70 % no-op, 20 % IO (a 50 ms cooperative sleep), 5 % failing (no retry), 5 % running past a 50 ms
 execution_timeout. Every window (30 s) it reports the jobs finished, the pickup p50/p99 (started_at - enqueued_at,
-both the database's clock), the mean completion statement time as the worker times it (its own counters from
-/metrics: the round trip and its event loop's turns included) and on the server (EXPLAIN ANALYZE of the worker's
-completion statement for as many executing jobs as the worker's mean batch in the window, inserted for it, in a
-transaction rolled back; the median of five), dead
+both the database's clock), the mean completion and reservation statement times as the worker times them (its
+own counters from /metrics: the round trip and its event loop's turns included), the completion statement's time
+on the server (EXPLAIN ANALYZE of the worker's completion statement for as many executing jobs as the worker's
+mean batch in the window, inserted for it, in a transaction rolled back; the median of five), dead
 rows and the table's size, and the worker's RSS. At the end it drains and reconciles every job: each ended with the
 status its kind must give, at attempt 1 (a job run twice would be at attempt 2); none is lost.
 """
@@ -71,7 +71,7 @@ def run(db, args):
     windows, started = [], time.monotonic()
     end = started + args.minutes * 60
     cleanup_at = started + args.minutes * 30 if args.cleanup_rows else None
-    metrics = _completion_counters(port)
+    metrics = _statement_counters(port)
     try:
         while time.monotonic() < end:
             window_start = db.scalar("SELECT now()")
@@ -79,10 +79,11 @@ def run(db, args):
             if cleanup_at and time.monotonic() >= cleanup_at:
                 _cleanup(db, args.cleanup_rows)
                 cleanup_at = None
-            counters = _completion_counters(port)
-            statements = counters[0] - metrics[0]
-            completion, metrics = _mean_completion(metrics, counters), counters
-            windows.append(_window(db, worker, window_start, completion))
+            counters = _statement_counters(port)
+            statements = counters["completion"][0] - metrics["completion"][0]
+            windows.append(_window(db, worker, window_start, _mean_ms(metrics["completion"], counters["completion"])))
+            windows[-1]["reservation_ms"] = _mean_ms(metrics["reservation"], counters["reservation"])
+            metrics = counters
             # The probe's batch is the window's mean batch: finished jobs per completion statement.
             batch = max(1, round(windows[-1]["finished"] / statements)) if statements else 1
             probes = [_server_completion(db, batch) for _ in range(PROBES)]
@@ -138,17 +139,18 @@ def _request(kind):
     return jobs.sleep.set(queue="times_out", execution_timeout=0.05).job(1.0)
 
 
-def _completion_counters(port):
-    """(statements, seconds) from the worker's /metrics."""
+def _statement_counters(port):
+    """{"completion" | "reservation": (statements, seconds)} from the worker's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     values = {}
     for line in text.splitlines():
-        for name in ("exekutor_completion_statements_total", "exekutor_completion_statement_seconds_total"):
-            if line.startswith(name + " "):
-                values[name] = float(line.split()[1])
-    return (values.get("exekutor_completion_statements_total", 0.0),
-            values.get("exekutor_completion_statement_seconds_total", 0.0))
+        name, _, value = line.partition(" ")
+        if name.startswith(("exekutor_completion_statement", "exekutor_reservation_statement")):
+            values[name] = float(value)
+    return {kind: (values.get(f"exekutor_{kind}_statements_total", 0.0),
+                   values.get(f"exekutor_{kind}_statement_seconds_total", 0.0))
+            for kind in ("completion", "reservation")}
 
 
 def _server_completion(db, batch):
@@ -179,7 +181,8 @@ def _server_completion(db, batch):
         conn.close()
 
 
-def _mean_completion(before, after):
+def _mean_ms(before, after):
+    """The mean time (ms) of the statements counted between two readings of one (statements, seconds) pair."""
     statements = after[0] - before[0]
     return (after[1] - before[1]) / statements * 1000 if statements else None
 
@@ -204,7 +207,8 @@ def _window(db, worker, since, completion_ms):
 def _print_window(number, w):
     print(f"  window {number:3}: {w['finished_per_s']:7.0f} jobs/s  pickup p50 {_ms(w['pickup_p50_ms'])}  p99 "
           f"{_ms(w['pickup_p99_ms'])}  completion {_ms(w['completion_ms'])} (server "
-          f"{_ms(w['server_completion_ms'])}, {w['batch']} jobs)  dead rows {w['dead_rows']:,}  "
+          f"{_ms(w['server_completion_ms'])}, {w['batch']} jobs)  reservation {_ms(w['reservation_ms'])}  "
+          f"dead rows {w['dead_rows']:,}  "
           f"table {w['table_mb']:.0f} MB  worker {w['worker_rss_mb']:.0f} MB", flush=True)
 
 
@@ -264,6 +268,10 @@ def _report(windows, reconciliation):
         print(f"  completion statement as the worker times it (its event loop included), mean over the windows "
               f"{statistics.mean(means):.2f} ms, worst window "
               f"{max(means):.2f} ms (target < 2 ms)")
+    reservations = [w["reservation_ms"] for w in full if w["reservation_ms"] is not None]
+    if reservations:
+        print(f"  reservation statement as the worker times it, mean: first window {reservations[0]:.2f} ms, last "
+              f"{reservations[-1]:.2f} ms, worst {max(reservations):.2f} ms")
     servers = [w["server_completion_ms"] for w in windows]
     print(f"  completion statement on the server (a batch of the window's mean size, planning included), mean over "
           f"the windows "

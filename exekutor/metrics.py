@@ -19,7 +19,7 @@ import psycopg2
 from exekutor.errors import ConfigError, DatabaseTimeout, JobTimeoutError, QueueTimeoutError
 from exekutor.eventloop import SingleFlight
 from exekutor.execution import COMPLETED, DISCARDED, FAILED, RELEASE, RETRY, error_record
-from exekutor.queue_stats import pending_by_queue
+from exekutor.queue_stats import EstimateCache, pending_by_queue
 
 # Seconds a scrape waits for the queue query; without an answer the queue gauges are left out of that scrape.
 QUEUE_QUERY_TIMEOUT = 5.0
@@ -29,6 +29,8 @@ QUEUE_QUERY_TIMEOUT = 5.0
 QUEUE_STATS_MAX_AGE = 10.0
 QUEUE_STATS_SLOW = 0.05
 OPERATOR_ACTIONS = "SELECT action, jobs FROM exekutor_operator_actions"
+# PostgreSQL's count of dead row versions in the jobs table (readable by any role): what VACUUM has yet to remove.
+DEAD_ROWS = "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE relid = 'exekutor_jobs'::regclass"
 # Upper bounds (seconds) of the latency and runtime histograms' buckets.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _FINISHED = {COMPLETED: "completed", FAILED: "failed", DISCARDED: "discarded", RETRY: "retried",
@@ -223,6 +225,8 @@ _WORKER_VALUES = (
     lambda worker, now: worker.executor.cancelled,
     lambda worker, now: worker.completer.statements,
     lambda worker, now: worker.completer.statement_seconds,
+    lambda worker, now: worker.provider.statements,
+    lambda worker, now: worker.provider.statement_seconds,
 )
 
 
@@ -234,6 +238,7 @@ class _WorkerCollector:
         self._jobs = jobs
         self._database_errors = database_errors
         self._queue_stats = SingleFlight(self._query_queues, max_age=QUEUE_STATS_MAX_AGE, slow=QUEUE_STATS_SLOW)
+        self._estimates = EstimateCache()
         self._queues_seen = set()
 
     def describe(self):
@@ -288,6 +293,10 @@ class _WorkerCollector:
             CounterMetricFamily("exekutor_completion_statements", "Statements that wrote batches of outcomes."),
             CounterMetricFamily("exekutor_completion_statement_seconds", "Seconds those statements took (divided "
                                 "by their number: the mean time of a completion, which must stay flat over hours)."),
+            CounterMetricFamily("exekutor_reservation_statements", "Statements that reserved jobs."),
+            CounterMetricFamily("exekutor_reservation_statement_seconds", "Seconds those statements took (divided by "
+                                "their number: the mean time of a reservation, which grows with the dead index "
+                                "entries VACUUM has not removed)."),
         ]
         if with_queues:
             families += [
@@ -298,12 +307,15 @@ class _WorkerCollector:
                 CounterMetricFamily("exekutor_operator_actions", "Jobs operators retried or cancelled (exekutor-gevent "
                                     "jobs, JobRequest.retry/cancel), counted in the database: every worker reports "
                                     "the same totals.", labels=["action"]),
+                GaugeMetricFamily("exekutor_jobs_table_dead_rows", "Dead row versions in exekutor_jobs that VACUUM "
+                                  "has not removed yet (PostgreSQL's statistics): growing without end means "
+                                  "autovacuum is off or a long-held snapshot keeps it from cleaning."),
             ]
         return families
 
-    def _add_queue_stats(self, worker, pending, scheduled, age, operator_actions):
+    def _add_queue_stats(self, worker, pending, scheduled, age, operator_actions, dead_rows):
         try:
-            rows, actions = self._queue_stats(QUEUE_QUERY_TIMEOUT, worker)
+            rows, actions, dead = self._queue_stats(QUEUE_QUERY_TIMEOUT, worker)
         except Exception as error:  # noqa: BLE001 - a scrape without queue gauges beats a failed scrape
             if isinstance(error, _DATABASE_ERRORS):
                 self._database_errors.labels("metrics").inc()
@@ -317,12 +329,14 @@ class _WorkerCollector:
             age.add_metric([queue], float(oldest))
         for action, jobs in sorted(actions):
             operator_actions.add_metric([action], jobs)
+        dead_rows.add_metric([], float(dead))
         return True
 
-    @staticmethod
-    def _query_queues(worker):
+    def _query_queues(self, worker):
         with worker.db() as conn, conn.cursor() as cursor:
             rows = [(queue["queue"], queue["due"], queue["scheduled"], queue["overdue_for"] or 0.0)
-                    for queue in pending_by_queue(cursor)]
+                    for queue in pending_by_queue(cursor, estimates=self._estimates)]
             cursor.execute(OPERATOR_ACTIONS)
-            return rows, cursor.fetchall()
+            actions = cursor.fetchall()
+            cursor.execute(DEAD_ROWS)
+            return rows, actions, cursor.fetchone()[0]

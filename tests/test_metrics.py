@@ -62,6 +62,8 @@ def test_counters_and_histograms_move_as_jobs_run(health_worker, db):
     assert 0 <= metric(values, "exekutor_heartbeat_age_seconds") < 60
     assert metric(values, "exekutor_completion_statements_total") >= 1
     assert metric(values, "exekutor_completion_statement_seconds_total") > 0
+    assert metric(values, "exekutor_reservation_statements_total") >= 1
+    assert metric(values, "exekutor_reservation_statement_seconds_total") > 0
 
 
 @pytest.mark.timeout(60)
@@ -168,3 +170,14 @@ def test_queue_gauges_of_a_big_backlog_are_estimates_near_the_truth(health_worke
     assert 0.5 * backlog <= metric(values, "exekutor_jobs_pending", queue="backlog")
     assert metric(values, "exekutor_jobs_scheduled", queue="backlog") == 3  # under the limit: exact
     assert 590 < metric(values, "exekutor_jobs_oldest_pending_age_seconds", queue="backlog") < 900
+
+
+@pytest.mark.timeout(60)
+def test_dead_rows_of_the_jobs_table_are_a_gauge(health_worker, db):
+    worker = health_worker("--queue", "default")
+    before = metric_values(worker.port)[("exekutor_jobs_table_dead_rows", frozenset())]
+    query(db, "INSERT INTO exekutor_jobs (queue, payload) SELECT 'elsewhere', '{\"job\": \"tests.noop\"}' "
+              "FROM generate_series(1, 500)")
+    query(db, "DELETE FROM exekutor_jobs WHERE queue = 'elsewhere'")  # 500 dead rows, once the statistics see them
+    wait_for(lambda: metric(metric_values(worker.port), "exekutor_jobs_table_dead_rows") >= before + 500, 30,
+             message="the dead rows in the gauge")

@@ -250,3 +250,21 @@ def test_queue_figures_match_the_rows_whatever_the_names_and_counts(database_url
         assert (got["oldest_due_at"] is None) == (due == 0)
         assert (got["next_scheduled_at"] is None) == (later == 0)
         assert got["pending"] == got["due"] + got["scheduled"]
+
+
+def test_the_estimate_cache_keeps_one_answer_per_question_set_for_its_age():
+    from exekutor.queue_stats import EstimateCache
+
+    asked = []
+
+    def ask(questions):
+        asked.append(list(questions))
+        return [len(asked)] * len(questions)
+
+    cache = EstimateCache(max_age=60)
+    first = [("mail", "pending")]
+    assert cache.get(first, ask) == [1] and cache.get(list(first), ask) == [1]  # kept
+    assert cache.get([("mail", "pending"), ("mail", "due")], ask) == [2, 2]  # other questions: asked
+    assert cache.get(first, ask) == [3]  # only the last set is kept
+    expired = EstimateCache(max_age=0)
+    assert expired.get(first, ask) == [4] and expired.get(first, ask) == [5]

@@ -46,6 +46,11 @@ class Provider(Component):
         self._batch_ready = Event()
         self._batch_waiting = False
         self.last_poll = None
+        # Reservation statements that went through and the seconds they took (for /metrics): the one per-job
+        # statement that walks an index past the dead entries VACUUM has not removed yet, so its mean time is
+        # what shows a queue table that needs maintenance.
+        self.statements = 0
+        self.statement_seconds = 0.0
 
     # --- signals from the other components ------------------------------------------------------------
 
@@ -124,8 +129,11 @@ class Provider(Component):
         with self.reservation_lock:
             try:
                 with self.worker.db() as conn, conn.cursor() as cursor:
+                    started = time.monotonic()
                     cursor.execute(RESERVE_JOBS, self.worker.reserve_params(limit))
                     rows = cursor.fetchall()
+                self.statements += 1
+                self.statement_seconds += time.monotonic() - started
             except BaseException:
                 # The jobs this reservation was for are still waiting: retry after the backoff, not at the next
                 # poll. (If it committed all the same, the heartbeat's reconciliation releases what it reserved.)
