@@ -20,7 +20,8 @@ from exekutor.db.queries import PENDING_QUEUES
 
 # Entries a count walks at most (per queue and figure); a bigger count is estimated. 500 index entries take
 # about 0.2 ms to count on a vacuumed table, and more where the visibility map is not set (each is then checked
-# in the heap): with four queues and both figures at the limit, the whole query stays under 5 ms.
+# in the heap): with four queues and both figures past the limit, the figures take about 3 ms, and 5 ms with
+# fresh estimates (python -m benchmarks bigtable).
 EXACT_COUNT_LIMIT = 500
 
 _DUE = "j.status = 'p' AND j.queue = q.queue AND j.scheduled_at <= now()"
