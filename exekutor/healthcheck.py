@@ -241,6 +241,10 @@ class _Server(WSGIServer):
         self.connections = {}  # handler -> its greenlet
         self.waiting = {}  # the connections waiting for a request, oldest first: handler -> greenlet
         self._paused = False
+        # One accept per turn of the loop: a connection's greenlet evicts the oldest waiting one before the next
+        # accept, so descriptors stay at `limit` plus one. (gevent's default accepts up to 100 in a row before
+        # any greenlet runs: a burst of idle connections then ran out of descriptors, and accept failed.)
+        self.max_accept = 1
 
     def full(self):  # asked before each accept
         if len(self.connections) < self.limit or self.waiting:
