@@ -19,6 +19,7 @@ status its kind must give, at attempt 1 (a job run twice would be at attempt 2);
 """
 import argparse
 import contextlib
+import json
 import random
 import socket
 import statistics
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 
 from benchmarks import harness
 
@@ -156,9 +158,6 @@ def _statement_counters(port):
 def _server_completion(db, batch):
     """(ms, plan lines): the worker's completion statement for `batch` executing jobs of an unknown worker, as the
     server runs it on the table as it is now (EXPLAIN ANALYZE: planning and execution), all rolled back."""
-    import json
-    import uuid
-
     from exekutor.enqueue import new_job_id
     from exekutor.execution import Outcome
     from exekutor.worker.completer import completion

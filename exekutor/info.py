@@ -13,7 +13,7 @@ import click
 from exekutor import config
 from exekutor.display import printable
 from exekutor.operations import failure_summary
-from exekutor.queue_stats import executing_by_queue, pending_by_queue
+from exekutor.queue_stats import executing_by_queue, no_pending, pending_by_queue
 
 _WORKERS = """
 SELECT w.id::text, w.hostname, w.pid, w.identifier, w.status, w.queues, w.min_priority, w.max_priority,
@@ -81,10 +81,7 @@ def _queues(cursor):
     """The queues with pending or executing jobs (exekutor.queue_stats: big counts are estimates)."""
     pending = {queue["queue"]: queue for queue in pending_by_queue(cursor)}
     executing = executing_by_queue(cursor)
-    idle = {"due": 0, "scheduled": 0, "pending": 0, "estimated": False, "due_estimated": False,
-            "scheduled_estimated": False, "oldest_due_at": None, "overdue_for": None, "next_scheduled_at": None,
-            "next_in": None}
-    return [{**pending.get(name, {**idle, "queue": name}), "executing": executing.get(name, 0)}
+    return [{**(pending.get(name) or no_pending(name)), "executing": executing.get(name, 0)}
             for name in sorted(set(pending) | set(executing))]
 
 

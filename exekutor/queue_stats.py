@@ -52,7 +52,9 @@ ORDER BY q.queue
 # whose branches are the queues' questions, in order (each costs its planning: about 0.2 ms).
 _QUESTIONS = {figure: f"SELECT FROM exekutor_jobs WHERE status = 'p' AND queue = %s{time}" for figure, time in
               (("pending", ""), ("due", " AND scheduled_at <= now()"))}
-# Executing jobs are few (at most the workers' max_threads), so this counts them.
+# Executing jobs are few (at most the workers' max_threads), so this counts them. It reads the executing partial
+# index, which keeps an entry for every job that passed through 'e' until VACUUM: for `info` and the dashboard,
+# never on a worker's path.
 EXECUTING_BY_QUEUE = "SELECT queue, count(*)::int AS executing FROM exekutor_jobs WHERE status = 'e' GROUP BY queue"
 
 
@@ -112,6 +114,13 @@ class EstimateCache:
         rows = ask(questions)
         self._entry = (list(questions), now, rows)
         return rows
+
+
+def no_pending(name):
+    """The figures of a queue without pending jobs, shaped as pending_by_queue's rows."""
+    return {"queue": name, "due": 0, "scheduled": 0, "pending": 0, "estimated": False, "due_estimated": False,
+            "scheduled_estimated": False, "oldest_due_at": None, "overdue_for": None, "next_scheduled_at": None,
+            "next_in": None}
 
 
 def executing_by_queue(cursor):

@@ -1,11 +1,11 @@
 """What the dashboard's pages show, read through exekutor.operations and the queries of exekutor.info.
 
 Every page must stay well under 200 ms on a table of a million finished and a hundred thousand pending jobs
-(`python -m benchmarks dashboard`), so two reads are the dashboard's own:
+(`python -m benchmarks dashboard`). Unfinished jobs per queue come from exekutor.queue_stats, as for `info` and
+`/metrics` (index lookups per queue, a few ms at a million pending jobs; counts above its exact limit are
+estimates, shown with "~"); the workers and the failures from info's and operations' queries. One read is the
+dashboard's own:
 
-- Unfinished jobs per queue come from exekutor.queue_stats, as for `info` and `/metrics`: index lookups per queue
-  (a few ms at a million pending jobs; counts above its exact limit are estimates, shown with "~"). The workers
-  and the failures come from info's and operations' queries.
 - Jobs finished per minute over the last hour (the charts): a busy hour is hundreds of thousands of rows, which
   no index answers per queue (the queue is not in the finished-jobs index), so a process counts each minute once:
   minutes that have ended are kept (a finished job stays finished, and cleanup deleting it later does not undo
@@ -17,7 +17,7 @@ import threading
 
 from exekutor import config, info, operations
 from exekutor.db.pool import default_pool
-from exekutor.queue_stats import executing_by_queue, pending_by_queue
+from exekutor.queue_stats import executing_by_queue, no_pending, pending_by_queue
 
 CHART_MINUTES = 60
 # Failed and discarded jobs stay until cleanup deletes them: the overview counts all of them, not a recent window.
@@ -80,14 +80,14 @@ def queue_rows(conn, series, failures, only=None):
     names = sorted(set(pending) | set(executing) | set(failures) | set(series))
     rows = []
     for name in names if only is None else [only]:
-        waiting, failed = pending.get(name, {}), failures.get(name, {})
-        rows.append({"queue": name, "pending": waiting.get("due", 0), "scheduled": waiting.get("scheduled", 0),
-                     "pending_estimated": waiting.get("due_estimated", False),
-                     "scheduled_estimated": waiting.get("scheduled_estimated", False),
+        waiting, failed = pending.get(name) or no_pending(name), failures.get(name, {})
+        rows.append({"queue": name, "pending": waiting["due"], "scheduled": waiting["scheduled"],
+                     "pending_estimated": waiting["due_estimated"],
+                     "scheduled_estimated": waiting["scheduled_estimated"],
                      "executing": executing.get(name, 0), "failed": failed.get("failed", 0),
                      "discarded": failed.get("discarded", 0) + failed.get("cancelled", 0),
-                     "oldest_pending": waiting.get("overdue_for"),
-                     "overdue": (waiting.get("overdue_for") or 0) > overdue,
+                     "oldest_pending": waiting["overdue_for"],
+                     "overdue": (waiting["overdue_for"] or 0) > overdue,
                      "per_minute": series.get(name, [0] * CHART_MINUTES)})
     return rows
 
