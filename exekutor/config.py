@@ -272,8 +272,17 @@ OPTIONS = {option.name: option for option in [
     Option("healthcheck_timeout", DURATION, 30, "m", POSITIVE,
            "The health check reports the worker down when its heartbeat is older than this (minutes)."),
     Option("max_blocking_time", DURATION, 5, "s", NON_NEGATIVE,
-           "With the health check server on: a job that blocks the gevent event loop longer than this is logged "
-           "with its stack, and `/live` and `/ready` answer 503 while the block lasts; 0 = do not watch."),
+           "A job (or other code) that blocks the gevent event loop longer than this is logged with its name and "
+           "stack and counted in `/metrics`, and `/live` and `/ready` answer 503 while the block lasts; 0 = do not "
+           "report blocks."),
+    Option("blocking_timeout", DURATION, 120, "s", POSITIVE,
+           "A job that blocks the gevent event loop (runs without yielding: CPU work, the original `time.sleep`, a "
+           "C call) longer than this is interrupted and ends failed (`JobBlockedError`); its `execution_timeout` "
+           "applies when that comes first. A block never makes the worker look dead: the heartbeat has a thread of "
+           "its own."),
+    Option("max_job_rescues", INT, 3, None, _between(1, 1000),
+           "A job whose worker was presumed dead while running it (killed, stopped, cut off, its loop wedged) this "
+           "many times ends failed instead of running again."),
     Option("metrics", BOOL, None, None, ANY,
            "Prometheus metrics (at the health check server's `/metrics`): true, false, or none = on when "
            "prometheus-client (the `metrics` extra) is installed."),
@@ -294,9 +303,9 @@ OPTIONS = {option.name: option for option in [
     Option("delete_completed_jobs", BOOL, False, None, ANY, "Delete a job's row as soon as it completes."),
     Option("delete_failed_jobs", BOOL, False, None, ANY, "Delete a job's row as soon as it fails."),
     Option("delete_discarded_jobs", BOOL, False, None, ANY, "Delete a job's row as soon as it is discarded."),
-    Option("worker_timeout", DURATION, 300, "s", POSITIVE,
+    Option("worker_timeout", DURATION, 60, "s", POSITIVE,
            "A worker whose heartbeat is older than this is presumed dead: its row is deleted and its running "
-           "jobs go back to pending."),
+           "jobs go back to pending (also how long a killed worker's jobs wait before they run again)."),
     Option("heartbeat_interval", DURATION, 30, "s", POSITIVE,
            "How often a worker updates its heartbeat; less than half of `worker_timeout`. Unset, it is a fifth of "
            "`worker_timeout`, at most 30 s."),
@@ -333,6 +342,7 @@ _WORKER_KEYWORDS = (
     "max_thread_idletime", "polling_interval", "polling_jitter", "set_db_connection_name", "wait_for_termination",
     "healthcheck_port", "healthcheck_host", "healthcheck_timeout", "worker_timeout", "heartbeat_interval",
     "delete_completed_jobs", "delete_failed_jobs", "delete_discarded_jobs", "quiet", "max_blocking_time", "metrics",
+    "blocking_timeout", "max_job_rescues",
 )
 
 

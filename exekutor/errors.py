@@ -47,3 +47,21 @@ class JobCancelled(BaseException):
     A BaseException, like gevent.Timeout, so that a job's `except Exception:` does not swallow it; the job ends
     discarded with a record of this type whatever it does with it.
     """
+
+
+class LoopBlocked(BaseException):
+    """Raised inside a job that blocked the worker's event loop past its limit (see exekutor.worker.watchdog).
+
+    A BaseException, like gevent.Timeout: the worker turns it into the job's JobTimeoutError (past its
+    execution_timeout) or JobBlockedError (past blocking_timeout); a job should not catch it.
+    """
+
+
+class JobBlockedError(ExekutorError):
+    """A job blocked the worker's event loop (CPU work or a blocking call gevent cannot make cooperative) for
+    longer than blocking_timeout: it was interrupted, or given up on, and ended failed."""
+
+
+class WorkerLost(ExekutorError):
+    """Recorded when a job's worker was presumed dead while it ran the job (killed, stopped, cut off): the job
+    runs again, up to max_job_rescues times, then ends failed."""

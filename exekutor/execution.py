@@ -6,7 +6,8 @@ The worker's executor and `perform_now` share this path. What a job's run ends a
                or its payload names a method not declared asynchronous (see exekutor.asynchronous);
   retry      - it raised an error its Retry policy covers and attempts remain (pending again, later);
   release    - its connection to our database was lost (pending again: not the job's fault);
-  failed     - anything else, including a payload naming an unknown job or arguments that do not load.
+  failed     - anything else, including a payload naming an unknown job or arguments that do not load, and a
+               job that blocked the worker's event loop past blocking_timeout (never retried).
 
 "Raised" means any BaseException: a job's own gevent.Timeout, GreenletExit, SystemExit or KeyboardInterrupt is
 the job's failure like any other error. Only the worker's own interruptions (the kill at stop) are not outcomes;
@@ -22,6 +23,7 @@ from exekutor.db.green import is_connection_lost
 from exekutor.error_records import error_record
 from exekutor.errors import (
     DiscardJob,
+    JobBlockedError,
     JobCancelled,
     JobTimeoutError,
     QueueTimeoutError,
@@ -132,6 +134,9 @@ def classify(definition, info, error, runtime, own_server=None):
         return Outcome(job_id, DISCARDED, runtime, record)
     if isinstance(error, (JobTimeoutError, QueueTimeoutError)):
         return Outcome(job_id, DISCARDED, runtime, record)
+    if isinstance(error, JobBlockedError):  # not retried: every run would block the worker's loop again
+        hooks.run_on("on_job_failure", info, error)
+        return Outcome(job_id, FAILED, runtime, record)
     if attempts < MAX_RELEASES and is_connection_lost(error, own_server):
         return Outcome(job_id, RELEASE, runtime, record, delay=RELEASE_DELAY)
     if not isinstance(error, (UnknownJobError, SerializationError)):

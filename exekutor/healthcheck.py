@@ -9,8 +9,9 @@
 
 A failing check answers 503 with `[Service unavailable] ...; Reason: ...`.
 
-- `/live`: the worker is started, its heartbeat is younger than `healthcheck_timeout`, its components are running,
-  and no greenlet has blocked the event loop for longer than `max_blocking_time` (right now).
+- `/live`: the worker is started, its heartbeat is younger than `healthcheck_timeout`, its components and its
+  liveness thread are running, and no greenlet has blocked the event loop for longer than `max_blocking_time` (right
+  now, as the worker's watchdog sees it: exekutor.worker.watchdog).
 - `/ready`: `/live`, and the database answers a query on the worker's pool within `DATABASE_TIMEOUT`, the listener
   is connected (when enabled), and no component has failed `Component.ERROR_THRESHOLD` times in a row.
 
@@ -36,8 +37,7 @@ from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from exekutor.config import redact_url
 from exekutor.errors import ConfigError
-from exekutor.eventloop import BlockMonitor, SingleFlight, call_in_hub
-from exekutor.log import job_name
+from exekutor.eventloop import SingleFlight, call_in_hub
 
 logger = logging.getLogger("exekutor")
 
@@ -57,8 +57,6 @@ class HealthcheckServer:
         self.host, self.port = host, port
         self.address = None  # (host, port) once listening
         self.heartbeat_timeout = worker.options["healthcheck_timeout"] * 60  # the option is in minutes
-        threshold = worker.options.get("max_blocking_time") or 0
-        self.monitor = BlockMonitor(threshold, self._describe, self._blocked) if threshold else None
         self._probe = SingleFlight(self._probe_database)
         self._worker_hub = None
         self._routes = {"/": self._root, "/ready": self._ready, "/live": self._live, "/threads": self._threads,
@@ -71,8 +69,6 @@ class HealthcheckServer:
         sock = _listen(self.host, self.port)
         self.address = sock.getsockname()[:2]
         self._worker_hub = gevent.get_hub()
-        if self.monitor is not None:
-            self.monitor.start()
         self._started = True
         _start_new_thread(self._serve, (sock,))
         logger.info("exekutor worker %s: health check server on http://%s:%d/ (/ready, /live, /threads%s)",
@@ -83,8 +79,6 @@ class HealthcheckServer:
         if not self._started or self._stopping:
             return
         self._stopping = True
-        if self.monitor is not None:
-            self.monitor.stop()
         with gevent.Timeout(5, False):
             while not self._done:
                 gevent.sleep(0.02)
@@ -167,10 +161,13 @@ class HealthcheckServer:
         age = time.time() - worker.heartbeat.last_beat
         if age > self.heartbeat_timeout:
             problems.append(f"last heartbeat {age:.0f}s ago (healthcheck_timeout: {self.heartbeat_timeout:g}s)")
-        if self.monitor is not None and self.monitor.blocked():
-            problems.append(f"event loop blocked for {self.monitor.blocked_for():.1f}s by {self.monitor.culprit}")
+        threshold, blocked = worker.watchdog.report_after, worker.watchdog.blocked_for()
+        if threshold and blocked >= threshold:
+            problems.append(f"event loop blocked for {blocked:.1f}s by {worker.watchdog.culprit()}")
         if worker.state == "started":
             problems += [f"{c.name} is not running" for c in worker.components() if c.greenlet and c.greenlet.dead]
+            if not worker.liveness.running:
+                problems.append("the liveness thread (heartbeat) is not running")
         return problems
 
     def ready_problems(self):
@@ -181,7 +178,7 @@ class HealthcheckServer:
         if listener is not None and not listener.connected:
             problems.append("listener is not connected")
         problems += [f"{c.name} failing ({c.consecutive_errors} errors in a row, last: {describe_error(c.last_error)})"
-                     for c in self.worker.components() if not c.healthy]
+                     for c in (*self.worker.components(), self.worker.heartbeat) if not c.healthy]
         try:
             problem = call_in_hub(self._worker_hub, lambda: self._probe(DATABASE_TIMEOUT), DATABASE_TIMEOUT + 1)
         except TimeoutError:
@@ -199,23 +196,6 @@ class HealthcheckServer:
             self.worker.metrics.component_error("healthcheck", error)
             return f"database unreachable ({describe_error(error)})"
         return None
-
-    # --- blocks of the worker's event loop --------------------------------------------------------------
-
-    def _describe(self, greenlet):
-        """Who blocks the loop (in the monitor thread, while the worker's thread is stuck in it)."""
-        for job_greenlet, info in list(self.worker.executor.running.values()):
-            if job_greenlet is greenlet:
-                return f"job {info['id']} ({job_name(info)})"
-        name = getattr(greenlet, "name", None)
-        return f"greenlet {name}" if name else "a greenlet outside any job"
-
-    def _blocked(self, seconds, culprit, stack):
-        logger.warning("exekutor worker %s: %s blocked the event loop for %.1fs (max_blocking_time: %gs): no other "
-                       "job, heartbeat or query ran meanwhile. Jobs must not call blocking code gevent cannot "
-                       "patch (the original time.sleep, C extensions doing their own IO, long CPU loops). "
-                       "Blocked at:\n%s", self.worker.id, culprit, seconds, self.monitor.threshold, stack.rstrip())
-        self.worker.metrics.event_loop_blocked(seconds)
 
 
 def connection_limit():

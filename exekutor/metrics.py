@@ -53,7 +53,7 @@ class Disabled:
     def component_error(self, component, error):
         pass
 
-    def event_loop_blocked(self, seconds):
+    def event_loop_blocked(self, seconds, job):
         pass
 
 
@@ -110,9 +110,11 @@ class Metrics:
         if isinstance(error, _DATABASE_ERRORS):
             self._m.database_errors.labels(component).inc()
 
-    def event_loop_blocked(self, seconds):
-        self._m.blocks.inc()
-        self._m.blocked_seconds.inc(seconds)
+    def event_loop_blocked(self, seconds, job):
+        """A block longer than max_blocking_time ended (called from the liveness thread); `job` is the job's name,
+        "-" for code outside any job."""
+        self._m.blocks.labels(job).inc()
+        self._m.blocked_seconds.labels(job).inc(seconds)
 
     @staticmethod
     def render():
@@ -197,10 +199,10 @@ def _create():
                        "backoff).", ["component"])
     m.database_errors = Counter("exekutor_database_errors", "Database errors of the worker's own queries "
                                 "(components, health check, metrics).", ["component"])
-    m.blocks = Counter("exekutor_event_loop_blocks", "Times a greenlet blocked the event loop for longer than "
-                       "max_blocking_time.")
+    m.blocks = Counter("exekutor_event_loop_blocks", "Times a job (by name; - for code outside any job) blocked "
+                       "the event loop for longer than max_blocking_time.", ["job"])
     m.blocked_seconds = Counter("exekutor_event_loop_blocked_seconds", "Seconds the event loop spent in blocks "
-                                "longer than max_blocking_time.")
+                                "longer than max_blocking_time, by the job that blocked it.", ["job"])
     m.collector = _WorkerCollector(m.database_errors, m.jobs)
     REGISTRY.register(m.collector)
     return m
@@ -219,7 +221,7 @@ _WORKER_VALUES = (
     lambda worker, now: worker.executor.stopped_unowned,
     lambda worker, now: worker.completer.fenced_off,
     lambda worker, now: worker.completer.refused,
-    lambda worker, now: worker.heartbeat.reconciled_jobs,
+    lambda worker, now: worker.reconciler.reconciled_jobs,
     lambda worker, now: worker.executor.adopted,
     lambda worker, now: worker.listener.malformed if worker.listener is not None else 0,
     lambda worker, now: worker.executor.cancelled,
@@ -227,6 +229,9 @@ _WORKER_VALUES = (
     lambda worker, now: worker.completer.statement_seconds,
     lambda worker, now: worker.provider.statements,
     lambda worker, now: worker.provider.statement_seconds,
+    lambda worker, now: worker.watchdog.interrupted,
+    lambda worker, now: worker.watchdog.given_up,
+    lambda worker, now: worker.heartbeat.rescue_limit_failed,
 )
 
 
@@ -297,6 +302,12 @@ class _WorkerCollector:
             CounterMetricFamily("exekutor_reservation_statement_seconds", "Seconds those statements took (divided by "
                                 "their number: the mean time of a reservation, which grows with the dead index "
                                 "entries VACUUM has not removed)."),
+            CounterMetricFamily("exekutor_jobs_interrupted_blocking", "Jobs the watchdog interrupted because they "
+                                "blocked the event loop past their execution_timeout or blocking_timeout."),
+            CounterMetricFamily("exekutor_jobs_blocking_given_up", "Blocks that an interruption did not end: the "
+                                "worker failed the job itself and stopped its heartbeat until the loop ran again."),
+            CounterMetricFamily("exekutor_jobs_failed_after_rescues", "Jobs this worker failed, instead of running "
+                                "them again, because their workers had been presumed dead max_job_rescues times."),
         ]
         if with_queues:
             families += [

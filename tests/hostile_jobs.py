@@ -204,3 +204,53 @@ def long(tag, seconds):
     gevent.sleep(seconds)
     _execute("UPDATE test_executions SET finished_at = clock_timestamp() WHERE tag = %s AND started_at = %s",
              (tag, started))
+
+
+def _blocking_sleep(seconds):
+    from gevent import monkey
+
+    monkey.get_original("time", "sleep")(seconds)
+
+
+def _run_recorded(tag, body):
+    """Record a run's start, run body(), record its end on the same execution row."""
+    (started,) = _execute("INSERT INTO test_executions (tag, pid) VALUES (%s, %s) RETURNING started_at",
+                          (tag, os.getpid()))
+    body()
+    _execute("UPDATE test_executions SET finished_at = clock_timestamp() WHERE tag = %s AND started_at = %s",
+             (tag, started))
+
+
+@exekutor.job(name="hostile.block")
+def block(tag, seconds):
+    """Blocks the whole event loop on every run (the original time.sleep, as a blocking C call would)."""
+    _run_recorded(tag, lambda: _blocking_sleep(seconds))
+
+
+@exekutor.job(name="hostile.block_stubborn")
+def block_stubborn(tag, seconds):
+    """Blocks the event loop for `seconds` whatever interrupts it: it catches everything and blocks on."""
+    import time
+
+    def body():
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                _blocking_sleep(max(0.0, deadline - time.monotonic()))
+            except BaseException:  # noqa: BLE001 - the point of this job
+                pass
+
+    _run_recorded(tag, body)
+
+
+@exekutor.job(name="hostile.spin")
+def spin(tag, seconds):
+    """CPU work in Python that never yields, for `seconds`."""
+    import time
+
+    def body():
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            sum(range(1000))
+
+    _run_recorded(tag, body)

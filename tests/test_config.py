@@ -28,6 +28,8 @@ DEFAULTS = {
     "healthcheck_host": "127.0.0.1",
     "healthcheck_timeout": 30,
     "max_blocking_time": 5,
+    "blocking_timeout": 120,
+    "max_job_rescues": 3,
     "metrics": None,
     "quiet": False,
     "log_level": "info",
@@ -39,8 +41,8 @@ DEFAULTS = {
     "delete_completed_jobs": False,
     "delete_failed_jobs": False,
     "delete_discarded_jobs": False,
-    "worker_timeout": 300,
-    "heartbeat_interval": 30,
+    "worker_timeout": 60,
+    "heartbeat_interval": 12,
     "identifier": None,
     "imports": [],
     "statement_timeout": 30,
@@ -648,10 +650,10 @@ def test_priority_cross_check_skips_unset():
 
 
 def test_heartbeat_cross_check():
-    message = error_of(config.configure, heartbeat_interval="150s")
-    assert message == ("heartbeat_interval (150, code) must be less than half of worker_timeout (300, default)")
-    config.configure(heartbeat_interval="149s")
-    assert config.get("heartbeat_interval") == 149
+    message = error_of(config.configure, heartbeat_interval="30s")
+    assert message == ("heartbeat_interval (30, code) must be less than half of worker_timeout (60, default)")
+    config.configure(heartbeat_interval="29s")
+    assert config.get("heartbeat_interval") == 29
 
 
 def test_validate_passes_on_defaults():
@@ -728,7 +730,7 @@ def test_worker_options():
         polling_interval="10s", polling_jitter=0.2, set_db_connection_name=True, wait_for_termination=True,
         healthcheck_port=9000, healthcheck_host="0.0.0.0", healthcheck_timeout="2h", worker_timeout="10m",
         heartbeat_interval=60, delete_completed_jobs=True, delete_failed_jobs=True, delete_discarded_jobs=True,
-        quiet=True, max_blocking_time="2s", metrics=False,
+        quiet=True, max_blocking_time="2s", metrics=False, blocking_timeout="10m", max_job_rescues=5,
     )
     assert config.worker_options() == {
         "identifier": "w1", "queues": ["mail"], "min_priority": 1, "max_priority": 100, "enable_listener": False,
@@ -737,7 +739,7 @@ def test_worker_options():
         "healthcheck_port": 9000, "healthcheck_host": "0.0.0.0", "healthcheck_timeout": 120,
         "worker_timeout": 600, "heartbeat_interval": 60, "delete_completed_jobs": True,
         "delete_failed_jobs": True, "delete_discarded_jobs": True, "quiet": True, "max_blocking_time": 2,
-        "metrics": False,
+        "metrics": False, "blocking_timeout": 600, "max_job_rescues": 5,
     }
 
 
@@ -749,7 +751,9 @@ def test_heartbeat_interval_follows_worker_timeout_unless_it_is_set():
     assert config.get("heartbeat_interval") == 2.0
     assert config.worker_options()["heartbeat_interval"] == 2.0
     config.reset()
-    assert config.get("heartbeat_interval") == 30.0  # worker_timeout 300: a fifth is 60, capped at 30
+    assert config.get("heartbeat_interval") == 12.0  # worker_timeout 60: a fifth
+    config.configure(worker_timeout=300)
+    assert config.get("heartbeat_interval") == 30.0  # a fifth is 60, capped at 30
     config.configure(heartbeat_interval=6)
     with pytest.raises(ConfigError, match="heartbeat_interval .* must be less than half"):
         config.configure(worker_timeout=10)

@@ -6,7 +6,7 @@ import signal
 import pytest
 
 import exekutor
-from exekutor.db.queries import RESCUE_ORPHANS
+from exekutor.worker.heartbeat import rescue_orphans
 from tests import health_jobs
 from tests.conftest import query, scalar, wait_for
 from tests.health_support import metric, metric_values, worker_starter
@@ -25,9 +25,10 @@ def test_the_rescue_statement_counts_the_jobs_of_the_workers_it_removes(db):
               "(VALUES ('e', %s::uuid), ('e', %s), ('e', %s), ('c', %s), ('e', %s)) AS v(status, worker)",
               (DEAD, DEAD, DEAD, DEAD, GONE))
 
-    dead, ownerless, _, released = query(db, RESCUE_ORPHANS, {"worker_timeout": 5, "worker_id": ME})[0]
+    with db.cursor() as cursor:
+        dead, ownerless, released, failed = rescue_orphans(cursor, ME, 5, 3)
 
-    assert (dead, ownerless, released) == (1, 1, 3)
+    assert (dead, ownerless, released, failed) == (1, 1, 3, 0)
     assert scalar(db, "SELECT count(*) FROM exekutor_jobs WHERE status = 'p'") == 4
 
 

@@ -151,10 +151,11 @@ DELETE_WORKER = "DELETE FROM exekutor_workers WHERE id = %s"
 # The trigger's releases are not in any RETURNING: `released` counts the dead workers' executing jobs in the
 # statement's snapshot, taken before the trigger ran, which is the set it releases (less a job that a worker
 # presumed dead but alive finished meanwhile, which its fenced completion wrote and the trigger then skips).
+#
+# It runs in one transaction after FAIL_OVER_RESCUED, which found (and locked) the dead workers: `dead` are those.
 RESCUE_ORPHANS = """
 WITH dead AS (
-    DELETE FROM exekutor_workers
-    WHERE last_heartbeat_at < now() - %(worker_timeout)s * interval '1 second' AND id <> %(worker_id)s
+    DELETE FROM exekutor_workers WHERE id = ANY(%(dead)s::uuid[])
     RETURNING id
 ), released AS (
     SELECT count(*) AS jobs FROM exekutor_jobs WHERE status = 'e' AND worker_id IN (SELECT id FROM dead)
@@ -170,6 +171,41 @@ SELECT (SELECT count(*) FROM dead), (SELECT count(*) FROM ownerless),
        (SELECT exekutor_notify_pending(array_agg(queue::text), array_agg(priority::integer), array_agg(scheduled_at))
         FROM ownerless),
        (SELECT jobs FROM released)
+"""
+
+# Before the rescue, in its transaction: the workers presumed dead (their heartbeat older than worker_timeout),
+# locked so that no late heartbeat revives one meanwhile, and their executing jobs. Each such job gets a WorkerLost
+# error record at the attempt it was running; one that now has max_rescues of them ends failed (it kills, freezes or
+# blocks every worker that runs it) instead of going back to pending. The update re-checks status and attempt on the
+# newest row version, so an outcome the presumed-dead worker wrote meanwhile stands. Returns the dead workers' ids
+# and how many jobs failed.
+FAIL_OVER_RESCUED = """
+WITH dead AS (
+    SELECT id FROM exekutor_workers
+    WHERE last_heartbeat_at < now() - %(worker_timeout)s * interval '1 second' AND id <> %(worker_id)s
+    FOR UPDATE SKIP LOCKED
+), lost AS (
+    SELECT j.id, j.attempts,
+           1 + (SELECT count(*) FROM exekutor_job_errors e
+                WHERE e.job_id = j.id AND e.error->>'type' = %(lost_type)s) AS rescues
+    FROM exekutor_jobs j WHERE j.status = 'e' AND j.worker_id IN (SELECT id FROM dead)
+), failed AS (
+    UPDATE exekutor_jobs j SET status = 'f', finished_at = now()
+    FROM lost l
+    WHERE j.id = l.id AND l.rescues >= %(max_rescues)s AND j.status = 'e' AND j.attempts = l.attempts
+    RETURNING j.id
+), recorded AS (
+    INSERT INTO exekutor_job_errors (job_id, attempt, error)
+    SELECT l.id, l.attempts, jsonb_build_object('type', %(lost_type)s, 'traceback', '', 'message', format(
+        'its worker was presumed dead while it ran this job (no heartbeat for %%ss: killed, stopped, cut off from '
+        'the database, or its event loop blocked): %%s of max_job_rescues (%%s); %%s',
+        %(worker_timeout)s, l.rescues, %(max_rescues)s,
+        CASE WHEN l.rescues >= %(max_rescues)s THEN 'the job ends failed instead of running again'
+             ELSE 'it runs again' END))
+    FROM lost l
+    RETURNING 1
+)
+SELECT ARRAY(SELECT id::text FROM dead), (SELECT count(*) FROM failed)::int
 """
 
 # The jobs this worker runs whose cancel an operator requested (the executing index: cheap).

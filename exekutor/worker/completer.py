@@ -34,7 +34,7 @@ class Completer(Component):
 
     def __init__(self, worker, json_dumps, delete_statuses):
         super().__init__(worker)
-        self._dumps = json_dumps
+        self.dumps = json_dumps
         self._delete_statuses = list(delete_statuses)
         self._pending = []
         self._wake = Event()
@@ -94,7 +94,7 @@ class Completer(Component):
     def _write(self, batch):
         with self.worker.db() as conn, conn.cursor() as cursor:
             codec = codec_for(conn.info.parameter_status("server_encoding"))
-            sql, params = completion(batch, self.worker.id, self._dumps, self._delete_statuses, codec)
+            sql, params = completion(batch, self.worker.id, self.dumps, self._delete_statuses, codec)
             started = time.monotonic()
             cursor.execute(sql, params)
             written = cursor.fetchone()[0]

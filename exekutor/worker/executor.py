@@ -7,12 +7,13 @@ for the next job. Whatever a job raises, its greenlet survives and its bookkeepi
 kill (at stop) ends a job without an outcome.
 """
 import logging
+import time
 
 import gevent
 from gevent.queue import Empty, Queue
 
-from exekutor.errors import JobCancelled, JobTimeoutError
-from exekutor.execution import DISCARDED, FAILED, Outcome, error_record, execute, run
+from exekutor.errors import JobBlockedError, JobCancelled, JobTimeoutError, LoopBlocked
+from exekutor.execution import DISCARDED, FAILED, Outcome, error_record, execute, find_definition, run
 from exekutor.log import job_swallowed_timeout
 
 logger = logging.getLogger("exekutor")
@@ -29,7 +30,7 @@ class Executor:
         self._idle = 0
         self._outstanding = 0  # reserved and not yet finished
         self.held = {}  # job id -> job info, from its reservation to its outcome: what this worker owns
-        self.running = {}  # job id -> (greenlet, job info)
+        self.running = {}  # job id -> (greenlet, job info, time.monotonic() at its start)
         self.adopted = 0  # reservations of a job this worker was still running (see submit)
         self.stopped_unowned = 0  # jobs stopped because this worker may have been presumed dead
         self.cancelled = 0  # jobs ended because an operator cancelled them
@@ -58,6 +59,8 @@ class Executor:
 
     def submit(self, info):
         held = self.held.get(info["id"])
+        if held is None and info["id"] in self.running:
+            held = self.running[info["id"]][1]  # stopped, but its greenlet has not ended yet: still one run
         if held is not None:
             # Reserved again while still running here: the job was released (this worker's row was deleted:
             # presumed dead) and nobody else took it. One run, not two: the running one carries on under the new
@@ -99,7 +102,7 @@ class Executor:
 
     def _run(self, info):
         current = gevent.getcurrent()
-        self.running[info["id"]] = (current, info)
+        self.running[info["id"]] = (current, info, time.monotonic())
         outcome = None
         try:
             if info.get("cancel") is None:  # not cancelled while it waited for a greenlet
@@ -164,29 +167,35 @@ class Executor:
 
     @staticmethod
     def _call_with_time_limit(definition, args, kwargs, info):
-        limit = (info.get("options") or {}).get("execution_timeout") or definition.options.get("execution_timeout")
-        if not limit:
-            return run(definition, args, kwargs, info)
-        timer = gevent.Timeout(limit)
-        timer.start()
+        # While "calling", the watchdog's interruption may land (only in the job's own code, not in the executor's
+        # bookkeeping around it).
+        info["calling"] = True
         try:
-            result = run(definition, args, kwargs, info)
-        except gevent.Timeout as timeout:
-            if timeout is not timer and timer.pending:
-                raise  # the job's own Timeout: its failure, under its retry rules
-            # Chained, so the recorded traceback shows where the job was interrupted.
-            raise _timed_out(limit, swallowed=timeout is not timer, info=info) from timeout
-        except BaseException as error:
-            if timer.pending:
-                raise
-            # The timer fired, the job caught it and raised something else while being interrupted.
-            raise _timed_out(limit, swallowed=True, info=info) from error
+            result = _call_with_timer(definition, args, kwargs, info)
+        except LoopBlocked as interruption:  # the watchdog's (see exekutor.worker.watchdog)
+            raise _blocked(info, swallowed=False) from interruption
         finally:
-            fired = not timer.pending
-            timer.close()
-        if fired:  # the job swallowed the interruption (a bare `except:`) and returned
-            raise _timed_out(limit, swallowed=True, info=info)
+            info["calling"] = False
+        if info.get("blocked") is not None:  # interrupted by the watchdog, the job caught it and returned
+            raise _blocked(info, swallowed=True)
         return result
+
+    def running_now(self):
+        """(greenlet, info, started) of the job running in the worker's thread right now, asked from another thread
+        (the watchdog): the one running job greenlet without a suspended frame. None when no job runs."""
+        for _ in range(3):
+            try:
+                entries = list(self.running.values())
+                break
+            except RuntimeError:  # the dict changed while it was copied
+                continue
+        else:
+            return None
+        for entry in entries:
+            greenlet = entry[0]
+            if greenlet.gr_frame is None and not greenlet.dead:
+                return entry
+        return None
 
     # --- shutdown -------------------------------------------------------------------------------------
 
@@ -200,7 +209,7 @@ class Executor:
 
     def kill_jobs(self, timeout=5):
         """Interrupt running jobs; they end without an outcome and are released with the worker row."""
-        greenlets = [greenlet for greenlet, _ in list(self.running.values())]
+        greenlets = [entry[0] for entry in list(self.running.values())]
         self._killing.update(greenlets)
         gevent.killall(greenlets, block=True, timeout=timeout)
 
@@ -213,7 +222,7 @@ class Executor:
             info = self._queue.get_nowait()
             self.held.pop(info["id"], None)
             self._outstanding -= 1
-        greenlets = [greenlet for greenlet, _ in list(self.running.values())]
+        greenlets = [entry[0] for entry in list(self.running.values())]
         self._killing.update(greenlets)
         in_hub = gevent.getcurrent() is gevent.get_hub()
         for greenlet in greenlets:
@@ -226,6 +235,57 @@ class Executor:
 
     def stop(self):
         gevent.killall(list(self._greenlets), block=False)
+
+
+def execution_timeout_of(info, definition=None):
+    """The job's execution_timeout in seconds (its enqueue options, else its definition's), or None."""
+    limit = (info.get("options") or {}).get("execution_timeout")
+    if limit:
+        return limit
+    if definition is None:
+        try:
+            definition = find_definition(info)
+        except Exception:  # noqa: BLE001 - an unknown job: it has none we know of
+            return None
+    return definition.options.get("execution_timeout")
+
+
+def _call_with_timer(definition, args, kwargs, info):
+    limit = execution_timeout_of(info, definition)
+    if not limit:
+        return run(definition, args, kwargs, info)
+    timer = gevent.Timeout(limit)
+    timer.start()
+    try:
+        result = run(definition, args, kwargs, info)
+    except gevent.Timeout as timeout:
+        if timeout is not timer and timer.pending:
+            raise  # the job's own Timeout: its failure, under its retry rules
+        # Chained, so the recorded traceback shows where the job was interrupted.
+        raise _timed_out(limit, swallowed=timeout is not timer, info=info) from timeout
+    except BaseException as error:
+        if timer.pending:
+            raise
+        # The timer fired, the job caught it and raised something else while being interrupted.
+        raise _timed_out(limit, swallowed=True, info=info) from error
+    finally:
+        fired = not timer.pending
+        timer.close()
+    if fired:  # the job swallowed the interruption (a bare `except:`) and returned
+        raise _timed_out(limit, swallowed=True, info=info)
+    return result
+
+
+def _blocked(info, swallowed):
+    """The error of a job the watchdog interrupted for blocking the event loop."""
+    limit_name, limit, seconds = info["blocked"]
+    caught = " (the job caught the interruption)" if swallowed else ""
+    if limit_name == "execution_timeout":
+        return JobTimeoutError(f"job exceeded its execution_timeout of {limit:g}s while blocking the event loop "
+                               f"({seconds:.1f}s without yielding); interrupted{caught}")
+    return JobBlockedError(f"job blocked the worker's event loop for {seconds:.1f}s without yielding, longer than "
+                           f"blocking_timeout ({limit:g}s), and was interrupted{caught}: run CPU-bound or blocking "
+                           "code in a thread pool or a process (see docs/reliability.md)")
 
 
 def _timed_out(limit, swallowed, info):

@@ -1,17 +1,23 @@
-"""The heartbeat: keeps this worker's row fresh on its own schedule, rescues orphaned jobs, reconciles its own.
+"""The heartbeat: keeps this worker's row fresh and rescues the jobs of dead workers, from the liveness thread.
 
-Every heartbeat_interval, until the worker's row is deleted at the very end of its stop, it:
+It runs on the worker's liveness thread (exekutor.worker.liveness) with a connection pool of its own, so a job
+that blocks the worker's event loop does not stop it: a blocked loop is not a dead worker. Every
+heartbeat_interval, until the worker's row is deleted at the very end of its stop, it:
 
-- updates last_heartbeat_at. If the row is gone, another worker presumed this one dead and its jobs were released
-  (they may run elsewhere): it says so (log, `exekutor_worker_presumed_dead` metric), stops the jobs it still runs,
-  without an outcome, and registers again (unless it is stopping);
+- updates last_heartbeat_at. If the row is gone, another worker presumed this one dead (the process was stopped,
+  or cut off from the database, for worker_timeout) and released its jobs, which may run elsewhere: it sets `lost`
+  (the ownership guard then stops every job before it runs another line), says so (log,
+  `exekutor_worker_presumed_dead` metric) and has the worker's hub register again (unless it is stopping);
 - deletes the rows of workers whose heartbeat is older than worker_timeout (the trigger on that delete puts their
-  executing jobs back to pending; the log line and `exekutor_rescued_jobs` count them with the ownerless jobs
-  it releases), but only once its own heartbeats have gone through without a gap for
+  executing jobs back to pending), but only once its own heartbeats have gone through without a gap for
   worker_timeout: after an outage every worker reconnects at its own pace, and the first one back must not take
-  the others, whose heartbeats are still in backoff, for dead;
-- releases the jobs the database says it owns but it does not hold (a reservation whose reply never arrived),
-  while no reservation of its own is in flight.
+  the others, whose heartbeats are still in backoff, for dead. Each job taken from a dead worker gets a
+  `WorkerLost` error record; a job that has made `max_job_rescues` workers look dead ends failed instead of being
+  handed on again (a job that kills or freezes every worker that runs it);
+- stops beating while the watchdog says the worker's loop is wedged for good (`paused`): then other workers rescue
+  the jobs it can no longer run.
+
+Only `beat` decides the worker still owns its jobs: `last_success` moves only when the row was found.
 """
 import logging
 import random
@@ -19,103 +25,163 @@ import time
 
 import gevent
 
-from exekutor.db.arrays import array
-from exekutor.db.queries import HEARTBEAT, OWNED_JOBS, RELEASE_UNHELD, RESCUE_ORPHANS
-from exekutor.worker.component import Component
+from exekutor import hooks
+from exekutor.db.pool import ConnectionPool
+from exekutor.db.queries import FAIL_OVER_RESCUED, HEARTBEAT, RESCUE_ORPHANS
+from exekutor.error_records import type_name
+from exekutor.errors import WorkerLost
+from exekutor.worker.component import Backoff, Component
 
 logger = logging.getLogger("exekutor")
 
+WORKER_LOST = type_name(WorkerLost)
 
-class Heartbeat(Component):
+
+class Heartbeat:
     name = "heartbeat"
+    ERROR_THRESHOLD = Component.ERROR_THRESHOLD
 
-    def __init__(self, worker, interval, worker_timeout):
-        super().__init__(worker)
+    def __init__(self, worker, interval, worker_timeout, max_rescues):
+        self.worker = worker
         self.interval = interval
         self.worker_timeout = worker_timeout
+        self.max_rescues = max_rescues
+        self.pool = None  # the liveness thread's own connections, opened in start()
         self.last_beat = time.time()  # registration counts as the first beat
-        # time.monotonic() when the last heartbeat that went through was sent, and when the current run of
+        # time.monotonic() when the last heartbeat that found the row was sent, and when the current run of
         # heartbeats without a gap began.
         self.last_success = self.healthy_since = time.monotonic()
         self.gap = 2 * interval + 1.0
+        self.lost = False  # the row was found deleted: the worker's jobs must stop until it registers again
+        self.paused = None  # why the watchdog stopped the heartbeat (the worker's loop is wedged), or None
+        self._rejoining = False
         self.rescued_workers = 0
         self.rescued_jobs = 0
+        self.rescue_limit_failed = 0  # jobs failed because they had made max_job_rescues workers look dead
         self.presumed_dead = 0
-        self.reconciled_jobs = 0
+        self.consecutive_errors = 0
+        self.last_error = None
+        self._backoff = Backoff()
+
+    @property
+    def healthy(self):
+        return self.consecutive_errors < self.ERROR_THRESHOLD
+
+    def open(self):
+        self.pool = ConnectionPool(2, application_name=self.worker.connection_name("heartbeat"), autocommit=True)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.close()
+
+    # --- the loop (in the liveness thread) ----------------------------------------------------------------
 
     def run(self):
-        # Beats while the worker stops too (its jobs may run for a long wait_for_termination): the worker kills
-        # this greenlet right before it deletes its row.
         while True:
-            self.beat()
-            self.rescue()
-            self.reconcile()
-            self.succeeded()
-            # Jitter keeps workers started together from beating together.
-            gevent.sleep(self.interval * (0.9 + 0.2 * random.random()))
+            try:
+                if self.paused is None:
+                    self.beat()
+                    self.rescue()
+                self._succeeded()
+                # Jitter keeps workers started together from beating together.
+                delay = self.interval * (0.9 + 0.2 * random.random())
+            except Exception as error:  # noqa: BLE001 - the heartbeat never dies of an error
+                delay = self._failed(error)
+            gevent.sleep(delay)
+
+    def _succeeded(self):
+        if self.consecutive_errors:
+            logger.info("exekutor heartbeat recovered after %d error(s)", self.consecutive_errors)
+        self.consecutive_errors = 0
+        self.last_error = None
+        self._backoff.reset()
+
+    def _failed(self, error):
+        self.consecutive_errors += 1
+        self.last_error = error
+        delay = min(self._backoff.next(), self.interval)
+        logger.error("exekutor heartbeat error (%d in a row, retrying in %.1fs): %s: %s", self.consecutive_errors,
+                     delay, type(error).__name__, str(error).strip())
+        self.worker.metrics.component_error(self.name, error)
+        self.worker.in_hub(hooks.run_on, "on_fatal_error", error)
+        return delay
+
+    # --- beat -------------------------------------------------------------------------------------------
 
     def beat(self):
         sent = time.monotonic()
-        with self.worker.db() as conn, conn.cursor() as cursor:
+        with self.worker.db(self.pool) as conn, conn.cursor() as cursor:
             cursor.execute(HEARTBEAT, (self.worker.id,))
             alive = cursor.fetchone() is not None
         if not alive:
             self._presumed_dead()
-        if not alive or sent - self.last_success > self.gap:
+            return
+        if sent - self.last_success > self.gap:
             self.healthy_since = sent
         self.last_success = sent
         self.last_beat = time.time()
-        self.worker.ownership_confirmed()
+        if not self.lost:
+            self.worker.ownership_confirmed()
 
     def _presumed_dead(self):
+        if self.lost:
+            return  # the hub is registering again
+        self.lost = True  # the ownership guard stops every job at the hub's next turn, before any of them resumes
+        self.healthy_since = time.monotonic()
         self.presumed_dead += 1
-        stopped = self.worker.executor.stop_unowned()
+        self.worker.in_hub(self._rejoin)
+
+    def _rejoin(self):
+        """In the worker's hub: stop what the worker ran (the guard may have done it already), then register."""
+        stopped = self.worker.ownership.trip()
         logger.warning("exekutor worker %s: its row was deleted: another worker presumed it dead (no heartbeat "
                        "for worker_timeout, %gs) and released its jobs; stopped %d job(s) it still ran (they run "
                        "again)%s", self.worker.id, self.worker_timeout, stopped,
                        "" if self.worker.stopping else "; registering again")
-        if not self.worker.stopping:
-            self.worker.register()
+        gevent.spawn(self._register_again)
+
+    def _register_again(self):
+        try:
+            if not self.worker.stopping:
+                self.worker.register()
+        except Exception as error:  # noqa: BLE001 - the next beat finds no row and tries again
+            logger.error("exekutor worker %s: could not register again: %s", self.worker.id, error)
+        finally:
+            self.lost = False
+
+    # --- rescue -----------------------------------------------------------------------------------------
 
     def rescue(self):
         if time.monotonic() - self.healthy_since < self.worker_timeout:
             return  # not yet beating steadily for worker_timeout: others may just be reconnecting, as we were
-        with self.worker.db() as conn, conn.cursor() as cursor:
-            cursor.execute(RESCUE_ORPHANS, {"worker_timeout": self.worker_timeout, "worker_id": self.worker.id})
-            dead, ownerless, _, released = cursor.fetchone()
+        with self.worker.db(self.pool) as conn, conn.cursor() as cursor:
+            dead, ownerless, released, failed = rescue_orphans(cursor, self.worker.id, self.worker_timeout,
+                                                               self.max_rescues)
         if dead or ownerless:
             self.rescued_workers += dead
             self.rescued_jobs += released + ownerless
+            self.rescue_limit_failed += failed
             logger.warning("exekutor worker %s: removed %d dead worker(s) (no heartbeat for %gs), whose %d "
                            "executing job(s) went back to pending to run again, and released %d ownerless job(s)",
                            self.worker.id, dead, self.worker_timeout, released, ownerless)
+        if failed:
+            logger.error("exekutor worker %s: %d job(s) of the dead worker(s) ended failed instead: each had been "
+                         "running on a worker presumed dead %d times (max_job_rescues); such a job kills, freezes or "
+                         "blocks every worker that runs it", self.worker.id, failed, self.max_rescues)
 
-    def reconcile(self):
-        """Release jobs owned by this worker in the database that it does not hold."""
-        lock = self.worker.provider.reservation_lock
-        if not lock.acquire(timeout=1.0):
-            return  # a reservation is taking long (a lock on the table): next time
-        try:
-            released = self._release_unheld()
-        finally:
-            lock.release()
-        if released:
-            self.reconciled_jobs += released
-            logger.warning("exekutor worker %s: released %d job(s) it owned in the database but was not running "
-                           "(a reservation whose reply was lost, or jobs it stopped)", self.worker.id, released)
 
-    def _release_unheld(self):
-        executor, completer = self.worker.executor, self.worker.completer
-        with self.worker.db() as conn, conn.cursor() as cursor:
-            cursor.execute(OWNED_JOBS, (self.worker.id,))
-            rows = cursor.fetchall()
-            # Read after the query: an outcome written meanwhile is fenced in RELEASE_UNHELD by status and attempt.
-            unwritten = completer.job_ids()
-            stray = [(job_id, str(attempts)) for job_id, attempts in rows
-                     if job_id not in executor.held and job_id not in unwritten]
-            if not stray:
-                return 0
-            ids, attempts = zip(*stray)
-            cursor.execute(RELEASE_UNHELD, {"ids": array(ids), "attempts": array(attempts),
-                                            "worker_id": self.worker.id})
-            return cursor.fetchone()[0]
+def rescue_orphans(cursor, worker_id, worker_timeout, max_rescues):
+    """Remove the workers presumed dead and release their jobs, and the ownerless ones (on an autocommit
+    connection's cursor). Returns (dead workers, ownerless jobs released, the dead workers' jobs released, jobs
+    failed at max_rescues)."""
+    params = {"worker_timeout": worker_timeout, "worker_id": worker_id, "max_rescues": max_rescues,
+              "lost_type": WORKER_LOST}
+    # One transaction: the dead workers' rows stay locked (no late heartbeat can revive them) while their jobs are
+    # recorded, and failed at the limit, before the delete releases the others.
+    cursor.execute("BEGIN")
+    cursor.execute(FAIL_OVER_RESCUED, params)
+    dead_ids, failed = cursor.fetchone()
+    cursor.execute(RESCUE_ORPHANS, dict(params, dead=dead_ids))
+    dead, ownerless, _, released = cursor.fetchone()
+    cursor.execute("COMMIT")
+    return dead, ownerless, released, failed

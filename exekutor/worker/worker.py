@@ -26,14 +26,18 @@ from exekutor.worker.completer import Completer
 from exekutor.worker.executor import Executor
 from exekutor.worker.heartbeat import Heartbeat
 from exekutor.worker.listener import Listener
+from exekutor.worker.liveness import LivenessThread
 from exekutor.worker.ownership import OwnershipGuard
 from exekutor.worker.provider import Provider
+from exekutor.worker.reconciler import Reconciler
 from exekutor.worker.scheduler import Scheduler
+from exekutor.worker.watchdog import Watchdog
 
 logger = logging.getLogger("exekutor")
 
-# The worker's own connections: reservation, completion and heartbeat share this pool; the listener has
-# one more. The total stays at POOL_SIZE + 1 whatever the number of greenlets.
+# The worker's own connections: reservation, completion and reconciliation share this pool; the listener has
+# one more, and the liveness thread (heartbeat and watchdog) one or two of its own. The total stays at most
+# POOL_SIZE + 3 whatever the number of greenlets.
 POOL_SIZE = 3
 SHUTDOWN_WRITE_TIMEOUT = 30.0
 _DELETE_STATUS = {"delete_completed_jobs": COMPLETED, "delete_failed_jobs": FAILED,
@@ -72,6 +76,7 @@ class Worker:
         self.statement_timeout = config.get("statement_timeout")
         self.state = "new"
         self.pool = None
+        self._hub = None  # the hub of the thread the worker runs in
         self.database_server = None  # (host, port, database): a job's lost connection to it releases the job
         self._registered = False
         self._stopped = Event()
@@ -85,8 +90,14 @@ class Worker:
         delete = [status for key, status in _DELETE_STATUS.items() if settings[key]]
         self.completer = Completer(self, backend.dumps, delete)
         self.executor.unwritten = self.completer.pending_count
-        self.heartbeat = Heartbeat(self, settings["heartbeat_interval"], settings["worker_timeout"])
+        # What must go on while a job blocks the event loop runs on the liveness thread: the heartbeat and the
+        # watchdog that notices the block (see exekutor.worker.liveness).
+        self.heartbeat = Heartbeat(self, settings["heartbeat_interval"], settings["worker_timeout"],
+                                   settings["max_job_rescues"])
+        self.watchdog = Watchdog(self, settings["blocking_timeout"], settings["max_blocking_time"])
+        self.liveness = LivenessThread(self.heartbeat.run, self.watchdog.run)
         self.ownership = OwnershipGuard(self, self.heartbeat, settings["worker_timeout"])
+        self.reconciler = Reconciler(self, settings["heartbeat_interval"])
         self.cancellation = Cancellation(self, self.executor)
         self.listener = Listener(self, self.provider) if settings["enable_listener"] else None
         # Read from the configuration (not a Worker keyword: Worker takes the original's options).
@@ -108,6 +119,11 @@ class Worker:
     def ownership_confirmed(self):
         self.ownership.confirmed()
 
+    def in_hub(self, fn, *args):
+        """Run fn(*args) in the worker's hub at its next turn; callable from any thread (the liveness thread)."""
+        if self._hub is not None:
+            self._hub.loop.run_callback_threadsafe(fn, *args)
+
     def stopped_or_killed(self):
         return self.state in ("stopped", "killed")
 
@@ -127,15 +143,16 @@ class Worker:
         return f"exekutor {self.identifier or self.id[:8]} {component}"
 
     @contextmanager
-    def db(self):
-        """A pooled connection for the worker's own queries, limited to statement_timeout. Client-side, so it
-        also works behind PgBouncer; a query cut off this way loses its connection (the pool closes it)."""
+    def db(self, pool=None):
+        """A pooled connection (of the worker's pool, or `pool`) for the worker's own queries, limited to
+        statement_timeout. Client-side, so it also works behind PgBouncer; a query cut off this way loses its
+        connection (the pool closes it)."""
         limit = self.statement_timeout
         timer = gevent.Timeout(limit) if limit else None
         if timer is not None:
             timer.start()
         try:
-            with self.pool.connection() as conn:
+            with (pool or self.pool).connection() as conn:
                 yield conn
         except gevent.Timeout as timeout:
             if timeout is not timer:
@@ -146,7 +163,7 @@ class Worker:
                 timer.close()
 
     def components(self):
-        return [c for c in (self.provider, self.completer, self.heartbeat, self.cancellation, self.listener,
+        return [c for c in (self.provider, self.completer, self.reconciler, self.cancellation, self.listener,
                             self.scheduler) if c is not None]
 
     # --- start ------------------------------------------------------------------------------------------
@@ -159,13 +176,17 @@ class Worker:
         log.use_logger(config.get("logger"))
         log.apply_quiet(self.options["quiet"])
         hooks.run_before("before_startup", self)
+        self._hub = gevent.get_hub()
         self.pool = ConnectionPool(POOL_SIZE, application_name=self.connection_name("worker"), autocommit=True)
         self._check_schema()
         self.register(status="i")
+        self.heartbeat.open()
+        self.ownership.start()
+        self.watchdog.install()
+        self.liveness.start()
         self.executor.start()
         for component in self.components():
             component.start()
-        self.ownership.start()
         self._start_healthcheck()
         self.state = "started"
         self._set_status("r")
@@ -319,17 +340,18 @@ class Worker:
                          "jobs will run again", self.id, self.completer.pending_count())
 
     def _shutdown_components(self):
-        """Everything but the heartbeat, which keeps the row fresh until _delete_row."""
+        """Everything but the liveness thread, whose heartbeat keeps the row fresh until _delete_row."""
         for component in self.components():
-            if component is not self.heartbeat:
-                component.kill(block=True, timeout=5)
+            component.kill(block=True, timeout=5)
         self.executor.stop()
         if self.healthcheck is not None:
             self.healthcheck.stop()
 
     def _delete_row(self, timeout=SHUTDOWN_WRITE_TIMEOUT):
         """Deleting the row releases any job of ours still executing (killed ones) back to pending."""
-        self.heartbeat.kill(block=True, timeout=5)
+        self.liveness.stop()
+        self.heartbeat.close()
+        self.watchdog.uninstall()
         self.ownership.stop()
         if not self._registered:  # it never got a row (it could not start)
             return
