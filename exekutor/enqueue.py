@@ -40,7 +40,8 @@ ON CONFLICT (unique_key) WHERE {_HOLDS_KEY} DO NOTHING
 RETURNING id::text
 """
 KEY_HOLDERS = f"SELECT unique_key, id::text FROM exekutor_jobs WHERE unique_key = ANY(%s) AND {_HOLDS_KEY}"
-# Rounds of insert-then-look-up: a holder may finish (or start) between the two statements, freeing its key.
+# Rounds of insert-then-look-up: a holder may finish (or start, or be cancelled) between the two statements,
+# freeing its key.
 UNIQUE_ROUNDS = 5
 
 _JOB_STATUS = {"p": "pending", "e": "executing", "c": "completed", "f": "failed", "d": "discarded"}

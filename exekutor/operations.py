@@ -15,7 +15,8 @@ starts after it, so page 1,000 costs what page 1 does. The order depends on the 
 Retry puts failed or discarded jobs back to pending with the same id: their error records stay, their attempts
 count on, and they get a fresh retry budget (the attempt they had reached is kept in their options as
 `retry_base`; the worker counts a Retry policy's attempts from there). A retry is an enqueue again: enqueued_at is
-reset, so queue_timeout counts from it.
+reset, so queue_timeout counts from it. A unique job takes its key back if it is free; it never waits long for an
+application's transaction that is enqueueing the same key (see `retry`).
 
 Cancel records the request in the row (`cancel_requested_at`). A pending job ends at once (a trigger discards it
 with a JobCancelled record); an executing one is announced to its worker on the `exekutor::job_cancelled`
@@ -27,6 +28,8 @@ import datetime as dt
 import json
 import uuid
 from dataclasses import dataclass
+
+import psycopg2.errors
 
 from exekutor.db.queries import CANCEL_CHANNEL
 from exekutor.jobs import check_job_name, check_queue
@@ -211,6 +214,7 @@ WITH picked AS (
 ), retried AS (
     UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL, started_at = NULL, finished_at = NULL,
         runtime = NULL, cancel_requested_at = NULL, enqueued_at = now(),
+        unique_key = CASE WHEN %(keep_keys)s THEN j.unique_key END,
         scheduled_at = coalesce(%(at)s::timestamptz, now()),
         options = coalesce(j.options, '{{}}'::jsonb) || jsonb_build_object('retry_base', j.attempts)
     FROM picked WHERE j.id = picked.id AND j.status IN ('f', 'd')
@@ -222,14 +226,22 @@ SELECT coalesce(array_agg(id::text), '{{}}'),
        exekutor_notify_pending(array_agg(queue::text), array_agg(priority::integer), array_agg(scheduled_at))
 FROM retried
 """
+# How long a retry may wait for a lock before its batch goes back without unique keys (see retry()): the wait is
+# for an application's transaction that enqueues one of the keys, or, rarely, for another operator's action on the
+# counter row (then keys are given up that need not have been; the jobs still go back).
+RETRY_LOCK_TIMEOUT = "1s"
+_UNIQUE_KEY_CONFLICTS = (psycopg2.errors.LockNotAvailable, psycopg2.errors.UniqueViolation)
 
 # FOR UPDATE without SKIP LOCKED: a job its worker is completing right now is waited for, not skipped (its
 # outcome then decides: finished jobs keep it, a job sent back to pending is discarded by the trigger).
+# A running job gives up its unique key at once (it never runs again), so the key can be enqueued while its
+# worker interrupts it; a pending one leaves the unique index as the trigger discards it.
 _CANCEL = """
 WITH picked AS (
     SELECT id FROM exekutor_jobs WHERE {condition} ORDER BY id LIMIT %(batch)s FOR UPDATE
 ), cancelled AS (
-    UPDATE exekutor_jobs j SET cancel_requested_at = now()
+    UPDATE exekutor_jobs j SET cancel_requested_at = now(),
+        unique_key = CASE WHEN j.status = 'e' THEN NULL ELSE j.unique_key END
     FROM picked WHERE j.id = picked.id AND j.status IN ('p', 'e') AND j.cancel_requested_at IS NULL
     RETURNING j.id, j.status, j.worker_id
 ), counted AS (
@@ -260,13 +272,18 @@ class CancelResult:
 
 
 def retry(conn, job_ids=None, job_filter=None, at=None):
-    """Put failed and discarded jobs (by id, or all that match a filter) back to pending, at once or at `at`."""
+    """Put failed and discarded jobs (by id, or all that match a filter) back to pending, at once or at `at`.
+
+    A unique job goes back with its key if no other job holds it (a trigger drops it otherwise). Taking the key
+    back waits for an application's transaction that is enqueueing the same key right now, and fails if that one
+    commits: then, or after RETRY_LOCK_TIMEOUT, the batch goes back without its keys instead."""
     if at is not None and (not isinstance(at, dt.datetime) or at.tzinfo is None):
         raise OperationError(f"invalid retry time {at!r}: expected a timezone-aware datetime")
     retried = []
     for statement, params in _action_batches(_RETRY, _RETRY_SCOPE, job_ids, job_filter):
         params["at"] = at
-        ids, _ = _run_action(conn, statement, params)
+        row = _run_with_lock_timeout(conn, statement, {**params, "keep_keys": True})
+        ids, _ = row or _run_action(conn, statement, {**params, "keep_keys": False})
         retried += ids
         if len(ids) < ACTION_BATCH or job_ids is not None:
             break
@@ -303,6 +320,39 @@ def _run_action(conn, statement, params):
     with conn.cursor() as cursor:
         cursor.execute(statement, params)
         return cursor.fetchone()
+
+
+def _run_with_lock_timeout(conn, statement, params):
+    """The statement's row, or None (and nothing done) when it waited longer than RETRY_LOCK_TIMEOUT for a lock or
+    met a unique violation. In the caller's transaction (a connection not in autocommit) only the statement is
+    undone, and the caller's lock_timeout is kept."""
+    inside = not conn.autocommit
+    undo = "ROLLBACK TO SAVEPOINT exekutor_retry" if inside else "ROLLBACK"
+    with conn.cursor() as cursor:
+        cursor.execute("SAVEPOINT exekutor_retry" if inside else "BEGIN")
+        try:
+            cursor.execute("SELECT current_setting('lock_timeout')")
+            previous = cursor.fetchone()[0]
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", (RETRY_LOCK_TIMEOUT,))
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+            if inside:
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
+        except _UNIQUE_KEY_CONFLICTS:
+            cursor.execute(undo)
+            return None
+        except BaseException:
+            _quietly(cursor, undo)  # leave the connection usable (or the caller's transaction as it was)
+            raise
+        cursor.execute("RELEASE SAVEPOINT exekutor_retry" if inside else "COMMIT")
+        return row
+
+
+def _quietly(cursor, sql):
+    try:
+        cursor.execute(sql)
+    except psycopg2.Error:
+        pass  # the connection itself is gone: the error being raised says why
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------

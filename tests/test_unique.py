@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import psycopg2
@@ -13,7 +14,9 @@ from hypothesis import strategies as st
 
 import exekutor
 from exekutor import operations
-from tests import jobs_app
+from exekutor.db import migrations
+from exekutor.enqueue import KEY_HOLDERS
+from tests import jobs_app, unique_app
 from tests.conftest import ROOT, query, scalar, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -100,9 +103,9 @@ def test_unique_until_finished_holds_the_key_while_the_job_runs(start_worker, ex
     assert not jobs_app.unique_record.perform_later("run", sleep=2).duplicate  # finished: the key is free
 
 
-def test_a_job_sent_back_to_pending_gives_up_a_key_taken_meanwhile(db):
-    """unique_until="started": A runs, B takes the key; A's retry (or its worker's death) sends A back to pending:
-    A gives up the key instead of failing the statement, and both still run."""
+def test_a_started_job_sent_back_to_pending_never_takes_its_key_back(db):
+    """unique_until="started": A gave its key up when it started. Its retry (or its worker's death) sends it back
+    to pending without the key, whether B took the key meanwhile or not: B keeps it; with no B it stays free."""
     a = jobs_app.unique_until_started.perform_later("shared")
     query(db, "UPDATE exekutor_jobs SET status = 'e', attempts = 1 WHERE id = %s", (a.id,))
     b = jobs_app.unique_until_started.perform_later("shared")
@@ -110,6 +113,10 @@ def test_a_job_sent_back_to_pending_gives_up_a_key_taken_meanwhile(db):
     query(db, "UPDATE exekutor_jobs SET status = 'p', worker_id = NULL WHERE id = %s", (a.id,))  # a retry outcome
     keys = dict(query(db, "SELECT id::text, unique_key FROM exekutor_jobs"))
     assert keys == {a.id: None, b.id: b.unique_key}
+    alone = jobs_app.unique_until_started.perform_later("alone")
+    query(db, "UPDATE exekutor_jobs SET status = 'e', attempts = 1 WHERE id = %s", (alone.id,))
+    query(db, "UPDATE exekutor_jobs SET status = 'p', worker_id = NULL WHERE id = %s", (alone.id,))
+    assert not jobs_app.unique_until_started.perform_later("alone").duplicate
     # unique_until="finished": nobody can take the key while A runs, so A keeps it when sent back.
     c = jobs_app.unique_record.perform_later("kept")
     query(db, "UPDATE exekutor_jobs SET status = 'e', attempts = 1 WHERE id = %s", (c.id,))
@@ -166,3 +173,109 @@ def test_any_key_text_is_refused_or_enforced(database_url, key):
         conn.autocommit = True
         assert rows_with_key(conn, key) == 1
         query(conn, "DELETE FROM exekutor_jobs WHERE unique_key = %s", (key,))
+
+
+def executed(conn):
+    return {row[0] for row in query(conn, "SELECT tag FROM test_executions")}
+
+
+def test_a_retry_never_waits_for_an_uncommitted_insert_of_its_key(start_worker, executions, database_url):
+    """unique_until="started": while A runs, an application's transaction inserts a job with A's key and stays open.
+    A's run fails and asks for a retry: the completion must not wait on that transaction (the worker's other jobs
+    complete meanwhile), A keeps its real error record, and runs again without the key; the other job, once
+    committed, holds the key and runs too."""
+    start_worker("--threads", "4", "--poll-interval", "1", apps=("tests.jobs_app", "tests.unique_app"))
+    first = unique_app.gated_flaky.set(unique_key="contested", unique_until="started").perform_later("first")
+    wait_for(lambda: first.fetch()["status"] == "executing", 20, message="the first job to start")
+    application = psycopg2.connect(database_url)
+    try:
+        second = jobs_app.record.set(unique_key="contested", unique_until="started",
+                                     connection=application).perform_later("second")
+        assert not second.duplicate  # the first gave up the key when it started
+        query(executions, "INSERT INTO test_counters VALUES ('gate:first', 1)")  # its run fails now
+        bystanders = [jobs_app.record.perform_later(f"bystander {i}") for i in range(5)]
+        wait_for(lambda: first.fetch()["status"] == "completed", 15, message="the first job's retry to complete")
+        wait_for(lambda: all(job.fetch()["status"] == "completed" for job in bystanders), 15,
+                 message="the other jobs to complete")
+        assert [(e["attempt"], e["message"]) for e in first.errors()] == [(1, "flaky failure 1 of 1")]
+        assert application.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+        application.commit()
+    finally:
+        application.close()
+    wait_for(lambda: second.fetch()["status"] == "completed", 20, message="the second job to complete")
+    assert {"first", "second"} <= executed(executions)
+    assert query(executions, KEY_HOLDERS, (["contested"],)) == []  # both done
+    assert scalar(executions, "SELECT unique_key FROM exekutor_jobs WHERE id = %s", (first.id,)) is None
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "in the caller's transaction"])
+def test_an_operator_retry_does_not_wait_for_an_uncommitted_insert_of_its_key(db, database_url, in_transaction):
+    """A failed job's key is free; an application's transaction inserts a job with it and stays open. An operator's
+    retry of the failed job does not wait for that transaction: the job goes back to pending without its key."""
+    failed = jobs_app.unique_record.perform_later("busy")
+    query(db, "UPDATE exekutor_jobs SET status = 'f', attempts = 1, finished_at = now() WHERE id = %s", (failed.id,))
+    application = psycopg2.connect(database_url)
+    operator = psycopg2.connect(database_url)
+    operator.autocommit = not in_transaction
+    # Were the retry to wait, the application's commit would end the wait (with a unique violation) after 10 s.
+    timer = threading.Timer(10, application.commit)
+    try:
+        fresh = jobs_app.unique_record.set(connection=application).perform_later("busy")
+        query(operator, "SET lock_timeout = '42s'")
+        timer.start()
+        started = time.monotonic()
+        assert exekutor.JobRequest(failed.id).retry(connection=operator) is True
+        assert time.monotonic() - started < 5
+        assert scalar(operator, "SHOW lock_timeout") == "42s"  # the caller's own setting, still in force
+        operator.commit()
+    finally:
+        timer.cancel()
+        timer.join()
+        application.commit()
+        application.close()
+        operator.close()
+    assert failed.fetch()["status"] == "pending"
+    assert query(db, KEY_HOLDERS, ([fresh.unique_key],)) == [(fresh.unique_key, fresh.id)]
+
+
+def test_cancelling_a_running_unique_job_frees_its_key_at_once(start_worker, executions):
+    start_worker("--threads", "2", "--poll-interval", "1")
+    first = jobs_app.unique_record.perform_later("cancelled", sleep=2)
+    wait_for(lambda: first.fetch()["status"] == "executing", 20, message="the job to start")
+    assert first.cancel()
+    again = jobs_app.unique_record.perform_later("cancelled", sleep=2)  # before the worker interrupted the first
+    assert not again.duplicate and again.id != first.id
+    wait_for(lambda: again.fetch()["status"] == "completed", 20, message="the new job to complete")
+    assert operations.get_job(executions, first.id)["status"] == "cancelled"
+    assert scalar(executions, "SELECT count(*) FROM test_executions WHERE tag = 'cancelled'") == 2
+
+
+def test_migrating_from_0007_keeps_the_holders_and_frees_the_keys_given_up(db, database_url):
+    """A database at 0007 with jobs in it migrates; a running job being cancelled gives up its key, the others keep
+    theirs."""
+    name = "exekutor_unique_from_0007"
+    with db.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg2.extensions.make_dsn(database_url, dbname=name)
+    conn = psycopg2.connect(url)
+    try:
+        conn.autocommit = True
+        query(conn, migrations._CREATE_VERSIONS_TABLE)
+        for version, migration, sql in migrations.available_migrations():
+            if version < 8:
+                query(conn, sql)
+                query(conn, "INSERT INTO exekutor_schema_migrations VALUES (%s, %s)", (version, migration))
+        rows = {"waiting": ("p", 0, "s", None), "started": ("e", 1, "s", None), "retried": ("p", 1, "s", None),
+                "running": ("e", 1, "f", None), "cancelling": ("e", 1, "f", "now()")}
+        for key, (status, attempts, until, cancel) in rows.items():
+            query(conn, "INSERT INTO exekutor_jobs (payload, status, attempts, unique_until, unique_key, "
+                        f"cancel_requested_at) VALUES ('{{}}', %s, %s, %s, %s, {cancel or 'NULL'})",
+                  (status, attempts, until, key))
+        assert 8 in migrations.migrate(url)
+        assert {row[0] for row in query(conn, KEY_HOLDERS, (list(rows),))} == {"waiting", "retried", "running"}
+        assert scalar(conn, "SELECT count(*) FROM exekutor_jobs WHERE unique_key IS NULL") == 1  # "cancelling"
+    finally:
+        conn.close()
+        with db.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
