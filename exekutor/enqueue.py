@@ -296,7 +296,7 @@ def register_connection_adapter(adapter):
 
 
 def fetch_job(job_id, connection=None):
-    query = ("SELECT id::text, queue, priority, status, attempts, enqueued_at, scheduled_at, started_at, "
+    query = ("SELECT id::text, queue, priority, status, attempts, releases, enqueued_at, scheduled_at, started_at, "
              "finished_at, runtime, payload, options, worker_id::text, cancel_requested_at FROM exekutor_jobs "
              "WHERE id = %s")
 

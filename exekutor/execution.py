@@ -36,7 +36,8 @@ from exekutor.serialization import load_arguments
 logger = logging.getLogger("exekutor")
 
 COMPLETED, FAILED, DISCARDED, RETRY, RELEASE = "c", "f", "d", "retry", "release"
-# A job that keeps losing its connection is failed after this many attempts instead of released forever.
+# A job that keeps losing its connection is released at most this many times (since its enqueue or an operator's
+# retry), then its Retry policy decides, instead of being released forever.
 MAX_RELEASES = 25
 RELEASE_DELAY = 5.0
 
@@ -73,9 +74,11 @@ def find_definition(info):
     return definition
 
 
-def queue_timeout_expired(info, now):
+def queue_timeout_expired(info):
+    """Whether the job waited longer than its queue_timeout since it became due (its scheduled_at: the enqueue, its
+    wait, or its retry's time), as the reservation measured it on the database's clock (`waited`)."""
     limit = (info.get("options") or {}).get("queue_timeout")
-    return limit is not None and now - info["enqueued_at"].timestamp() > limit
+    return limit is not None and info["waited"] > limit
 
 
 def check_options(info):
@@ -137,7 +140,7 @@ def classify(definition, info, error, runtime, own_server=None):
     if isinstance(error, JobBlockedError):  # not retried: every run would block the worker's loop again
         hooks.run_on("on_job_failure", info, error)
         return Outcome(job_id, FAILED, runtime, record)
-    if attempts < MAX_RELEASES and is_connection_lost(error, own_server):
+    if info.get("releases", 0) < MAX_RELEASES and is_connection_lost(error, own_server):
         return Outcome(job_id, RELEASE, runtime, record, delay=RELEASE_DELAY)
     if not isinstance(error, (UnknownJobError, SerializationError)):
         hooks.run_on("on_job_failure", info, error)
@@ -149,12 +152,13 @@ def classify(definition, info, error, runtime, own_server=None):
 
 def attempts_in_budget(info):
     """The attempts a Retry policy counts: those since an operator last retried the job (`exekutor-gevent jobs
-    retry` keeps the attempt it had reached in the job's options as retry_base), else all of them."""
+    retry` keeps the attempt it had reached in the job's options as retry_base, and resets its releases), else all
+    of them; less the releases among them (a lost connection is not the job's failure), but never below this one."""
     options, attempts = info.get("options"), info["attempts"]
     base = options.get("retry_base") if isinstance(options, dict) else None
     if isinstance(base, int) and not isinstance(base, bool) and 0 <= base < attempts:  # else a hand-made row
-        return attempts - base
-    return attempts
+        attempts -= base
+    return max(1, attempts - info.get("releases", 0))
 
 
 def _retry_delay(retry, info):
@@ -175,7 +179,7 @@ def execute(info, call=run, interrupted_by_worker=None, own_server=None):
     definition = None
     try:
         check_options(info)
-        if queue_timeout_expired(info, started):
+        if queue_timeout_expired(info):
             limit = info["options"]["queue_timeout"]
             error = QueueTimeoutError(f"job waited longer than its queue_timeout of {limit}s")
             return Outcome(info["id"], DISCARDED, 0.0, error_record(error))

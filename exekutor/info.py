@@ -187,7 +187,7 @@ def render_jobs(jobs, status):
 def render_job(job):
     """The lines of `jobs show`: the job's fields, then each error record with its traceback."""
     fields = [("job", job["job"] or "-"), ("status", job["status"]), ("queue", job["queue"]),
-              ("priority", job["priority"]), ("attempts", job["attempts"]),
+              ("priority", job["priority"]), ("attempts", _attempts(job)),
               ("enqueued", _when(job["enqueued_at"])), ("scheduled", _when(job["scheduled_at"])),
               ("started", _when(job["started_at"])), ("finished", _when(job["finished_at"])),
               ("runtime", f"{job['runtime']:.3f}s" if job["runtime"] is not None else "-"),
@@ -208,6 +208,12 @@ def render_job(job):
 
 def _when(value):
     return timestamp(value) if value else "-"
+
+
+def _attempts(job):
+    """Attempts, with how many of them were releases (lost connections), which its Retry policy does not count."""
+    releases = job.get("releases")
+    return f"{job['attempts']} ({releases} released)" if releases else job["attempts"]
 
 
 def _compact(value, keys=None):

@@ -14,9 +14,10 @@ starts after it, so page 1,000 costs what page 1 does. The order depends on the 
 
 Retry puts failed or discarded jobs back to pending with the same id: their error records stay, their attempts
 count on, and they get a fresh retry budget (the attempt they had reached is kept in their options as
-`retry_base`; the worker counts a Retry policy's attempts from there). A retry is an enqueue again: enqueued_at is
-reset, so queue_timeout counts from it. A unique job takes its key back if it is free; it never waits long for an
-application's transaction that is enqueueing the same key (see `retry`).
+`retry_base`, and its count of releases starts again; the worker counts a Retry policy's attempts from there). A
+retry is an enqueue again: enqueued_at and scheduled_at are reset, so queue_timeout counts from it (or from `at`).
+A unique job takes its key back if it is free; it never waits long for an application's transaction that is
+enqueueing the same key (see `retry`).
 
 Cancel records the request in the row (`cancel_requested_at`). A pending job ends at once (a trigger discards it
 with a JobCancelled record); an executing one is announced to its worker on the `exekutor::job_cancelled`
@@ -62,7 +63,7 @@ _KEY_TYPES = {"priority": "int", "scheduled_at": "time", "enqueued_at": "time", 
               "finished_at": "time", "id": "uuid"}
 
 _COLUMNS = """
-j.id::text AS id, j.payload->>'job' AS job, j.queue, j.priority, j.status, j.attempts, j.enqueued_at,
+j.id::text AS id, j.payload->>'job' AS job, j.queue, j.priority, j.status, j.attempts, j.releases, j.enqueued_at,
 j.scheduled_at, j.started_at, j.finished_at, j.runtime, j.worker_id::text AS worker_id, j.cancel_requested_at,
 j.unique_key"""
 _LAST_ERROR = """
@@ -216,7 +217,7 @@ WITH picked AS (
         runtime = NULL, cancel_requested_at = NULL, enqueued_at = now(),
         unique_key = CASE WHEN %(keep_keys)s THEN j.unique_key END,
         scheduled_at = coalesce(%(at)s::timestamptz, now()),
-        options = coalesce(j.options, '{{}}'::jsonb) || jsonb_build_object('retry_base', j.attempts)
+        options = coalesce(j.options, '{{}}'::jsonb) || jsonb_build_object('retry_base', j.attempts), releases = 0
     FROM picked WHERE j.id = picked.id AND j.status IN ('f', 'd')
     RETURNING j.id, j.queue, j.priority, j.scheduled_at
 ), counted AS (

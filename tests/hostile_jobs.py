@@ -107,6 +107,17 @@ def fail(spec):
     _fail(spec)
 
 
+@exekutor.job(name="hostile.lose_then_fail", retry=_ANYTHING)
+def lose_then_fail(tag, losses):
+    """Terminates its own connection to the worker's database on its first `losses` runs (each one a release), and
+    raises ValueError on every later run."""
+    (run,) = _execute("INSERT INTO test_counters VALUES (%s, 1) ON CONFLICT (key) DO UPDATE "
+                      "SET value = test_counters.value + 1 RETURNING value", (tag,))
+    if run <= losses:
+        _execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    raise ValueError(f"run {run}")
+
+
 @exekutor.job(name="hostile.fail_once")
 def fail_once(spec):
     _fail(spec)

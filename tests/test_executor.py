@@ -24,8 +24,8 @@ class _Worker:
 
 def _info(job_id, seconds):
     moment = dt.datetime.now(dt.timezone.utc)
-    return {"id": job_id, "queue": "default", "priority": 1, "options": {}, "attempts": 1,
-            "enqueued_at": moment, "scheduled_at": moment,
+    return {"id": job_id, "queue": "default", "priority": 1, "options": {}, "attempts": 1, "releases": 0,
+            "enqueued_at": moment, "scheduled_at": moment, "waited": 0.0,
             "payload": {"job": jobs_app.sleep.definition.name, "args": [seconds], "kwargs": {}}}
 
 

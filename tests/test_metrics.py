@@ -1,4 +1,5 @@
 """Prometheus metrics at /metrics of real workers: parsed as Prometheus text, counters moving as jobs run."""
+import datetime as dt
 import sys
 import uuid
 
@@ -37,7 +38,9 @@ def test_counters_and_histograms_move_as_jobs_run(health_worker, db):
         health_jobs.discarded.job(),
         health_jobs.slow.job(),  # execution_timeout
         health_jobs.retried.job(),  # fails, retried once, then fails for good
-        health_jobs.sleep.set(wait=1.5, queue_timeout=0.5).job(0),  # waits past its queue_timeout
+        # Due a minute before its enqueue: it has waited past its queue_timeout.
+        health_jobs.sleep.set(wait_until=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1),
+                              queue_timeout=0.5).job(0),
     ])
     wait_for(finished(db, 8), 30, message="8 jobs to finish")
     values = wait_for(lambda: (lambda v: metric(v, "exekutor_jobs_failed_total", queue="default") == 2 and v)(

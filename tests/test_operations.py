@@ -179,6 +179,17 @@ def test_retry_by_id_keeps_history_and_counts_on(db):
     assert exekutor.JobRequest(uuid.uuid4()).retry() is False
 
 
+def test_retry_gives_a_released_job_a_fresh_count_of_releases_and_show_says_how_many(db):
+    make_jobs(db, 1, "f")
+    failed = ids_with(db, "f")[0]
+    query(db, "UPDATE exekutor_jobs SET attempts = 5, releases = 2 WHERE id = %s", (failed,))
+    assert "5 (2 released)" in run_cli("jobs", "show", failed).stdout
+    handle = exekutor.JobRequest(failed)
+    assert handle.retry() is True
+    row = handle.fetch()  # the Retry policy counts attempts after 5, less the releases after it
+    assert (row["attempts"], row["releases"], row["options"]["retry_base"]) == (5, 0, 5)
+
+
 def test_retry_wakes_listening_workers(db, database_url):
     make_jobs(db, 1, "f", queue="mail")
     listener = psycopg2.connect(database_url)

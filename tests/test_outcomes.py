@@ -295,6 +295,18 @@ def test_a_job_that_lost_its_connection_to_our_database_is_released_not_failed(s
     assert_still_working(executions, worker)
 
 
+@pytest.mark.timeout(90)
+def test_releases_do_not_spend_the_retry_policys_attempts(start_worker, executions):
+    worker = start_worker(*WORKER_ARGS, apps=APPS)
+    handle = hostile_jobs.lose_then_fail.perform_later("lose-twice", 2)  # Retry(attempts=3); each release waits 5 s
+    status, attempts = wait_final(executions, handle, timeout=60)[:2]
+    types = [error["type"] for error in errors_of(executions, handle.id)]
+    assert (status, attempts) == ("f", 5), types  # two releases, then three real failures
+    assert types[2:] == ["ValueError"] * 3 and "ValueError" not in types[:2], types
+    assert handle.fetch()["releases"] == 2
+    assert_still_working(executions, worker)
+
+
 # --- a timed-out job's statement ------------------------------------------------------------------------------
 
 @pytest.mark.timeout(60)

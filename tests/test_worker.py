@@ -124,7 +124,7 @@ def test_expired_queue_timeout_job_is_never_started(start_worker, executions):
     stale = jobs_app.record.set(queue_timeout=60).perform_later("stale")
     fresh = jobs_app.record.set(queue_timeout=60).perform_later("fresh")
     with executions.cursor() as cursor:
-        cursor.execute("UPDATE exekutor_jobs SET enqueued_at = now() - interval '2 minutes' WHERE id = %s",
+        cursor.execute("UPDATE exekutor_jobs SET scheduled_at = now() - interval '2 minutes' WHERE id = %s",
                        (stale.id,))
     start_worker("--poll-interval", "1")
     wait_for(all_finished(executions, 2), 20, message="both jobs to finish")

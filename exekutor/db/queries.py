@@ -5,7 +5,9 @@ NOTIFY_CHANNEL = "exekutor::job_enqueued"
 CANCEL_CHANNEL = "exekutor::job_cancelled"  # exekutor.operations sends {"w": worker id, "j": [job ids]}
 LISTEN = f'LISTEN "{NOTIFY_CHANNEL}"; LISTEN "{CANCEL_CHANNEL}"'
 
-# Reservation: the oldest ready jobs of the highest priority, skipping rows other workers hold.
+# Reservation: the oldest ready jobs of the highest priority, skipping rows other workers hold. Each row says how
+# long the job has been due, on the database's clock (queue_timeout counts from then, whatever the worker's clock),
+# and how many of its attempts were releases (they do not count against its Retry policy).
 RESERVE_JOBS = """
 UPDATE exekutor_jobs SET status = 'e', worker_id = %(worker_id)s, attempts = attempts + 1, started_at = now()
 WHERE id = ANY(ARRAY(
@@ -16,7 +18,8 @@ WHERE id = ANY(ARRAY(
     ORDER BY priority, scheduled_at, enqueued_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED))
-RETURNING id::text, queue, priority, payload::text, options, enqueued_at, scheduled_at, attempts
+RETURNING id::text, queue, priority, payload::text, options, enqueued_at, scheduled_at, attempts, releases,
+    extract(epoch FROM now() - scheduled_at)::float8
 """
 
 # The queues that have pending jobs, as a loose scan of the pending-by-queue index: one descent per queue,
@@ -73,12 +76,14 @@ _COMPLETE_PARTS = {
                 %(finished_attempts)s::int[]) AS o(id, status, runtime, attempts)
     WHERE j.id = o.id AND {FENCE}
     RETURNING j.id, j.attempts)""",
-    # Retried and released jobs: pending again, later, announced to the listeners.
+    # Retried and released jobs: pending again, later, announced to the listeners. A release is counted (the
+    # attempt it spent stays: attempts is the fence).
     "requeued": f"""requeued AS (
     UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL, runtime = o.runtime,
-        scheduled_at = now() + o.delay * interval '1 second'
+        scheduled_at = now() + o.delay * interval '1 second', releases = j.releases + o.released
     FROM unnest(%(requeued_ids)s::uuid[], %(requeued_runtimes)s::float8[], %(requeued_delays)s::float8[],
-                %(requeued_attempts)s::int[]) AS o(id, runtime, delay, attempts)
+                %(requeued_attempts)s::int[], %(requeued_released)s::int[])
+        AS o(id, runtime, delay, attempts, released)
     WHERE j.id = o.id AND {FENCE}
     RETURNING j.id, j.attempts, j.queue, j.priority, j.scheduled_at)""",
     # delete_completed_jobs and friends.

@@ -132,12 +132,13 @@ def completion(batch, worker_id, dumps, delete_statuses=(), codec=None):
     Each column goes as one array literal (see exekutor.db.arrays). `codec` is the Python codec of a database
     whose encoding is not UTF-8: error records are fitted to it.
     """
-    finished, requeued, deleted, errors = ([], [], [], []), ([], [], [], []), ([], []), ([], [])
+    finished, requeued, deleted, errors = ([], [], [], []), ([], [], [], [], []), ([], []), ([], [])
     for outcome in batch:
         status = outcome.status
         if status in _REQUEUED:
-            ids, runtimes, attempts, delays = requeued
+            ids, runtimes, attempts, delays, released = requeued
             delays.append(number(outcome.delay or 0.0))
+            released.append("1" if status == RELEASE else "0")  # counted apart from the Retry policy's attempts
         elif status in delete_statuses:
             deleted[0].append(outcome.job_id)
             deleted[1].append(str(outcome.attempts))
@@ -160,7 +161,8 @@ def completion(batch, worker_id, dumps, delete_statuses=(), codec=None):
     if requeued[0]:
         parts.append("requeued")
         params.update(requeued_ids=array(requeued[0]), requeued_runtimes=array(requeued[1]),
-                      requeued_attempts=array(requeued[2]), requeued_delays=array(requeued[3]))
+                      requeued_attempts=array(requeued[2]), requeued_delays=array(requeued[3]),
+                      requeued_released=array(requeued[4]))
     if deleted[0]:
         parts.append("deleted")
         params.update(deleted_ids=array(deleted[0]), deleted_attempts=array(deleted[1]))

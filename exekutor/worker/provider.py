@@ -143,11 +143,12 @@ class Provider(Component):
                 self._maybe_more = True
             rows.sort(key=lambda row: (row[2], row[6], row[5]))
             loads = self._loads
-            for job_id, queue, priority, payload, options, enqueued_at, scheduled_at, attempts in rows:
+            for (job_id, queue, priority, payload, options, enqueued_at, scheduled_at, attempts, releases,
+                 waited) in rows:
                 self.executor.submit({
                     "id": job_id, "queue": queue, "priority": priority, "payload": _load_payload(loads, payload),
                     "options": options or {}, "enqueued_at": enqueued_at, "scheduled_at": scheduled_at,
-                    "attempts": attempts,
+                    "attempts": attempts, "releases": releases, "waited": waited,
                 })
 
     def _await_batch(self):
