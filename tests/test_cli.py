@@ -518,7 +518,7 @@ BAD_INPUT = {
     "cleanup-job-timeout": (["cleanup", "--timeout", "1", "--job-timeout", "-5"], {},
                             "invalid value for --job-timeout"),
     "cleanup-pending": (["cleanup", "--job_status", "pending"], {}, "cleanup never deletes pending jobs"),
-    "cleanup-live-workers": (["cleanup", "--worker-timeout", "1m"], {}, "shorter than worker_timeout"),
+    "cleanup-live-workers": (["cleanup", "--worker-timeout", "30s"], {}, "shorter than worker_timeout"),
     "cleanup-what": (["cleanup", "everything"], {}, "Invalid value for '[all|jobs|workers]'"),
     "info-config": (["info", "--configfile", "missing.yml"], {}, "config file not found"),
 }

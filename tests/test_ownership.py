@@ -84,6 +84,14 @@ def test_a_worker_whose_loop_blocked_past_worker_timeout_is_not_presumed_dead_an
     values = metric_values(port)
     assert metric(values, "exekutor_ownership_lost_total") + metric(values, "exekutor_worker_presumed_dead_total") == 0
     assert metric(values, "exekutor_event_loop_blocks_total", job="hostile.block_once") == 1
+    # It still runs jobs, and stops promptly (the liveness thread ends with it).
+    handle = jobs_app.noop.perform_later()
+    wait_for(lambda: status_of(executions, handle) == "c", 30, message="a new job to complete")
+    started = time.monotonic()
+    blocked.signal(signal.SIGTERM)
+    assert blocked.wait(30) == 0
+    assert time.monotonic() - started < 10
+    assert worker_row(executions, blocked.pid) is None
     survivor.stop()
 
 

@@ -46,7 +46,7 @@ class Heartbeat:
         self.interval = interval
         self.worker_timeout = worker_timeout
         self.max_rescues = max_rescues
-        self.pool = None  # the liveness thread's own connections, opened in start()
+        self.pool = None  # the liveness thread's own connections (own_pool)
         self.last_beat = time.time()  # registration counts as the first beat
         # time.monotonic() when the last heartbeat that found the row was sent, and when the current run of
         # heartbeats without a gap began.
@@ -67,8 +67,11 @@ class Heartbeat:
     def healthy(self):
         return self.consecutive_errors < self.ERROR_THRESHOLD
 
-    def open(self):
-        self.pool = ConnectionPool(2, application_name=self.worker.connection_name("heartbeat"), autocommit=True)
+    def own_pool(self):
+        """The liveness thread's connections (heartbeat and watchdog), opened there on first use."""
+        if self.pool is None:
+            self.pool = ConnectionPool(2, application_name=self.worker.connection_name("heartbeat"), autocommit=True)
+        return self.pool
 
     def close(self):
         if self.pool is not None:
@@ -110,7 +113,7 @@ class Heartbeat:
 
     def beat(self):
         sent = time.monotonic()
-        with self.worker.db(self.pool) as conn, conn.cursor() as cursor:
+        with self.worker.db(self.own_pool()) as conn, conn.cursor() as cursor:
             cursor.execute(HEARTBEAT, (self.worker.id,))
             alive = cursor.fetchone() is not None
         if not alive:
@@ -154,7 +157,7 @@ class Heartbeat:
     def rescue(self):
         if time.monotonic() - self.healthy_since < self.worker_timeout:
             return  # not yet beating steadily for worker_timeout: others may just be reconnecting, as we were
-        with self.worker.db(self.pool) as conn, conn.cursor() as cursor:
+        with self.worker.db(self.own_pool()) as conn, conn.cursor() as cursor:
             dead, ownerless, released, failed = rescue_orphans(cursor, self.worker.id, self.worker_timeout,
                                                                self.max_rescues)
         if dead or ownerless:

@@ -43,6 +43,12 @@ _MAX_STEP = 0.5  # a longer pause between two ticks was not observed (the proces
 # Real-time signals are free for applications; glibc keeps SIGRTMIN-2 and -1 for itself.
 INTERRUPT_SIGNAL = getattr(signal, "SIGRTMIN", 34) + 3
 _STACK_FRAMES = 25
+_installed = set()  # the watchdogs of this process's workers (one handler serves them all)
+
+
+def _on_signal(signum, frame):
+    for watchdog in list(_installed):
+        watchdog.interrupt_if_current()
 
 
 class Block:
@@ -80,21 +86,20 @@ class Watchdog:
         """Called in the worker's thread at start: the signal handler that interrupts a blocking job."""
         self._thread_ident = gevent.get_hub().thread_ident  # the OS thread's id, even under monkey-patching
         try:
-            signal.signal(INTERRUPT_SIGNAL, self._on_signal)
-            self._signal_installed = True
+            signal.signal(INTERRUPT_SIGNAL, _on_signal)
         except ValueError:  # not the main thread, where Python runs signal handlers: blocks are only given up on
             logger.debug("exekutor worker %s: not in the main thread; a blocking job cannot be interrupted",
                          self.worker.id)
+            return
+        _installed.add(self)
+        self._signal_installed = True
 
     def uninstall(self):
-        if self._signal_installed:
-            try:
-                signal.signal(INTERRUPT_SIGNAL, signal.SIG_IGN)
-                self._signal_installed = False
-            except ValueError:
-                pass
+        _installed.discard(self)
+        self._signal_installed = False
 
-    def _on_signal(self, signum, frame):
+    def interrupt_if_current(self):
+        """In the signal handler: raise the interruption if its job is the greenlet running now, in its own code."""
         target = self._target
         if target is not None and gevent.getcurrent() is target[0] and target[2].get("calling"):
             self._target = None
@@ -191,9 +196,8 @@ class Watchdog:
                                 "signals, or the job caught the interruption): the worker ended it as failed")
         outcome = Outcome(info["id"], FAILED, time.monotonic() - block.job_started, error_record(error),
                           attempts=info["attempts"])
-        heartbeat = self.worker.heartbeat
         try:
-            with self.worker.db(heartbeat.pool) as conn, conn.cursor() as cursor:
+            with self.worker.db(self.worker.heartbeat.own_pool()) as conn, conn.cursor() as cursor:
                 cursor.execute(*completion([outcome], self.worker.id, self.worker.completer.dumps))
         except Exception as failure:  # noqa: BLE001 - then the job runs again elsewhere once the heartbeat stops
             logger.error("exekutor worker %s: could not record the failure of job %s: %s", self.worker.id,

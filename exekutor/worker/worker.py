@@ -180,7 +180,6 @@ class Worker:
         self.pool = ConnectionPool(POOL_SIZE, application_name=self.connection_name("worker"), autocommit=True)
         self._check_schema()
         self.register(status="i")
-        self.heartbeat.open()
         self.ownership.start()
         self.watchdog.install()
         self.liveness.start()
