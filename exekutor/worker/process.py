@@ -2,7 +2,7 @@
 
 Order matters: gevent's monkeypatching and the cooperative psycopg2 wait callback come before anything else is
 imported, then the application modules that register the jobs, then the worker. SIGTERM/SIGINT/SIGHUP (a closed
-terminal) stop it gracefully; a second signal kills it. The process title shows the worker (id, identifier,
+terminal) stop it gracefully, also during start-up (see stop_on_signals); a second signal kills it. The process title shows the worker (id, identifier,
 queues, threads, state), and under systemd (`Type=notify`) the worker reports READY=1 once it runs and
 STOPPING=1 when a signal stops it.
 """
@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import sys
-
 
 # SIGHUP too: closing the terminal of a foreground worker stops it gracefully instead of killing it.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
