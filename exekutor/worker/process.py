@@ -2,9 +2,9 @@
 
 Order matters: gevent's monkeypatching and the cooperative psycopg2 wait callback come before anything else is
 imported, then the application modules that register the jobs, then the worker. SIGTERM/SIGINT/SIGHUP (a closed
-terminal) stop it gracefully, also during start-up (see stop_on_signals); a second signal kills it. The process title shows the worker (id, identifier,
-queues, threads, state), and under systemd (`Type=notify`) the worker reports READY=1 once it runs and
-STOPPING=1 when a signal stops it.
+terminal) stop it gracefully, also during start-up (see stop_on_signals); a second signal kills it. The process
+title shows the worker (id, identifier, queues, threads, state), and under systemd (`Type=notify`) the worker
+reports READY=1 once it runs and STOPPING=1 when a signal stops it.
 """
 import importlib
 import logging
