@@ -315,6 +315,7 @@ def _launch(plan):
     elif log_fd is not None:
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
+    process.stop_on_signals()
     process.patch()
     status, error = _serve(plan, pidfile, runner)
     if error:
@@ -360,6 +361,9 @@ def _serve(plan, pidfile, runner):
         except Exception as error:  # noqa: BLE001 - e.g. the database is unreachable
             what = "the worker failed" if running else "cannot start the worker"
             return EXIT_FAILURE, f"{what}: {type(error).__name__}: {error}"
+    except process.StopDuringStartUp as stop:
+        click.echo(f"exekutor-gevent: {stop}: stopped during start-up", err=True)  # the log may not be set up yet
+        return 0, None
     finally:
         if pidfile is not None:
             pidfile.release()

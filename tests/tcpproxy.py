@@ -9,6 +9,10 @@ Point a worker at ``proxy.url(database_url)`` instead of the database and, while
   connections are accepted and stall too. Bytes sent meanwhile are delivered once resumed.
 - ``stall_existing()``: stall only the connections open now (half-open sockets after, say, a NAT or firewall
   lost their state), while new connections are forwarded normally; ``resume()`` un-stalls them too.
+- ``hold_replies(except_port)``: what clients send still reaches the server, what the server answers waits in the
+  proxy, on every connection (later ones too) but the one the server sees coming from ``except_port``
+  (pg_stat_activity's client_port); ``resume()`` delivers it. ``delivered(port)``: bytes that connection's client
+  got so far.
 
 One thread runs a select() loop over the listening socket and every connection; the control methods return once
 that thread has applied them. Plain threads: the test process is not monkeypatched.
@@ -28,6 +32,9 @@ class _Connection:
         self.peer = {client: upstream, upstream: client}
         self.outgoing = {client: bytearray(), upstream: bytearray()}  # bytes waiting to be written to the key
         self.stalled = False  # set by stall_existing(): this connection alone moves no bytes
+        self.client, self.upstream = client, upstream
+        self.upstream_port = upstream.getsockname()[1] if upstream.family != socket.AF_UNIX else None
+        self.delivered = 0  # bytes written to the client
 
     def sockets(self):
         return list(self.peer)
@@ -52,6 +59,7 @@ class TCPProxy:
         self._commands = []
         self._lock = threading.Lock()
         self._stalled = False
+        self._holding_except = False  # False, or the upstream port whose replies still go through (hold_replies)
         self._refusing = False
         self._running = False
         self._thread = None
@@ -144,8 +152,19 @@ class TCPProxy:
         for connection in self._connections:
             connection.stalled = True
 
+    def hold_replies(self, except_port):
+        self._apply(lambda: setattr(self, "_holding_except", except_port))
+
+    def delivered(self, port):
+        return sum(c.delivered for c in list(self._connections) if c.upstream_port == port)
+
+    def _held(self, connection, sock):
+        return (self._holding_except is not False and sock is connection.client
+                and connection.upstream_port != self._holding_except)
+
     def _resume(self):
         self._stalled = False
+        self._holding_except = False
         for connection in self._connections:
             connection.stalled = False
 
@@ -177,7 +196,7 @@ class TCPProxy:
                     for sock, peer in connection.peer.items():
                         if len(connection.outgoing[peer]) < _BUFFER_LIMIT:
                             readers.append(sock)
-                        if connection.outgoing[sock]:
+                        if connection.outgoing[sock] and not self._held(connection, sock):
                             writers.append(sock)
             try:
                 readable, writable, _ = select.select(readers, writers, [], 0.02)
@@ -239,6 +258,8 @@ class TCPProxy:
             self._close(connection)
             return
         del buffer[:sent]
+        if sock is connection.client:
+            connection.delivered += sent
 
     @staticmethod
     def _flush(connection, sock):

@@ -1,6 +1,7 @@
 """Cancel and retry with real workers: a cancel reaches a running job (sleeping, blocked in PostgreSQL, behind a
 listener that is off) and is never lost; a retried job runs once more with a fresh retry budget."""
 import signal
+import time
 
 import pytest
 
@@ -8,6 +9,7 @@ import exekutor
 from exekutor import operations
 from tests import jobs_app
 from tests.conftest import query, scalar, wait_for
+from tests.tcpproxy import TCPProxy
 from tests.test_cli import run_cli
 from tests.test_worker import listening
 
@@ -162,3 +164,28 @@ def test_cancel_by_filter_reaches_every_executing_job(start_worker, executions):
     assert result.returncode == 0, result.stderr
     wait_for(lambda: all(status_of(request) == "discarded" for request in requests), 10,
              message="every job to be interrupted")
+
+
+def test_a_cancel_that_comes_while_the_reservation_answers_reaches_the_job_at_once(start_worker, executions,
+                                                                                 database_url):
+    # The race: the job is reserved (committed), its cancel is announced to the worker, and only then does the
+    # worker read its reservation's answer. A proxy holds every answer of the server but the listener's, so the
+    # announcement arrives while the job is not in the executor yet; the poll is a minute away.
+    with TCPProxy.for_url(database_url) as proxy:
+        worker = start_worker("--threads", "2", "--poll-interval", "60", url=proxy.url(database_url))
+        wait_for(lambda: listening(executions), 10, message="listener")
+        listener_port = scalar(executions, "SELECT client_port FROM pg_stat_activity WHERE datname = "
+                                           "current_database() AND application_name LIKE 'exekutor %%listener'")
+        proxy.hold_replies(except_port=listener_port)
+        request = jobs_app.sleep.perform_later(60)
+        wait_running(executions, request)  # reserved: the answer waits in the proxy
+        before = proxy.delivered(listener_port)
+        assert request.cancel() is True
+        wait_for(lambda: proxy.delivered(listener_port) > before, 10, message="the announcement to reach the worker")
+        time.sleep(0.2)  # the idle worker reads it meanwhile (the test would pass, never wrongly fail, without it)
+        proxy.resume()
+        resumed = time.monotonic()
+        wait_for(lambda: status_of(request) == "discarded", 10, message="the cancelled job to end")
+        assert time.monotonic() - resumed < 2
+        cancelled_record(request)
+        worker.stop()  # while the proxy still forwards

@@ -38,6 +38,10 @@ class Cancellation(Component):
         self._wake.set()
 
     def check(self):
+        # A reservation in flight holds jobs that are ours in the database but not yet in the executor: wait for
+        # it, so that a check made for it (see notified) finds them.
+        with self.worker.provider.reservation_lock:
+            pass
         if not self.executor.held:
             return  # nothing of ours can be cancelled: no query for an idle worker
         with self.worker.db() as conn, conn.cursor() as cursor:
@@ -59,6 +63,7 @@ class Cancellation(Component):
             return
         if worker_id != self.worker.id:
             return
-        for job_id in job_ids:
-            if isinstance(job_id, str):
-                self.executor.cancel(job_id)
+        unknown = [job_id for job_id in job_ids if isinstance(job_id, str) and not self.executor.cancel(job_id)]
+        if unknown and self.worker.provider.reservation_lock.locked():
+            # Reserved by the statement whose answer is still on its way: the check after it finds them.
+            self.check_now()

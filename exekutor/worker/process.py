@@ -2,9 +2,9 @@
 
 Order matters: gevent's monkeypatching and the cooperative psycopg2 wait callback come before anything else is
 imported, then the application modules that register the jobs, then the worker. SIGTERM/SIGINT/SIGHUP (a closed
-terminal) stop it gracefully; a second signal kills it. The process title shows the worker (id, identifier,
-queues, threads, state), and under systemd (`Type=notify`) the worker reports READY=1 once it runs and
-STOPPING=1 when a signal stops it.
+terminal) stop it gracefully, also during start-up (see stop_on_signals); a second signal kills it. The process
+title shows the worker (id, identifier, queues, threads, state), and under systemd (`Type=notify`) the worker
+reports READY=1 once it runs and STOPPING=1 when a signal stops it.
 """
 import importlib
 import logging
@@ -13,16 +13,46 @@ import signal
 import socket
 import sys
 
+# SIGHUP too: closing the terminal of a foreground worker stops it gracefully instead of killing it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class StopDuringStartUp(BaseException):
+    """A second stop signal came before the worker existed (the application was being imported, say)."""
+
+
+_EARLY_SIGNALS = []  # stop signals that came before run() handed them to the worker
+
+
+def stop_on_signals():
+    """Until run() hands the signals to the worker: a stop signal is noted, and run() stops the worker as soon
+    as it starts (a handler that raised could be swallowed by an import's bare `except:`); a second one ends
+    the start-up at once, as when an import hangs. (gevent's handlers, installed by run(), then take over.)"""
+    def note(signum, frame):
+        _EARLY_SIGNALS.append(signum)
+        if len(_EARLY_SIGNALS) > 1:
+            raise StopDuringStartUp(signal.Signals(signum).name)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, note)
+
 
 def patch():
     """Monkeypatch the process for gevent; call before importing application code."""
-    from gevent import monkey
+    # A signal that raises (SIGINT's KeyboardInterrupt, a second one after stop_on_signals) waits until the
+    # patching is done: one that interrupted it halfway left threading half patched, and the interpreter hung at
+    # exit.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        from gevent import monkey
 
-    if not monkey.is_module_patched("socket"):
-        monkey.patch_all()
-    from exekutor.db.green import patch_psycopg
+        if not monkey.is_module_patched("socket"):
+            monkey.patch_all()
+        from exekutor.db.green import patch_psycopg
 
-    patch_psycopg()
+        patch_psycopg()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def import_applications(modules):
@@ -59,9 +89,11 @@ def run(options, on_started=None):
             gevent.spawn(worker.kill)
 
     set_title(worker, "starting")
-    # SIGHUP too: closing the terminal of a foreground worker stops it gracefully instead of killing it.
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         gevent.signal_handler(signum, on_signal)
+    if _EARLY_SIGNALS:
+        # Its stop runs at the start's first wait, so the start undoes itself (see Worker.stop).
+        on_signal()
     try:
         worker.start()
     except psycopg2.OperationalError:
@@ -69,6 +101,8 @@ def run(options, on_started=None):
     except BaseException:
         _kill_quietly(worker)
         raise
+    if worker.stopped_or_killed():  # a signal came during start-up: the start undid itself
+        return 0
     set_title(worker)
     if on_started is not None:
         on_started(worker)

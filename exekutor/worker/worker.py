@@ -40,6 +40,7 @@ logger = logging.getLogger("exekutor")
 # POOL_SIZE + 3 whatever the number of greenlets.
 POOL_SIZE = 3
 SHUTDOWN_WRITE_TIMEOUT = 30.0
+RESERVATION_WAIT = 5.0  # how long a stop waits for a reservation in flight (the database may be gone)
 _DELETE_STATUS = {"delete_completed_jobs": COMPLETED, "delete_failed_jobs": FAILED,
                   "delete_discarded_jobs": DISCARDED}
 
@@ -80,6 +81,8 @@ class Worker:
         self.database_server = None  # (host, port, database): a job's lost connection to it releases the job
         self._registered = False
         self._stopped = Event()
+        self._in_start = False  # _start is running: a stop or kill waits for its next step (see _start)
+        self._start_interrupted = False
         self._build_components(settings)
 
     def _build_components(self, settings):
@@ -173,13 +176,35 @@ class Worker:
             raise RuntimeError(f"worker {self.id} was already started (state: {self.state})")
         _patch_psycopg()
         self.state = "starting"
+        self._in_start = True
+        try:
+            self._start_steps()
+        except _StartInterrupted:
+            self._abandon_start()
+            return self
+        finally:
+            self._in_start = False
+        logger.info("exekutor worker %s started on %s (queues: %s, threads: %d-%d, listener: %s)", self.id,
+                    configured_database(), ", ".join(self.queues) if self.queues else "all",
+                    self.executor.min_threads, self.executor.max_threads, "on" if self.listener else "off")
+        self._set_status("r")
+        hooks.run_after("after_startup", self)
+        return self
+
+    def _start_steps(self):
+        """Each step that waits (hooks, queries) lets a signal's stop() or kill() run: that one only asks, and
+        the start ends at the next check. Stopping alongside a start that carries on would let the start
+        register the row after the stop deleted it, or start components the stop never stops."""
         log.use_logger(config.get("logger"))
         log.apply_quiet(self.options["quiet"])
         hooks.run_before("before_startup", self)
+        self._unless_interrupted()
         self._hub = gevent.get_hub()
         self.pool = ConnectionPool(POOL_SIZE, application_name=self.connection_name("worker"), autocommit=True)
         self._check_schema()
+        self._unless_interrupted()
         self.register(status="i")
+        self._unless_interrupted()
         self.ownership.start()
         self.watchdog.install()
         self.liveness.start()
@@ -187,13 +212,20 @@ class Worker:
         for component in self.components():
             component.start()
         self._start_healthcheck()
-        self.state = "started"
-        self._set_status("r")
-        logger.info("exekutor worker %s started on %s (queues: %s, threads: %d-%d, listener: %s)", self.id,
-                    configured_database(), ", ".join(self.queues) if self.queues else "all",
-                    self.executor.min_threads, self.executor.max_threads, "on" if self.listener else "off")
-        hooks.run_after("after_startup", self)
-        return self
+        self._unless_interrupted()
+        self.state = "started"  # from here on stop() and kill() do their whole work at once
+
+    def _unless_interrupted(self):
+        if self._start_interrupted:
+            raise _StartInterrupted
+
+    def _abandon_start(self):
+        """Undo what started; a job reserved meanwhile is released to pending with the row."""
+        self.state = "stopping"
+        self._tear_down()
+        self.state = "stopped"
+        logger.info("exekutor worker %s stopped during start-up", self.id)
+        self._stopped.set()
 
     def _check_schema(self):
         """A clear error instead of "relation does not exist" when the database was never migrated."""
@@ -228,9 +260,9 @@ class Worker:
                   "min_threads": self.executor.min_threads, "max_threads": self.executor.max_threads,
                   "info": Json({"polling_interval": self.polling_interval,
                                 "enable_listener": self.listener is not None})}
+        self._registered = True  # before: an INSERT cut off by a timeout may have committed all the same
         with self.db() as conn, conn.cursor() as cursor:
             cursor.execute(REGISTER_WORKER, params)
-        self._registered = True
 
     def _set_status(self, status):
         try:
@@ -267,7 +299,10 @@ class Worker:
 
     def stop(self):
         """Stop reserving, run the shutdown hooks, wait for running jobs per wait_for_termination, write their
-        outcomes, release what did not finish and delete this worker's row."""
+        outcomes, release what did not finish and delete this worker's row. During start-up it returns at once:
+        the start ends at its next step, undoes what it did and logs that it stopped (join() waits for that)."""
+        if self._interrupt_start():
+            return
         if self.state not in ("starting", "started"):
             return
         self.state = "stopping"
@@ -303,21 +338,30 @@ class Worker:
 
     def kill(self):
         """Cancel running jobs and release them to pending, without the shutdown hooks."""
-        if self.state in ("stopped", "killed", "new"):
+        if self.state in ("stopped", "killed", "new") or self._interrupt_start():
             return
         starting = self.state == "starting"
         self.state = "killed"
+        self._tear_down()
+        if starting:  # the start failed: its own error is what the log must show
+            logger.debug("exekutor worker %s: cleaned up after a failed start", self.id)
+        else:
+            logger.info("exekutor worker %s killed", self.id)
+        self._stopped.set()
+
+    def _interrupt_start(self):
+        """True if the start is running: it is asked to end at its next step instead (see _start_steps)."""
+        if self._in_start:
+            self._start_interrupted = True
+        return self._in_start
+
+    def _tear_down(self):
         self._stop_reserving()
         self.executor.kill_jobs()
         self._write_outcomes(timeout=5.0)
         self._shutdown_components()
         self._delete_row(timeout=5.0)
         self._close()
-        if starting:  # the start failed: its own error is what the log must show
-            logger.debug("exekutor worker %s: cleaned up after a failed start", self.id)
-        else:
-            logger.info("exekutor worker %s killed", self.id)
-        self._stopped.set()
 
     def join(self, timeout=None):
         """Block until the worker has stopped; True if it did within the timeout."""
@@ -325,7 +369,14 @@ class Worker:
 
     def _stop_reserving(self):
         self.provider.stop()
-        self.provider.kill(block=False)
+        # A reservation in flight finishes first: killed, it could commit after this worker's row is deleted and
+        # leave its jobs executing under a worker that no longer exists. Finished, its jobs are ours to release.
+        finished = self.provider.reservation_lock.acquire(timeout=RESERVATION_WAIT)
+        try:
+            self.provider.kill(block=False)
+        finally:
+            if finished:
+                self.provider.reservation_lock.release()
         if self.listener is not None:
             self.listener.stop()
 
@@ -382,6 +433,10 @@ class Worker:
 
     def __repr__(self):
         return f"<exekutor.Worker {self.id} {self.state}>"
+
+
+class _StartInterrupted(Exception):
+    """stop() or kill() came while the worker was starting."""
 
 
 def _patch_psycopg():
