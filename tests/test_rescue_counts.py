@@ -30,6 +30,17 @@ def test_the_rescue_statement_counts_the_jobs_of_the_workers_it_removes(db):
 
     assert (dead, ownerless, released, failed) == (1, 1, 3, 0)
     assert scalar(db, "SELECT count(*) FROM exekutor_jobs WHERE status = 'p'") == 4
+    # A run its worker ended without an outcome is a release: it does not count against the job's Retry policy.
+    assert query(db, "SELECT status, releases, count(*) FROM exekutor_jobs GROUP BY 1, 2 ORDER BY 1") == [
+        ("c", 0, 1), ("p", 1, 4)]
+
+
+def test_a_worker_that_deletes_its_row_releases_its_jobs_without_spending_their_attempts(db):
+    query(db, "INSERT INTO exekutor_workers (id, hostname, pid) VALUES (%s, 'here', 1)", (DEAD,))
+    query(db, "INSERT INTO exekutor_jobs (payload, status, worker_id, attempts, releases, started_at) "
+              "VALUES ('{\"job\": \"tests.noop\"}', 'e', %s, 3, 1, now())", (DEAD,))
+    query(db, "DELETE FROM exekutor_workers WHERE id = %s", (DEAD,))  # a stop that killed its job
+    assert query(db, "SELECT status, attempts, releases FROM exekutor_jobs") == [("p", 3, 2)]
 
 
 @pytest.fixture

@@ -133,7 +133,7 @@ HEARTBEAT = "UPDATE exekutor_workers SET last_heartbeat_at = now() WHERE id = %s
 OWNED_JOBS = "SELECT id::text, attempts FROM exekutor_jobs WHERE status = 'e' AND worker_id = %s"
 RELEASE_UNHELD = f"""
 WITH released AS (
-    UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL
+    UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL, releases = j.releases + 1
     FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS o(id, attempts)
     WHERE j.id = o.id AND {FENCE}
     RETURNING j.queue, j.priority, j.scheduled_at
@@ -165,7 +165,7 @@ WITH dead AS (
 ), released AS (
     SELECT count(*) AS jobs FROM exekutor_jobs WHERE status = 'e' AND worker_id IN (SELECT id FROM dead)
 ), ownerless AS (
-    UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL
+    UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL, releases = j.releases + 1
     WHERE j.status = 'e' AND (j.started_at IS NULL OR j.started_at < now() - %(worker_timeout)s * interval '1 second')
       AND NOT EXISTS (SELECT 1 FROM exekutor_workers w WHERE w.id = j.worker_id)
       AND NOT EXISTS (SELECT 1 FROM dead d WHERE d.id = j.worker_id)
