@@ -649,9 +649,14 @@ exekutor:
   # On stop (SIGTERM), how long running jobs may finish before they are cancelled and put back to pending.
   wait_for_termination: 2m
 
-  # Workers heartbeat; one silent for worker_timeout is presumed dead and its jobs run again elsewhere.
-  heartbeat_interval: 30s
-  worker_timeout: 5m
+  # Workers heartbeat (from a thread of their own, whatever the jobs do); one silent for worker_timeout is
+  # presumed dead and its jobs run again elsewhere, at most max_job_rescues times.
+  heartbeat_interval: 12s
+  worker_timeout: 1m
+  max_job_rescues: 3
+
+  # A job that blocks the event loop (CPU work, a blocking C call) longer than this is interrupted and fails.
+  blocking_timeout: 2m
 
   # Name the worker's connections in pg_stat_activity.
   set_db_connection_name: true
