@@ -18,6 +18,18 @@ _SERVER_ENDING = ("57P01", "57P02", "57P03")
 
 
 def wait_callback(conn, timeout=None):
+    try:
+        _wait(conn, timeout)
+    except BaseException:
+        # psycopg2 closes a connection whose statement was interrupted, but not one interrupted while it connects:
+        # nobody holds that one, yet the traceback does (often in a reference cycle, a gevent.Timeout's), so it
+        # would stay open on the server until the garbage collector came by.
+        if conn.status not in _ESTABLISHED and not conn.closed:
+            conn.close()
+        raise
+
+
+def _wait(conn, timeout):
     while True:
         try:
             state = conn.poll()

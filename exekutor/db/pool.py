@@ -1,17 +1,27 @@
 """A small bounded pool of psycopg2 connections.
 
-Threading primitives make it safe for threads in an application and, once the worker has monkeypatched
-them, cooperative for greenlets. A connection comes back to the pool only when it is idle and healthy; one
-whose user was interrupted (gevent.Timeout, GreenletExit) or broke is closed, never handed to another user; if
-the interruption came in the middle of a statement, the statement is cancelled on the server (see
-`exekutor.db.connection.cancel_backend`), so it cannot go on holding locks or commit later.
+Safe for threads in an application and, under gevent's monkeypatching, cooperative for greenlets. A connection
+comes back to the pool only when it is idle and healthy; one whose user was interrupted (gevent.Timeout,
+GreenletExit, a cancel) or broke is closed, never handed to another user; if the interruption came in the middle
+of a statement, the statement is cancelled on the server (see `exekutor.db.connection.cancel_backend`), so it
+cannot go on holding locks or commit later.
+
+Under gevent an exception can be thrown into a greenlet wherever it switches, so no interruption may cost a slot
+or a connection: a wait for a slot that is interrupted has taken none (gevent's semaphore takes it only after the
+wait, with no switch in between), and giving one back never switches before its bookkeeping is done: the pool's
+lock is a native one held only around list and dict operations, a semaphore's release never blocks, and the one
+thing that switches on the way back (a rollback, a cancel) is finished off, or handed to a greenlet of its own,
+whatever interrupts it.
 """
 import os
 import threading
 from contextlib import contextmanager
 
+import gevent
 import psycopg2
 import psycopg2.extensions
+from gevent import lock as green_lock
+from gevent import monkey
 
 from exekutor import config
 from exekutor.db.connection import cancel_backend, close_quietly, connect, is_usable
@@ -22,9 +32,13 @@ class ConnectionPool:
         self.size = size
         self._connect_args = dict(url=url, application_name=application_name, autocommit=autocommit)
         self._timeout = timeout
-        self._slots = threading.BoundedSemaphore(size)
+        # Chosen when the pool is made: threading's semaphore is made of gevent's locks once threading is
+        # monkeypatched, and its release waits for one of them, so it could switch (and be interrupted) before
+        # giving the slot back. gevent's own never switches in release.
+        self._green = monkey.is_module_patched("threading")
+        self._slots = (green_lock.BoundedSemaphore if self._green else threading.BoundedSemaphore)(size)
         self._idle = []
-        self._lock = threading.Lock()
+        self._lock = monkey.get_original("threading", "Lock")()  # never held across a switch: cannot block one
         self._open = {}  # connection -> its server process id, for cancelling an interrupted statement
 
     @contextmanager
@@ -44,12 +58,15 @@ class ConnectionPool:
             self._release(conn, healthy=True)
 
     def _acquire(self):
+        # An interrupted wait raises before taking a slot; from its return to the `try` below nothing switches.
         if not self._slots.acquire(timeout=self._timeout):
             raise TimeoutError(f"no database connection free in the pool of {self.size} after {self._timeout}s")
         try:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None or conn.closed:
+                if conn is not None:
+                    self._forget(conn)
                 conn = connect(**self._connect_args)
                 with self._lock:
                     self._open[conn] = conn.get_backend_pid()
@@ -65,20 +82,36 @@ class ConnectionPool:
                     conn.rollback()
                 except psycopg2.Error:
                     pass
+        finally:
+            # Also when the rollback was interrupted: the connection is then mid-protocol, so not usable.
+            self._settle(conn)
+
+    def _settle(self, conn):
+        """The connection back to the idle list if usable, else closed; then its slot. Never switches."""
+        try:
             if is_usable(conn):
                 with self._lock:
                     self._idle.append(conn)
-                return
-            self._forget(conn)
+            else:
+                self._forget(conn)
         finally:
             self._slots.release()
 
     def _discard(self, conn, cancel=False):
+        running = cancel and _in_statement(conn)
+        pid = self._forget(conn)
+        if not (running and pid):
+            self._slots.release()
+        elif self._green:
+            # The cancel switches: in a greenlet of its own, a second interruption of this one (a kill while
+            # it waits) cannot stop it, and its slot comes back when the statement is gone, not before.
+            gevent.spawn(self._cancel_then_release, pid).join()
+        else:
+            self._cancel_then_release(pid)
+
+    def _cancel_then_release(self, pid):
         try:
-            running = cancel and _in_statement(conn)
-            pid = self._forget(conn)
-            if running and pid:
-                cancel_backend(self._connect_args["url"], pid, self._connect_args["application_name"])
+            cancel_backend(self._connect_args["url"], pid, self._connect_args["application_name"])
         finally:
             self._slots.release()
 
