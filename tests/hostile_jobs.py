@@ -265,3 +265,11 @@ def spin(tag, seconds):
             sum(range(1000))
 
     _run_recorded(tag, body)
+
+
+@exekutor.job(name="hostile.offloaded")
+def offloaded(tag, seconds):
+    """The rule of thumb of docs/reliability.md: the blocking call runs in gevent's thread pool, not on the loop."""
+    import gevent as _gevent
+
+    _run_recorded(tag, lambda: _gevent.get_hub().threadpool.apply(_blocking_sleep, (seconds,)))

@@ -235,3 +235,19 @@ def test_a_job_that_freezes_every_worker_is_handed_on_at_most_max_job_rescues_ti
     assert messages[1].endswith("2 of max_job_rescues (2); the job ends failed instead of running again"), messages
     assert [finished for _, finished in runs(executions, "frozen")] == [None, None]  # no run went on after its rescue
     assert sum(metric(metric_values(w.port), "exekutor_jobs_failed_after_rescues_total") for w in workers) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_blocking_work_handed_to_gevents_thread_pool_leaves_the_loop_free(start_worker, executions):
+    # The rule of thumb in docs/reliability.md: the same blocking call, run through the hub's thread pool.
+    lone = worker(start_worker, "--threads", "8", env={"EXEKUTOR_BLOCKING_TIMEOUT": "2"})
+    offloaded = hostile_jobs.offloaded.perform_later("offloaded", 10)
+    wait_running(executions, 1)
+    quick = [hostile_jobs.canary.perform_later(f"quick-{i}") for i in range(5)]
+    for handle in quick:  # they run while the offloaded call still blocks its thread
+        wait_for(lambda handle=handle: status_of(executions, handle) == "c", 7, message="the quick jobs to complete")
+    assert status_of(executions, offloaded) == "e"
+    wait_for(lambda: status_of(executions, offloaded) == "c", 30, message="the offloaded job to complete")
+    assert "blocked the event loop" not in lone.output(), lone.output()[-3000:]
+    assert metric(metric_values(lone.port), "exekutor_jobs_interrupted_blocking_total") == 0

@@ -176,6 +176,9 @@ def test_a_cancel_that_comes_while_the_reservation_answers_reaches_the_job_at_on
         wait_for(lambda: listening(executions), 10, message="listener")
         listener_port = scalar(executions, "SELECT client_port FROM pg_stat_activity WHERE datname = "
                                            "current_database() AND application_name LIKE 'exekutor %%listener'")
+        # The worker is idle first: a job goes through (its start-up poll no longer waits for an answer).
+        warm_up = jobs_app.noop.perform_later()
+        wait_for(lambda: status_of(warm_up) == "completed", 20, message="a first job to complete")
         proxy.hold_replies(except_port=listener_port)
         request = jobs_app.sleep.perform_later(60)
         wait_running(executions, request)  # reserved: the answer waits in the proxy

@@ -37,9 +37,10 @@ class Provider(Component):
         self._refresh_due = True  # ask the database when the next future job is due
         self._next_due = None  # time.time() (our clock) when the earliest known future job is due
         self.clock_offset = 0.0  # the database's clock minus ours, in seconds
-        # Held around each reservation, and by the heartbeat's reconciliation, which must not see a reservation of
-        # ours in flight (its jobs are owned in the database but not yet known here).
+        # Held around each reservation (its jobs are owned in the database but not yet known here until it ends);
+        # the reconciler checks that no reservation was in flight, or began, while it read what the worker owns.
         self.reservation_lock = Semaphore()
+        self.reservations_begun = 0
         # While jobs are still running, wait up to BATCH_WAIT for batch_size free greenlets: one statement
         # then reserves for many of them instead of one statement per freed greenlet.
         self.batch_size = max(1, executor.max_threads // 4)
@@ -127,6 +128,7 @@ class Provider(Component):
             return
         self._maybe_more = False
         with self.reservation_lock:
+            self.reservations_begun += 1
             try:
                 with self.worker.db() as conn, conn.cursor() as cursor:
                     started = time.monotonic()
