@@ -45,7 +45,8 @@ def test_200_sleeping_jobs_run_concurrently_on_a_bounded_number_of_connections(s
     started, finished = query(db, "SELECT min(started_at), max(finished_at) FROM exekutor_jobs")[0]
     # Serially 100 s; concurrently about 0.5 s plus overhead.
     assert (finished - started).total_seconds() < 10
-    assert 1 <= len(peak_sample) <= 4, (peak_sample, worker.output())  # the pool of 3 plus the listener
+    # The pool of 3, the listener, and the heartbeat's on the liveness thread.
+    assert 1 <= len(peak_sample) <= 5, (peak_sample, worker.output())
     assert scalar(db, "SELECT max(attempts) FROM exekutor_jobs") == 1
     worker.stop()
 
