@@ -35,6 +35,10 @@ from exekutor.errors import ConfigError
 # value has the wrong shape. Range checks live in Check so that the error can say what is allowed.
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# The longest duration any option (and a schedule's `every`) takes: 100 years of 365 days, as for enqueue waits
+# (exekutor.jobs.MAX_WAIT). Anything longer is a mistake, and past it timedelta and datetime arithmetic overflows.
+MAX_DURATION = 100 * 365 * 24 * 3600.0
+MAX_DURATION_TEXT = "100 years"
 _UNIT_NAMES = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _DURATION = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
@@ -50,7 +54,7 @@ def parse_duration(value, unit="s"):
     if unit not in _UNIT_SECONDS:
         raise ValueError(f"unknown duration unit {unit!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number, suffix = float(value), unit
+        number, suffix = _float(value), unit
     else:
         match = _DURATION.fullmatch(value) if isinstance(value, str) else None
         if not match:
@@ -59,6 +63,14 @@ def parse_duration(value, unit="s"):
     if not math.isfinite(number):
         raise ValueError(f"not a duration: {value!r}")
     return number * _UNIT_SECONDS[suffix] / _UNIT_SECONDS[unit]
+
+
+def _float(number):
+    """float(number), a ValueError (not OverflowError) for an int beyond any float, e.g. 400 digits of YAML."""
+    try:
+        return float(number)
+    except OverflowError:
+        raise ValueError("number too large") from None
 
 
 def _parse_int(value, unit=None):
@@ -71,7 +83,7 @@ def _parse_int(value, unit=None):
 
 def _parse_float(value, unit=None):
     if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-        return float(value)
+        return _float(value)
     raise TypeError("not a number")
 
 
@@ -129,7 +141,7 @@ class ValueProblem(ValueError):
 
 def _parse_schedules(value, unit=None):
     # Checked here in full (cron, time zone, every, keys), so a bad schedule stops `start` like any bad value.
-    from exekutor.schedules import Schedule, ScheduleError, from_mapping
+    from exekutor.schedules import Schedule, ScheduleError, check_schedule, from_mapping
 
     if isinstance(value, str):  # an environment variable or an INI value: a JSON object
         try:
@@ -139,7 +151,7 @@ def _parse_schedules(value, unit=None):
     if not isinstance(value, dict):
         raise TypeError("not a mapping")
     try:
-        return {str(name): entry if isinstance(entry, Schedule) else from_mapping(str(name), entry)
+        return {str(name): check_schedule(entry) if isinstance(entry, Schedule) else from_mapping(str(name), entry)
                 for name, entry in value.items()}
     except ScheduleError as error:
         raise ValueProblem(str(error)) from None
@@ -169,9 +181,10 @@ INT = Kind("integer", _parse_int, "an integer {check}")
 FLOAT = Kind("number", _parse_float, "a number {check}")
 BOOL = Kind("boolean", _parse_bool, "true or false (also yes/no, on/off, 1/0)")
 DURATION = Kind("duration", parse_duration,
-                "a duration {check} ({unit}, or a number with unit like '90s', '15m', '4h')")
+                "a duration {check} and at most {longest} ({unit}, or a number with unit like '90s', '15m', '4h')")
 WAIT = Kind("boolean or duration", _parse_wait,
-            "true (wait forever), false or none (don't wait), or a duration {check} ({unit}; 0 kills at once)")
+            "true (wait forever), false or none (don't wait), or a duration {check} and at most {longest} "
+            "({unit}; 0 kills at once)")
 LIST = Kind("list", _parse_list, "a list of {check}")
 SERIALIZER = Kind("serializer", _parse_serializer,
                   "'json', 'orjson', an import path like 'pkg.mod:obj', or an object with dumps() and loads()")
@@ -189,7 +202,6 @@ def _between(low, high):
 ANY = Check(lambda value: True, "")
 POSITIVE = Check(lambda value: value > 0, "> 0")
 NON_NEGATIVE = Check(lambda value: value >= 0, ">= 0")
-AT_LEAST_ONE = Check(lambda value: value >= 1, ">= 1")
 PRIORITY = _between(1, 32767)
 NON_EMPTY = Check(bool, "a non-empty string")
 DSN = Check(_looks_like_dsn, "a postgresql:// URL or a libpq keyword string like 'host=db dbname=app'")
@@ -221,7 +233,8 @@ class Option:
 
     @property
     def expected(self):
-        text = self.kind.text.format(check=self.check.text, unit=_UNIT_NAMES.get(self.unit))
+        text = self.kind.text.format(check=self.check.text, unit=_UNIT_NAMES.get(self.unit),
+                                     longest=MAX_DURATION_TEXT)
         return text + (", or none" if self.nullable else "")
 
     def convert(self, value, text=False):
@@ -231,9 +244,14 @@ class Option:
         if text and self.kind is LIST:
             value = [item.strip() for item in value.split(",")]
         result = self.kind.parse(value, self.unit)
-        if not self.check.test(result):
+        if not self.check.test(result) or self._too_long(result):
             raise ValueError("out of range")
         return result
+
+    def _too_long(self, value):
+        # Every duration has the same maximum, in its own unit (healthcheck_timeout is in minutes).
+        is_duration = self.unit is not None and isinstance(value, float)  # not WAIT's true/false/none
+        return is_duration and value * _UNIT_SECONDS[self.unit] > MAX_DURATION
 
 
 OPTIONS = {option.name: option for option in [
@@ -260,7 +278,7 @@ OPTIONS = {option.name: option for option in [
            "How often the worker polls for jobs the listener may have missed."),
     Option("polling_jitter", FLOAT, 0.1, None, _between(0, 1),
            "Fraction by which each poll interval varies (0.1 = ±5%), so workers started together poll apart."),
-    Option("min_execution_threads", INT, 1, None, AT_LEAST_ONE, "Greenlets kept in the pool even when idle."),
+    Option("min_execution_threads", INT, 1, None, _between(1, 10000), "Greenlets kept in the pool even when idle."),
     Option("max_execution_threads", INT, 100, None, _between(1, 10000),
            "Most jobs one worker runs at the same time (greenlets); at least `min_execution_threads`."),
     Option("max_execution_thread_idletime", DURATION, 60, "s", POSITIVE,
@@ -362,6 +380,8 @@ def redact_url(url):
 
 def _show(value):
     # Any string may be (or embed) a URL with a password, so every value shown in an error is redacted.
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1000:
+        return f"an integer of about {int(value.bit_length() * math.log10(2))} digits"  # repr() refuses 4300+
     return repr(redact_url(value)) if isinstance(value, str) else repr(value)
 
 

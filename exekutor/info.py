@@ -74,7 +74,9 @@ def render_schedules(entries):
              _when(entry["last_run"]),
              (_when(entry["next_run"]), WARN if entry["next_run"] and entry["next_run"] < late else None)]
             for entry in entries]
-    return table(SCHEDULE_COLUMNS, rows)
+    warnings = [click.style(f"warning: schedule {printable(entry['name'])}: {printable(entry['problem'])}", **WARN)
+                for entry in entries if entry.get("problem")]
+    return table(SCHEDULE_COLUMNS, rows) + warnings
 
 
 def _queues(cursor):

@@ -16,13 +16,16 @@ from __future__ import annotations
 import datetime as dt
 import math
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from cronsim import CronSim, CronSimError
+
+from exekutor.config import MAX_DURATION, MAX_DURATION_TEXT
 
 UTC = dt.timezone.utc
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 MIN_EVERY = 1.0  # seconds: finer schedules belong in a loop, not a queue
+MAX_EVERY = MAX_DURATION  # 100 years, as every duration option: beyond, tick arithmetic overflows datetime
 MAX_CATCH_UP = 1000  # jobs one catch-up enqueues at most (the most recent ticks); older ones are skipped
 CRON_NAMES = {
     "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
@@ -198,10 +201,19 @@ def check_every(where, value):
         seconds = parse_duration(seconds)
     except (TypeError, ValueError):
         seconds = None
-    if seconds is None or not math.isfinite(seconds) or seconds < MIN_EVERY:
-        raise ScheduleError(f"{where}: every must be a duration of at least {MIN_EVERY:g} second (a number of "
-                            f"seconds or a string like '30s', '15m', '1d'), got {value!r}")
+    if seconds is None or not math.isfinite(seconds) or not MIN_EVERY <= seconds <= MAX_EVERY:
+        raise ScheduleError(f"{where}: every must be a duration from {MIN_EVERY:g} second to {MAX_DURATION_TEXT} "
+                            f"(a number of seconds or a string like '30s', '15m', '1d'), got {_cut(repr(value))}")
     return seconds
+
+
+def _cut(text, limit=80):
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_schedule(schedule):
+    """A Schedule built directly (not by make_schedule), validated as make_schedule would."""
+    return make_schedule(**{item.name: getattr(schedule, item.name) for item in fields(schedule)})
 
 
 def _check_arguments(where, job, args, kwargs):
@@ -234,13 +246,18 @@ def from_mapping(name, entry, source="config"):
 
 
 def from_definition(name, definition):
-    """A schedule back from the table's definition column (to compute its next tick), or None if it is not one."""
+    """(schedule, None) back from the table's definition column (to compute its next tick), or (None, why not):
+    the column holds any JSON, written by another version or by hand."""
+    if not isinstance(definition, dict):
+        return None, f"its definition is not a JSON object: {_cut(repr(definition))}"
+    options = {key: definition[key] for key in KEYS if key in definition}
     try:
-        options = {key: definition[key] for key in KEYS if key in definition}
-        return make_schedule(name, source=definition.get("source", "database"),
-                             **{**options, "args": (), "kwargs": {}})
-    except (ScheduleError, TypeError, AttributeError):
-        return None
+        return make_schedule(name, source=str(definition.get("source", "database")),
+                             **{**options, "args": (), "kwargs": {}}), None
+    except ScheduleError as error:
+        return None, str(error).removeprefix(f"schedule {name!r}: ")
+    except TypeError:  # "job" missing: make_schedule's required argument
+        return None, "its definition names no job"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,34 +324,54 @@ def active_schedules(configured=None):
 # ---------------------------------------------------------------------------------------------------------------
 # Reading the table (the CLI's `schedules`, `info`)
 
-_OVERVIEW = """
-SELECT name, definition, CASE WHEN last_enqueued_at IS NOT NULL THEN last_tick END, last_tick
+# A timestamptz Python cannot hold (a year past 9999, written by hand) reads as NULL rather than failing the listing.
+_READABLE = "CASE WHEN {0} BETWEEN '0001-01-01 00:00+00' AND '9999-12-31 23:59:59.999999+00' THEN {0} END"
+_OVERVIEW = f"""
+SELECT name, definition, CASE WHEN last_enqueued_at IS NOT NULL THEN {_READABLE.format('last_tick')} END,
+       {_READABLE.format('last_tick')}
 FROM exekutor_schedules ORDER BY name
 """
 
 
 def overview(conn, configured=None):
-    """[{name, job, when, catch_up, source, last_run, next_run, in_database}] from the table plus `configured`
-    ({name: Schedule}, e.g. active_schedules()), in name order. Times are the database's."""
+    """[{name, job, when, catch_up, source, last_run, next_run, in_database, problem}] from the table plus
+    `configured` ({name: Schedule}, e.g. active_schedules()), in name order. Times are the database's.
+
+    `problem` (else None) says on one line why a schedule is not run as listed: it cannot be computed (any row
+    the table may hold is listed), or it names a job this process has not registered (checked when this process
+    has registered any: `--app`, the application around the dashboard). A missing table raises UndefinedTable:
+    the callers' "run migrate"."""
+    from exekutor.jobs import registry as jobs
+
     with conn.cursor() as cursor:
-        cursor.execute("SELECT to_regclass('exekutor_schedules') IS NOT NULL, now()")
-        exists, now = cursor.fetchone()
-        rows = []
-        if exists:
-            cursor.execute(_OVERVIEW)
-            rows = cursor.fetchall()
-    stored = {row[0]: row for row in rows}
-    entries = []
-    for name in sorted(set(stored) | set(configured or {})):
-        schedule = (configured or {}).get(name)
-        row = stored.get(name)
-        if schedule is None:
-            schedule = from_definition(name, row[1]) if isinstance(row[1], dict) else None
-        last, seen = (row[2], row[3]) if row else (None, None)
-        entries.append({
-            "name": name, "job": schedule.job if schedule else (row[1] or {}).get("job"),
-            "when": schedule.when if schedule else "?", "catch_up": schedule.catch_up if schedule else None,
-            "source": schedule.source if schedule else "database", "in_database": row is not None,
-            "last_run": last, "next_run": schedule.next_after(seen or now) if schedule else None,
-        })
-    return entries
+        cursor.execute("SELECT now()")
+        now = cursor.fetchone()[0]
+        cursor.execute(_OVERVIEW)
+        stored = {row[0]: row for row in cursor.fetchall()}
+    registered = set(jobs.names()) or None
+    return [_overview_entry(name, (configured or {}).get(name), stored.get(name), now, registered)
+            for name in sorted(set(stored) | set(configured or {}))]
+
+
+def _overview_entry(name, schedule, row, now, registered):
+    problem = None
+    if schedule is None:
+        schedule, problem = from_definition(name, row[1])
+    last, seen = (row[2], row[3]) if row else (None, None)
+    next_run = None
+    if schedule is not None:
+        try:
+            next_run = schedule.next_after(seen or now)
+        except Exception as error:  # noqa: BLE001 - any stored tick or definition: the listing goes on
+            problem = f"{type(error).__name__}: {error}"
+    job = schedule.job if schedule else row[1].get("job") if isinstance(row[1], dict) else None
+    if problem:
+        problem = _cut(f"cannot be computed, workers skip it: {problem}", 200)
+    elif registered is not None and job not in registered:
+        problem = f"job {_cut(repr(job))} is not registered here; a worker without it skips this schedule"
+    return {
+        "name": name, "job": job if isinstance(job, str) else None,
+        "when": schedule.when if schedule else "?", "catch_up": schedule.catch_up if schedule else None,
+        "source": schedule.source if schedule else "database", "in_database": row is not None,
+        "last_run": last, "next_run": next_run, "problem": problem,
+    }

@@ -1,8 +1,9 @@
 """`exekutor-gevent schedules [--json]`: the recurring jobs, with their last and next run (DESIGN §11).
 
 Lists what the workers wrote to exekutor_schedules, plus the config file's `schedules:` section and, with `--app`,
-the schedules the application's modules declare with `@exekutor.periodic`. Times are the database's. Exit status:
-0, also when there are no schedules; 1 the database failed; 2 bad input.
+the schedules the application's modules declare with `@exekutor.periodic`. Times are the database's; a schedule
+that cannot be computed or names an unregistered job gets a warning line. Exit status: 0, also when there are no
+schedules; 1 the database failed or its tables are missing; 2 bad input.
 """
 import click
 

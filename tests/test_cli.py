@@ -421,7 +421,7 @@ def empty_database(db, database_url):
     db.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.mark.parametrize("command", ["info", "cleanup"])
+@pytest.mark.parametrize("command", ["info", "cleanup", "schedules"])
 def test_a_database_without_the_tables_says_to_migrate(command, empty_database):
     result = run_cli(command, "--database-url", empty_database)
     assert result.returncode == 1

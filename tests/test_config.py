@@ -378,7 +378,7 @@ def test_bad_value_in_yaml_with_line(tmp_path):
     path = write(tmp_path, "exekutor.yml", "# comment\n\nexekutor:\n  polling_interval: abc\n")
     assert error_of(config.load, [path]) == (
         f"invalid value for polling_interval in {path} line 4: expected a duration > 0 "
-        "(seconds, or a number with unit like '90s', '15m', '4h'), got 'abc'")
+        "and at most 100 years (seconds, or a number with unit like '90s', '15m', '4h'), got 'abc'")
 
 
 def test_bad_value_in_code():

@@ -42,7 +42,8 @@ def connect(url=None, application_name=None, autocommit=False):
     connect is bounded by the same number of seconds here, and a server that accepts but never answers gives
     "could not connect within Ns to <database>".
     """
-    timeout = max(1, int(config.get("connect_timeout")))
+    # libpq takes an int of seconds; the option may be up to 100 years, which is as good as forever.
+    timeout = min(max(1, int(config.get("connect_timeout"))), 2**31 - 1)
     kwargs = {
         "connect_timeout": timeout,
         "keepalives": 1,

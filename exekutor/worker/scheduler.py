@@ -43,7 +43,22 @@ class _State:
     def seen(self, last_tick, now):
         """The table says `last_tick` (None: never claimed, start from now)."""
         self.last_tick = last_tick
-        self.next_tick = self.schedule.next_after(last_tick or now)
+        self.next_tick = self._computed(self.schedule.next_after, last_tick or now)
+
+    def due_ticks(self, now):
+        """(ticks, truncated) as Schedule.due_ticks; None when they cannot be computed (then skipped)."""
+        return self._computed(self.schedule.due_ticks, self.last_tick, now)
+
+    def _computed(self, compute, *args):
+        # One schedule that cannot be computed (a last_tick edited by hand to the year 9999) is skipped (next_tick
+        # None: never due again) and logged once: it must not stop the scheduler loop and the other schedules.
+        try:
+            return compute(*args)
+        except Exception as error:  # noqa: BLE001 - whatever the arithmetic or cronsim raise
+            self.next_tick = None
+            logger.error("exekutor scheduler: schedule %r cannot be computed (last tick %s): %s: %s; skipped",
+                         self.schedule.name, self.last_tick, type(error).__name__, error)
+            return None
 
 
 class Scheduler(Component):
@@ -149,7 +164,7 @@ class Scheduler(Component):
 
     def _claim(self, states, now):
         """One statement for these due schedules: claim their ticks and insert their jobs."""
-        plan = [(state, *state.schedule.due_ticks(state.last_tick, now)) for state in states]
+        plan = [(state, *due) for state in states if (due := state.due_ticks(now)) is not None]
         jobs, params = self._claim_params(plan)
         with self.worker.db() as conn, conn.cursor() as cursor:
             row, sent, received = self._timed(cursor, CLAIM_TICKS, params)
