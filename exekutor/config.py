@@ -210,6 +210,8 @@ QUEUE_NAMES = Check(lambda names: bool(names) and all(0 < len(name) <= 63 for na
                     "queue names (1 to 63 characters each)")
 MODULE_NAMES = Check(lambda names: all(_MODULE_NAME.fullmatch(name) for name in names),
                      "module names like 'app.jobs' or 'app:create_app'")
+HOST_NAMES = Check(lambda names: all(re.fullmatch(r"[^\s/@]+", name) for name in names),
+                   "host names or addresses like 'jobs.example.com' or '10.0.0.5'")
 LOG_LEVELS = Check(lambda level: level in ("debug", "info", "warning", "error"), "debug, info, warning, error")
 
 
@@ -347,6 +349,10 @@ OPTIONS = {option.name: option for option in [
     Option("dashboard_show_arguments", BOOL, False, None, ANY,
            "Show job arguments on the dashboard's job pages; off by default, as arguments may hold personal data "
            "or secrets."),
+    Option("dashboard_allowed_hosts", LIST, [], None, HOST_NAMES,
+           "Host names the dashboard answers (a defence against DNS rebinding); any other `Host` gets 400. The "
+           "standalone server always adds its bound address and `localhost` (`--allowed-host`); a mounted "
+           "blueprint checks only when this is set (comma-separated in env/INI)."),
 ]}
 
 # Worker keyword -> option, where the names differ (Worker takes the original's short names).

@@ -51,6 +51,7 @@ DEFAULTS = {
     "schedules": {},
     "dashboard_allow_actions": False,
     "dashboard_show_arguments": False,
+    "dashboard_allowed_hosts": [],
 }
 
 

@@ -180,15 +180,56 @@ def test_no_database_url_in_any_page(client, db, database_url):
         assert database_url not in html and dbname not in html
 
 
-def test_a_database_error_is_a_503_without_the_drivers_text(client, monkeypatch):
-    from exekutor.dashboard import data
+@pytest.fixture
+def other_database(database_url):
+    """Pages read from the config.database_url the test sets, on fresh connections; the test database's again
+    afterwards."""
+    from exekutor.db.pool import reset_default_pool
 
-    def broken():
-        raise psycopg2.OperationalError('connection to server at "db.internal" failed: password=hunter2')
+    reset_default_pool()
+    yield
+    reset_default_pool()
 
-    monkeypatch.setattr(data, "connection", broken)
+
+def test_a_database_without_exekutors_tables_is_named_on_the_page_and_logged(client, db, other_database, caplog):
+    empty = f"exekutor_empty_{uuid.uuid4().hex[:8]}"
+    query(db, f'CREATE DATABASE "{empty}"')
+    try:
+        config.database_url = psycopg2.extensions.make_dsn(db.dsn, dbname=empty)
+        _, html = get(client, "/", status=503)
+        assert "tables are missing" in html and "migrate" in html and "unreachable" not in html
+        assert empty not in html
+        assert any(record.name == "exekutor.dashboard" and record.levelname == "ERROR"
+                   and "tables are missing" in record.getMessage() for record in caplog.records)
+    finally:
+        query(db, f'DROP DATABASE "{empty}" WITH (FORCE)')
+
+
+def test_an_unreachable_database_is_named_on_the_page_and_logged(client, other_database, caplog):
+    import socket
+
+    with socket.socket() as closed:  # a loopback port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config.database_url = f"postgresql://app:hunter2@127.0.0.1:{port}/jobs"
     _, html = get(client, "/", status=503)
-    assert "db.internal" not in html and "hunter2" not in html and "database is unavailable" in html
+    assert "database is unreachable" in html and "tables" not in html
+    assert "hunter2" not in html and str(port) not in html
+    records = [record.getMessage() for record in caplog.records if record.name == "exekutor.dashboard"]
+    assert any("unreachable" in message and str(port) in message for message in records), records
+    assert not any("hunter2" in message for message in records)
+
+
+def test_the_blueprint_answers_only_the_allowed_hosts_once_they_are_set(client, db):
+    make_job(db, queue="payroll-queue")
+    assert client.get(PREFIX + "/", headers={"Host": "rebind.attacker.test"}).status_code == 200  # the app's call
+    config.dashboard_allowed_hosts = ["jobs.example.com"]
+    for host in ("jobs.example.com", "JOBS.example.com:8443"):
+        assert client.get(PREFIX + "/", headers={"Host": host}).status_code == 200
+    for path in ("/", "/jobs", "/static/dashboard.js"):
+        response = client.get(PREFIX + path, headers={"Host": "rebind.attacker.test"})
+        assert response.status_code == 400 and b"payroll-queue" not in response.data
+        assert response.headers["Content-Security-Policy"].startswith(CSP)
 
 
 def test_the_applications_login_guards_every_page(app):

@@ -7,11 +7,7 @@ violation, also after the live refresh swapped the page's content.
 """
 import base64
 import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -19,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, query, wait_for
 from tests.test_dashboard import HOSTILE, make_job, status_of
+from tests.test_dashboard_standalone import standalone
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -38,31 +35,9 @@ ARTIFACTS = os.environ.get("EXEKUTOR_TEST_ARTIFACTS") or os.path.join(ROOT, "tes
 
 @pytest.fixture(scope="module")
 def server(database_url):
-    """`exekutor-gevent dashboard --allow-actions` on a free loopback port; its base URL."""
-    log = tempfile.NamedTemporaryFile(prefix="exekutor-dashboard-", suffix=".log", delete=False)
-    env = dict(os.environ, EXEKUTOR_DATABASE_URL=database_url, PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "exekutor", "dashboard", "--port", "0", "--allow-actions"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def address():
-        with open(log.name, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-        if proc.poll() is not None:
-            raise AssertionError(f"the dashboard exited with {proc.returncode}:\n{text}")
-        found = re.search(r"on (http://127\.0\.0\.1:\d+)/", text)
-        return found and found.group(1)
-
-    try:
-        yield wait_for(address, 30, "the dashboard to listen")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
-        os.unlink(log.name)
+    """`exekutor-gevent dashboard --allow-actions` on a free loopback port, also answering jobs.test; its base URL."""
+    with standalone(database_url, "--allow-actions", "--allowed-host", "jobs.test") as dashboard:
+        yield dashboard.base
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +47,8 @@ def browser():
     profile = tempfile.mkdtemp(prefix="exekutor-chromium-")
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1360,900", f"--user-data-dir={profile}"):
+                 "--disable-dev-shm-usage", "--window-size=1360,900", f"--user-data-dir={profile}",
+                 "--host-resolver-rules=MAP *.test 127.0.0.1"):  # names that resolve to loopback, as rebinding does
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -180,6 +156,22 @@ def test_cancel_a_pending_job_by_clicking(browser, server, db):
     assert status_of(db, job_id) == "d"
     assert "cancelled" in browser.find_element(By.CSS_SELECTOR, "h1 .status").text
     assert_nothing_ran(browser)
+
+
+def test_an_allowed_host_name_works_with_actions_and_a_rebound_one_gets_nothing(browser, server, db):
+    job_id = make_job(db, queue="payroll-queue")
+    port = server.rpartition(":")[2]
+    browser.get(f"http://rebind.test:{port}/jobs/{job_id}")
+    browser.get_log("browser")  # drained: its stylesheet, refused too, is an expected console error
+    assert "400" in browser.find_element(By.TAG_NAME, "h1").text
+    assert "payroll-queue" not in browser.page_source and not browser.find_elements(By.ID, "retry")
+    visit(browser, f"http://jobs.test:{port}", f"/jobs/{job_id}")
+    browser.find_element(By.ID, "retry").click()
+    wait_for(lambda: browser.find_elements(By.ID, "confirm"), 10, "the confirmation")
+    browser.find_element(By.ID, "confirm").click()
+    notice = wait_for(lambda: browser.find_elements(By.ID, "notice"), 10, "the notice")[0]
+    assert notice.text == "Retried 1 job(s)." and browser.current_url.startswith(f"http://jobs.test:{port}/")
+    assert status_of(db, job_id) == "p"
 
 
 # --- hostile text -------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import signal
 
 import click
 
-from exekutor.cli import EXIT_FAILURE, _database_errors, _fail, _option, config_options, load_config
+from exekutor.cli import EXIT_FAILURE, _configure_logging, _database_errors, _fail, _option, config_options, load_config
 
 
 @click.command()
@@ -19,18 +19,23 @@ from exekutor.cli import EXIT_FAILURE, _database_errors, _fail, _option, config_
          help="Port to listen on (0: any free port, printed at start).")
 @_option("--allow-actions", is_flag=True, default=None, help="Allow retry and cancel (default: read-only).")
 @_option("--show-arguments", is_flag=True, default=None, help="Show job arguments on job pages (default: hidden).")
+@_option("--allowed-host", multiple=True, metavar="NAME",
+         help="Another host name to answer, besides the bound address and localhost (repeatable; "
+              "dashboard_allowed_hosts). Other Host headers get 400: a defence against DNS rebinding.")
 @config_options
-def dashboard(host, port, allow_actions, show_arguments, configfile, env, database_url):
+def dashboard(host, port, allow_actions, show_arguments, allowed_host, configfile, env, database_url):
     """Serve the web dashboard (read-only, on 127.0.0.1:8080, unless told otherwise)."""
     try:
         import flask  # noqa: F401
     except ImportError:
         _fail("the dashboard needs Flask: pip install 'exekutor-gevent[dashboard]'", EXIT_FAILURE)
     load_config(configfile, env, {"database_url": database_url, "dashboard_allow_actions": allow_actions,
-                                  "dashboard_show_arguments": show_arguments})
+                                  "dashboard_show_arguments": show_arguments,
+                                  "dashboard_allowed_hosts": list(allowed_host) or None})
     from exekutor.worker.process import patch
 
     patch()  # cooperative sockets and psycopg2: one slow query does not stall the other requests
+    _configure_logging(quiet=False)  # the dashboard's database errors are logged
     _check_database()
     _serve(host, port)
 
@@ -51,7 +56,8 @@ def _serve(host, port):
     from exekutor import config
     from exekutor.dashboard.views import create_app
 
-    server = WSGIServer((host, port), create_app())
+    # The bound address and localhost (a tunnel's browser uses either), with dashboard_allowed_hosts.
+    server = WSGIServer((host, port), create_app(allowed_hosts=(host, "localhost")))
     try:
         server.start()
     except OSError as error:

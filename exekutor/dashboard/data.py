@@ -13,12 +13,16 @@ dashboard's own:
   for the whole hour.
 """
 import contextlib
+import logging
 import threading
+
+import psycopg2
 
 from exekutor import config, info, operations
 from exekutor.db.pool import default_pool
 from exekutor.queue_stats import executing_by_queue, no_pending, pending_by_queue
 
+logger = logging.getLogger("exekutor.dashboard")
 CHART_MINUTES = 60
 # Failed and discarded jobs stay until cleanup deletes them: the overview counts all of them, not a recent window.
 ALL_TIME = info.MAX_FAILURES_SINCE
@@ -44,9 +48,32 @@ GROUP BY 1, 2
 @contextlib.contextmanager
 def connection():
     """An autocommit connection from the process's pool (the one enqueueing uses): operations act in batches
-    that commit on their own."""
-    with default_pool().connection() as conn:
+    that commit on their own.
+
+    A pooled connection the server has dropped since (a restart, pg_terminate_backend, an idle timeout) only
+    fails on its next statement, so it is tried first with `SELECT 1`: a dropped one is given back (the pool then
+    closes it) with the other idle connections, most likely dropped with it, and the request goes on with a fresh
+    one. A second failure is the database's, and the page says so."""
+    pool = default_pool()
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(pool.connection())
+        if not _alive(conn):
+            logger.info("dashboard: the database had closed a pooled connection; reconnecting")
+            stack.close()
+            pool.close()
+            conn = stack.enter_context(pool.connection())
         yield conn
+
+
+def _alive(conn):
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except psycopg2.OperationalError:
+        if conn.closed:
+            return False
+        raise
 
 
 def _fetch(conn, sql, params=None):

@@ -5,12 +5,16 @@ a GET that shows what would be touched and a form, and a POST of that form with 
 Every page can also be fetched as a fragment (`?fragment=1`, the content without the layout), which
 dashboard.js swaps in every few seconds.
 """
+import logging
+
 import psycopg2
+import psycopg2.errors
 from flask import Blueprint, Flask, abort, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from exekutor import config, operations
-from exekutor.dashboard import csrf, data, rendering
+from exekutor.dashboard import csrf, data, hosts, rendering
+from exekutor.display import printable, redact
 
 blueprint = Blueprint("exekutor_dashboard", __name__, template_folder="templates", static_folder="static",
                       static_url_path="/static")
@@ -18,6 +22,8 @@ PAGE_SIZE = 50
 REFRESH_SECONDS = 5
 ACTIONS = {"retry": operations.RETRYABLE, "cancel": operations.CANCELLABLE}
 rendering.install(blueprint)
+blueprint.before_request(hosts.check)
+logger = logging.getLogger("exekutor.dashboard")
 
 
 def actions_enabled():
@@ -175,28 +181,47 @@ def http_error(error):
 
 @blueprint.errorhandler(psycopg2.Error)
 def database_error(error):
-    # Never the driver's text: it may name the server, and a page is no place for the database's address.
-    return _page("error.html", refresh=False, status=503, page=None, code=503,
-                 message="the database is unavailable or exekutor's tables are missing "
-                         "(run 'exekutor-gevent migrate'); reload to try again")
+    cause = _database_cause(error)
+    # The log has the driver's text (passwords removed); the page never has it: it may name the server, and a page
+    # is no place for the database's address.
+    logger.error("dashboard: %s on %s %s: %s", cause, request.method, printable(request.path),
+                 redact(str(error)).strip() or type(error).__name__)
+    return _page("error.html", refresh=False, status=503, page=None, code=503, message=f"{cause}; reload to try again")
 
 
-@blueprint.after_request
-def security_headers(response):
+def _database_cause(error):
+    if isinstance(error, psycopg2.errors.UndefinedTable):
+        return "exekutor's tables are missing in the database (run 'exekutor-gevent migrate')"
+    # No SQLSTATE: libpq's own (no connection, connection lost); class 08 and 57P: connection refused or ended.
+    if error.pgcode is None or error.pgcode.startswith(("08", "57P")):
+        return "the database is unreachable"
+    return f"the database refused the query (SQLSTATE {error.pgcode})"
+
+
+def _set_security_headers(response):
     response.headers["Content-Security-Policy"] = (
         "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; connect-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Referrer-Policy"] = "same-origin"
-    if request.endpoint != "exekutor_dashboard.static":
+    if request.endpoint != "exekutor_dashboard.static" or response.status_code >= 400:  # files may be cached
         response.headers["Cache-Control"] = "no-store"
-    return csrf.set_cookie(response)
+    return response
 
 
-def create_app():
+@blueprint.after_request
+def security_headers(response):
+    return csrf.set_cookie(_set_security_headers(response))
+
+
+def create_app(allowed_hosts=()):
     """The standalone dashboard: the blueprint at the root of an app of its own (no static route of the app's,
-    so the blueprint's /static is the only one)."""
+    so the blueprint's /static is the only one). It answers `allowed_hosts` and `dashboard_allowed_hosts` only,
+    and its own pages (404, 405, a refused host) carry the blueprint's security headers too."""
     app = Flask("exekutor.dashboard", static_folder=None)
+    app.extensions[hosts.EXTENSION] = tuple(allowed_hosts)
+    app.before_request(hosts.check)  # also before a 404 or 405: the blueprint's hook runs only on its routes
+    app.after_request(_set_security_headers)
     app.register_blueprint(blueprint, url_prefix="")
     return app
