@@ -13,12 +13,15 @@ keyword string in others), go through `redact`, which removes
   `password=…` of keyword strings, quoted or not.
 
 Control characters. Queue names, hostnames, identifiers and job names come from rows anyone with access to the
-tables may write: `printable` escapes control characters (ANSI escapes, newlines, DEL, C1, line separators) so that
-they can neither restyle a terminal nor forge a line.
+tables may write, and so do error messages, tracebacks, arguments and schedule names: `printable` escapes control
+characters (ANSI escapes, newlines, DEL, C1, line separators) and invisible format characters (bidirectional
+overrides, zero-width characters) so that they can neither restyle a terminal, forge a line nor reorder what a
+reader sees. The CLI and the dashboard both use it.
 """
 import os
 import re
 import threading
+import unicodedata
 import urllib.parse
 
 MASK = "***"
@@ -166,12 +169,28 @@ def _parse(url):
 
 # --- control characters -------------------------------------------------------------------------------------------
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Escaped: C0 and C1 controls and DEL, and outside ASCII every character Unicode files as a control (Cc), a format
+# character (Cf: bidirectional marks, embeddings, overrides and isolates, zero-width spaces and joiners, the BOM,
+# U+061C), a line or paragraph separator (Zl, Zp) or a lone surrogate (Cs, which JSON can carry and no page can
+# encode). They are invisible or reorder the text around them ("gnp.exe" shown as "exe.png"): shown as escapes, a
+# reader sees they are there. The category comes from the running Python's Unicode database, so a newer Unicode's
+# format characters are escaped too.
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CANDIDATE = re.compile(r"[\x00-\x1f\x7f-\U0010ffff]")
+_HIDDEN = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
+_KEPT_IN_TEXT = "\n\t"  # a traceback's lines and indentation stay readable
 
 
-def printable(text):
-    """`text` with control characters (and bidirectional overrides) as Python escapes; other text unchanged."""
+def printable(text, multiline=False):
+    """`text` with control, format and separator characters as Python escapes (`\\u202e`); other text unchanged.
+    `multiline` keeps newlines and tabs (tracebacks, indented JSON)."""
     text = str(text)
-    if not _CONTROL.search(text):
-        return text
-    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+    pattern = _ASCII_CONTROL if text.isascii() else _CANDIDATE
+    kept = _KEPT_IN_TEXT if multiline else ""
+    return pattern.sub(lambda match: _escape(match.group(), kept), text)
+
+
+def _escape(char, kept):
+    if char in kept or (char > "\x7f" and unicodedata.category(char) not in _HIDDEN):
+        return char
+    return char.encode("unicode_escape", "backslashreplace").decode("ascii")

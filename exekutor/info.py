@@ -203,8 +203,9 @@ def render_job(job):
     for error in errors:
         lines.append(f"  attempt {error['attempt'] or '-'} at {_when(error['created_at'])}: "
                      f"{printable(error['type'] or '?')}: {printable(error['message'] or '')}")
-        for line in (error["traceback"] or "").rstrip().splitlines():
-            lines.append("      " + printable(line))
+        # Split on newlines only: printable escapes every other separator, so no row can end a line early.
+        traceback = (error["traceback"] or "").rstrip()
+        lines += ["      " + line for line in printable(traceback, multiline=True).split("\n")] if traceback else []
     return lines
 
 

@@ -418,14 +418,19 @@ def encode_cursor(job, status):
     return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
+_MAX_CURSOR = 1000
+
+
 def decode_cursor(cursor, status):
     """The sort key values in a cursor made for the same status; OperationError for anything else."""
     _, key, _, _ = _ORDERS[status]
     columns = _key_columns(key)
     try:
+        if len(cursor) > _MAX_CURSOR:  # what a listing prints is far shorter; nested input would exhaust the stack
+            raise ValueError("too long")
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = json.loads(text)
-    except (TypeError, ValueError, binascii.Error):
+    except (TypeError, ValueError, binascii.Error, RecursionError):
         raise OperationError(f"invalid cursor {str(cursor)[:80]!r}: use the one a listing printed") from None
     if not isinstance(data, list) or len(data) != len(columns) + 1 or data[0] != (status or ""):
         raise OperationError(f"invalid cursor {str(cursor)[:80]!r}: not from a listing with this --status")

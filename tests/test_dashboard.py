@@ -1,10 +1,16 @@
-"""The dashboard through Flask's test client: every page, escaping, arguments, CSRF, actions, headers."""
+"""The dashboard through Flask's test client: every page, escaping, arguments, CSRF, actions, headers, odd query
+parameters."""
+import base64
 import re
+import unicodedata
+import urllib.parse
 import uuid
 
 import psycopg2.extensions
 import psycopg2.extras
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from exekutor import config
 from tests.conftest import query, scalar
@@ -253,6 +259,87 @@ def test_hostile_names_messages_and_tracebacks_are_escaped(client, db):
             assert text not in html, (path, text)
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html, path
         assert 'href="javascript:' not in html
+
+
+# Bidirectional marks, overrides and isolates, Arabic letter mark, zero-width characters, word joiner, BOM.
+INVISIBLE = "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200b\u200c\u200d\u2060\ufeff"
+
+
+def hidden_characters(text):
+    """Controls (but the markup's newlines and tabs), format characters and separators left raw in `text`."""
+    return [char for char in text if char not in "\n\t" and unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")]
+
+
+def make_invisible_job(conn):
+    """A failed job whose every field shown carries every invisible character (`gnp.exe` that reads `exe.png`)."""
+    text = "gnp\u202e.exe " + INVISIBLE
+    job_id = make_job(conn, queue="q" + INVISIBLE[:20], job=text, message=text,
+                      traceback=f"Traceback:\n\tFile {text}\n\x1b[31mError\u2028FORGED", args=[text])
+    query(conn, "UPDATE exekutor_jobs SET options = jsonb_build_object('tag', %s::text), "
+                "payload = payload || jsonb_build_object('kwargs', jsonb_build_object(%s::text, %s::text)) "
+                "WHERE id = %s", (text, text, text, job_id))
+    query(conn, "UPDATE exekutor_job_errors SET error = error || jsonb_build_object('type', %s::text) "
+                "WHERE job_id = %s", ("gnp\u202e.exeError" + INVISIBLE, job_id))
+    return job_id
+
+
+def test_invisible_characters_are_escaped_on_every_page(client, db):
+    from exekutor.schedules import make_schedule
+
+    config.configure(dashboard_show_arguments=True)
+    job_id = make_invisible_job(db)
+    schedule = make_schedule("gnp\u202e.exe" + INVISIBLE, "tests.noop" + INVISIBLE, every=60)
+    query(db, "INSERT INTO exekutor_schedules (name, definition) VALUES (%s, %s)",
+          (schedule.name, psycopg2.extras.Json(schedule.definition())))
+    try:
+        queue = "/queues/" + urllib.parse.quote("q" + INVISIBLE[:20])
+        for path in ("/", queue, "/jobs", "/jobs?status=failed", f"/jobs/{job_id}", "/schedules"):
+            _, html = get(client, path)
+            assert not hidden_characters(html), (path, hidden_characters(html))
+            assert "gnp\\u202e.exe" in html, path
+        _, html = get(client, f"/jobs/{job_id}")
+        for escape in ("\\u200e", "\\u061c", "\\u2069", "\\u200b", "\\u2060", "\\ufeff", "\\x1b[31m", "\\u2028"):
+            assert escape in html, escape
+        assert "Traceback:\n\tFile gnp" in html  # the traceback's lines and indentation stay
+    finally:
+        query(db, "DELETE FROM exekutor_schedules")
+
+
+# --- query parameters -------------------------------------------------------------------------------------------
+
+# Digits that are not ASCII, a number too long for int(), controls, a bad percent-escape, huge and nested input.
+ODD_VALUES = ["\u00b2", "\u0663", "9" * 5000, "-1", " 1", "1e3", "", "\x00", "\u202e", "x" * 10000, "%ff", "'\"",
+              base64.urlsafe_b64encode(b"[" * 100000).decode(), base64.urlsafe_b64encode(b'["failed", 1e999]').decode()]
+
+
+@pytest.mark.parametrize("value", ODD_VALUES, ids=range(len(ODD_VALUES)))
+def test_odd_query_parameters_are_a_400_or_ignored_never_a_500(app, db, value):
+    config.configure(dashboard_allow_actions=True)
+    job_id = make_job(db)
+    pages = ["/", "/queues/mail", "/workers", "/jobs", f"/jobs/{job_id}", "/schedules"]
+    asked = [(page, {"action": "retry", "done": value}) for page in pages]
+    asked += [(page, {name: value}) for page in pages for name in ("action", "fragment")]
+    asked += [("/jobs", {"status": "failed", name: value}) for name in ("status", "queue", "job", "after")]
+    asked += [(f"/actions/{action}", {"status": "failed", name: value})
+              for action in ("retry", "cancel") for name in ("status", "queue", "job", "id")]
+    asked += [(f"/{page}/{urllib.parse.quote(value[:2000], safe='')}", {}) for page in ("queues", "jobs")]
+    for path, params in asked:
+        assert_not_a_500(app, path, params)
+
+
+@given(st.text(max_size=30), st.sampled_from(["done", "after", "queue", "job", "status", "id"]))
+@example("\u00b2", "done")  # str.isdigit() said yes, int() said no
+def test_any_text_in_a_query_parameter_is_never_a_500(app, db, value, name):
+    config.configure(dashboard_allow_actions=True)
+    for path in ("/workers", "/jobs", "/actions/retry"):
+        assert_not_a_500(app, path, {"action": "retry", "status": "failed", name: value})
+
+
+def assert_not_a_500(app, path, params):
+    app.config["TESTING"] = False  # an exception is the 500 a browser would get, not raised into the test
+    response = logged_in(app).get(PREFIX + path, query_string=params)
+    assert response.status_code in (200, 400, 403, 404), (path, {k: v[:40] for k, v in params.items()},
+                                                           response.status_code)
 
 
 # --- actions --------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ cancelled by clicking, and the database is checked; hostile text stays text: no 
 violation, also after the live refresh swapped the page's content.
 """
 import base64
+import json
 import os
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, query, wait_for
-from tests.test_dashboard import HOSTILE, make_job, status_of
+from tests.test_dashboard import HOSTILE, INVISIBLE, hidden_characters, make_invisible_job, make_job, status_of
 from tests.test_dashboard_standalone import standalone
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,8 +36,9 @@ ARTIFACTS = os.environ.get("EXEKUTOR_TEST_ARTIFACTS") or os.path.join(ROOT, "tes
 
 @pytest.fixture(scope="module")
 def server(database_url):
-    """`exekutor-gevent dashboard --allow-actions` on a free loopback port, also answering jobs.test; its base URL."""
-    with standalone(database_url, "--allow-actions", "--allowed-host", "jobs.test") as dashboard:
+    """`exekutor-gevent dashboard --allow-actions --show-arguments` on a free loopback port, also answering
+    jobs.test; its base URL."""
+    with standalone(database_url, "--allow-actions", "--show-arguments", "--allowed-host", "jobs.test") as dashboard:
         yield dashboard.base
 
 
@@ -195,3 +197,30 @@ def test_hostile_text_is_shown_literally_and_nothing_runs(browser, server, db):
     traceback = browser.find_element(By.CSS_SELECTOR, "pre.traceback").text
     assert traceback == hostile
     assert not browser.find_elements(By.CSS_SELECTOR, "main script, main img")
+
+
+def test_invisible_characters_are_shown_as_escapes(browser, server, db):
+    """`gnp\u202e.exe` must not read `exe.png`: no bidi control or zero-width character reaches the visible text of
+    the job page (type, message, traceback, options, arguments) or the schedules page; their escapes do."""
+    from exekutor.schedules import make_schedule
+
+    job_id = make_invisible_job(db)
+    schedule = make_schedule("gnp\u202e.exe" + INVISIBLE, "tests.noop", every=60)
+    query(db, "INSERT INTO exekutor_schedules (name, definition) VALUES (%s, %s::jsonb)",
+          (schedule.name, json.dumps(schedule.definition())))
+    try:
+        visit(browser, server, f"/jobs/{job_id}", shot="invisible")
+        text = browser.find_element(By.TAG_NAME, "main").text
+        assert not hidden_characters(text), hidden_characters(text)
+        for selector in ("h1 .name", ".error-record .type", ".error-message", "pre.traceback", "#arguments",
+                         "dl.fields pre"):
+            assert "gnp\\u202e.exe" in browser.find_element(By.CSS_SELECTOR, selector).text, selector
+        assert "\\u200b\\u200c\\u200d\\u2060\\ufeff" in text and "\\u061c" in text and "\\u2066" in text
+        # textContent: Selenium's .text turns the tab into a space; a <pre> shows it as it is.
+        traceback = browser.find_element(By.CSS_SELECTOR, "pre.traceback").get_attribute("textContent").split("\n")
+        assert traceback[:2] == ["Traceback:", "\tFile gnp\\u202e.exe " + INVISIBLE.encode("unicode_escape").decode()]
+        visit(browser, server, "/schedules", shot="invisible-schedules")
+        text = browser.find_element(By.TAG_NAME, "main").text
+        assert not hidden_characters(text) and "gnp\\u202e.exe\\u200e" in text
+    finally:
+        query(db, "DELETE FROM exekutor_schedules")

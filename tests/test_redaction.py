@@ -3,13 +3,17 @@
 Real libpq messages (psycopg2.connect on real URLs), real CLI processes, the real process title in /proc.
 """
 import json
+import re
 import subprocess
 import sys
 import time
+import unicodedata
 
 import psycopg2
 import psycopg2.extensions
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.conftest import ROOT, query, wait_for
 from tests.test_cli import run_cli, title
@@ -116,6 +120,61 @@ def test_printable_escapes_every_control_character_and_keeps_other_text():
     shown = display.printable(HOSTILE)
     assert not any(ch in shown for ch in "\x1b\n\r\x07\u202e")
     assert "\\x1b[2J" in shown and "FORGED ROW" in shown
+
+
+# Bidirectional marks, embeddings, overrides and isolates, Arabic letter mark, zero-width characters, word joiner,
+# invisible operators, BOM, soft hyphen, a tag character, a lone surrogate, NEL, line and paragraph separators.
+INVISIBLE = ("\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200b\u200c\u200d"
+             "\u2060\u2062\ufeff\u00ad\U000e0041\ud800\x85\u2028\u2029")
+
+
+def hidden(char):
+    """What printable must escape: a control, a format character, a separator of lines, a surrogate."""
+    return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs")
+
+
+def test_printable_escapes_bidi_controls_and_zero_width_characters_visibly():
+    from exekutor import display
+
+    assert display.printable("gnp\u202e.exe") == "gnp\\u202e.exe"
+    shown = display.printable(INVISIBLE)
+    assert shown.isascii() and shown == INVISIBLE.encode("unicode_escape", "backslashreplace").decode()
+    assert display.printable("a\tb\nc\u202ed", multiline=True) == "a\tb\nc\\u202ed"
+
+
+# A backslash is left out: the text's own "\\u202e" would read as an escape below.
+@given(st.text(alphabet=st.one_of(st.characters(exclude_characters="\\"), st.sampled_from(INVISIBLE + "\n\t\r\x1b")),
+               max_size=40), st.booleans())
+def test_printable_leaves_no_hidden_character_and_keeps_every_other_one(text, multiline):
+    from exekutor import display
+
+    shown = display.printable(text, multiline)
+    kept = "\n\t" if multiline else ""
+    assert not [char for char in shown if hidden(char) and char not in kept]
+    # Nothing else changes: the visible characters, in order, are the text's own, and each escape decodes back.
+    visible = [char for char in text if not hidden(char) or char in kept]
+    pieces = re.split(r"(\\(?:[tnr]|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}))", shown)
+    assert "".join(pieces[0::2]) == "".join(visible)
+    assert [piece.encode().decode("unicode_escape") for piece in pieces[1::2]] == \
+        [char for char in text if hidden(char) and char not in kept]
+
+
+@pytest.mark.timeout(60)
+def test_jobs_show_escapes_every_field_and_keeps_traceback_lines(db):
+    payload = {"job": "tests.noop", "args": ["gnp\u202e.exe"], "kwargs": {"k\u200b": "v\u2066"}}
+    job_id = query(db, "INSERT INTO exekutor_jobs (payload, options, status, attempts, finished_at) "
+                       "VALUES (%s, %s, 'f', 1, now()) RETURNING id",
+                   (json.dumps(payload), json.dumps({"tag": "x\u200fy"})))[0][0]
+    query(db, "INSERT INTO exekutor_job_errors (job_id, attempt, error) VALUES (%s, 1, %s)",
+          (job_id, json.dumps({"type": "a\u061cError", "message": "m\ufeff",
+                               "traceback": "Traceback:\n\tFile x\u200d\u2028FORGED\nError"})))
+    result = run_cli("jobs", "show", str(job_id))
+    assert result.returncode == 0, result.stderr
+    assert not [char for char in result.stdout if hidden(char) and char not in "\n\t"], result.stdout
+    for escape in ("\\u202e", "\\u200b", "\\u2066", "\\u200f", "\\u061c", "\\ufeff", "\\u200d", "\\u2028"):
+        assert escape in result.stdout, escape
+    assert "      Traceback:\n      \tFile x" in result.stdout
+    assert not any(line.startswith("FORGED") for line in result.stdout.splitlines())
 
 
 @pytest.mark.timeout(60)

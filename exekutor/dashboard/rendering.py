@@ -2,8 +2,9 @@
 
 Given to the blueprint's templates by a context processor rather than as app-wide Jinja filters, so that mounting
 the dashboard adds nothing to the host application's template namespace. Values from rows (queue and job names,
-messages, tracebacks) are left to Jinja's autoescape; `printable` additionally shows control characters and
-bidirectional overrides as escapes, so a name cannot reorder the text around it.
+messages, tracebacks, arguments, schedules) are left to Jinja's autoescape; every one of them also goes through
+`printable` (the CLI's), which shows control characters, bidirectional overrides and zero-width characters as
+escapes, so a name cannot reorder or hide the text around it. Tracebacks and JSON keep their newlines and tabs.
 """
 import json
 
@@ -22,8 +23,11 @@ def age(seconds):
 
 
 def as_json(value):
-    """Indented JSON for arguments and options (escaped by the template like any text)."""
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=True) if value else "-"
+    """Indented JSON for arguments and options (escaped by the template like any text). Non-ASCII text stays
+    readable (ensure_ascii off), so the invisible characters JSON would leave raw go through `printable`."""
+    if not value:
+        return "-"
+    return printable(json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=True), multiline=True)
 
 
 def error_summary(job):

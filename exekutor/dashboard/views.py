@@ -6,6 +6,7 @@ Every page can also be fetched as a fragment (`?fragment=1`, the content without
 dashboard.js swaps in every few seconds.
 """
 import logging
+import re
 
 import psycopg2
 import psycopg2.errors
@@ -41,7 +42,8 @@ def _notice():
     """What the action redirected here did; only a known verb and a number are taken from the query string, so a
     link cannot put words of its own on the page."""
     action, done = request.args.get("action"), request.args.get("done", "")
-    if action not in ACTIONS or not done.isdigit():
+    # ASCII digits, and few: str.isdigit() takes "²", and int() refuses more than 4,300 digits.
+    if action not in ACTIONS or not re.fullmatch(r"[0-9]{1,12}", done):
         return None
     return f"{'Retried' if action == 'retry' else 'Cancelled'} {int(done)} job(s)."
 
