@@ -7,7 +7,7 @@ bidirectional overrides as escapes, so a name cannot reorder the text around it.
 """
 import json
 
-from exekutor import config
+from exekutor import config, operations
 from exekutor.dashboard import charts, csrf
 from exekutor.display import printable
 from exekutor.info import duration, timestamp
@@ -40,4 +40,5 @@ def install(blueprint):
     def helpers():
         return {"when": when, "age": age, "as_json": as_json, "chart": charts.bar_chart, "csrf_token": csrf.token,
                 "csrf_field": csrf.FIELD, "printable": printable, "error_summary": error_summary,
+                "job_arguments": operations.job_arguments,
                 "actions_enabled": bool(config.get("dashboard_allow_actions"))}
