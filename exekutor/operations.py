@@ -385,7 +385,7 @@ def _fetch(conn, sql, params):
 
 
 def _job(row):
-    row["status"] = _status_name(row)
+    row["status"] = status_name(row)
     if "last_error" in row:  # type and message (a listing leaves the traceback to get_job)
         error = row["last_error"]
         row["last_error"] = ({key: _error_fields(error[0])[key] for key in ("type", "message")}
@@ -393,7 +393,9 @@ def _job(row):
     return row
 
 
-def _status_name(row):
+def status_name(row):
+    """The status spelled out, as filters name it: a discarded job whose cancel was requested is "cancelled"
+    (DESIGN §10: discarded with a JobCancelled record); `row` has "status" (a letter) and "cancel_requested_at"."""
     if row["status"] == "d" and row["cancel_requested_at"] is not None:
         return "cancelled"
     return STATUS_LETTERS.get(row["status"], row["status"])
