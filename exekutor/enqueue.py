@@ -44,7 +44,6 @@ KEY_HOLDERS = f"SELECT unique_key, id::text FROM exekutor_jobs WHERE unique_key 
 # freeing its key.
 UNIQUE_ROUNDS = 5
 
-_JOB_STATUS = {"p": "pending", "e": "executing", "c": "completed", "f": "failed", "d": "discarded"}
 _TIMEOUT_OPTIONS = ("execution_timeout", "queue_timeout")
 
 
@@ -296,6 +295,8 @@ def register_connection_adapter(adapter):
 
 
 def fetch_job(job_id, connection=None):
+    from exekutor.operations import status_name
+
     query = ("SELECT id::text, queue, priority, status, attempts, releases, enqueued_at, scheduled_at, started_at, "
              "finished_at, runtime, payload, options, worker_id::text, cancel_requested_at FROM exekutor_jobs "
              "WHERE id = %s")
@@ -307,7 +308,7 @@ def fetch_job(job_id, connection=None):
             if row is None:
                 return None
             info = dict(zip([c.name for c in cursor.description], row))
-            info["status"] = _JOB_STATUS.get(info["status"], info["status"])
+            info["status"] = status_name(info)  # the names the CLI and dashboard use
             return info
 
     return on_connection(connection, run)

@@ -12,7 +12,7 @@ import click
 
 from exekutor import config
 from exekutor.display import printable
-from exekutor.operations import failure_summary
+from exekutor.operations import failure_summary, job_arguments
 from exekutor.queue_stats import executing_by_queue, no_pending, pending_by_queue
 
 _WORKERS = """
@@ -195,7 +195,7 @@ def render_job(job):
               ("runtime", f"{job['runtime']:.3f}s" if job["runtime"] is not None else "-"),
               ("worker", job["worker_id"] or "-"), ("cancel requested", _when(job["cancel_requested_at"])),
               ("unique key", job["unique_key"] or "-"),
-              ("arguments", _compact(job["payload"], ("args", "kwargs"))), ("options", _compact(job["options"]))]
+              ("arguments", _compact(job_arguments(job["payload"]))), ("options", _compact(job["options"]))]
     lines = [click.style(f"Job {job['id']}", bold=True)]
     lines += [f"  {name + ':':<18}{printable(str(value))}" for name, value in fields]
     errors = job["errors"]
@@ -219,9 +219,7 @@ def _attempts(job):
     return f"{job['attempts']} ({releases} released)" if releases else job["attempts"]
 
 
-def _compact(value, keys=None):
-    if isinstance(value, dict) and keys:
-        value = {key: value.get(key) for key in keys}
+def _compact(value):
     return json.dumps(value, ensure_ascii=False, default=str) if value else "-"
 
 

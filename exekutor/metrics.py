@@ -37,6 +37,11 @@ _FINISHED = {COMPLETED: "completed", FAILED: "failed", DISCARDED: "discarded", R
              RELEASE: "released"}
 _TIMEOUTS = {error_record(JobTimeoutError())["type"]: "execution", error_record(QueueTimeoutError())["type"]: "queue"}
 _DATABASE_ERRORS = (psycopg2.Error, DatabaseTimeout, OSError)  # OSError: connection refused, pool timeout
+# Queues with series of their own, per process; the jobs and gauges of any other queue are under OTHER_QUEUES. Each
+# queue costs about 60 series (counters, two histograms, gauges): a process that saw every queue of a database with
+# thousands of them would keep growing its scrape, and Prometheus its storage, for as long as it runs.
+MAX_QUEUE_SERIES = 100
+OTHER_QUEUES = "other"
 
 
 class Disabled:
@@ -85,11 +90,14 @@ class Metrics:
     def __init__(self, worker):
         self._m = _process_metrics()
         self._stats = self._m.jobs
+        self._label = self._m.queue_labels.label
+        for queue in worker.queues or ():  # the worker's own queues first, before the database's others
+            self._label(queue)
         self._m.collector.workers.add(worker)
 
     def job_started(self, info):
         stats = self._stats
-        queue = info["queue"]
+        queue = self._label(info["queue"])
         stats.counts["started", queue] += 1
         ready_at = info.get("scheduled_at")  # the enqueue time, or the later time a job was scheduled for
         if ready_at is not None:
@@ -97,7 +105,7 @@ class Metrics:
 
     def job_finished(self, outcome, info):
         stats = self._stats
-        queue = info["queue"]
+        queue = self._label(info["queue"])
         stats.counts[_FINISHED.get(outcome.status, "failed"), queue] += 1
         timeout = _TIMEOUTS.get(outcome.error["type"]) if outcome.error else None
         if timeout is not None:
@@ -124,8 +132,26 @@ class Metrics:
         return CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
 
 
+class QueueLabels:
+    """The `queue` label of a queue's series: its name for the first `limit` queues the process meets, OTHER_QUEUES
+    for every later one. Kept for the process's life, so a counter never moves from one series to another (a queue
+    named like OTHER_QUEUES shares that series)."""
+
+    def __init__(self, limit=MAX_QUEUE_SERIES):
+        self.limit = limit
+        self.own = {}  # queue -> itself, for the queues with series of their own
+
+    def label(self, queue):
+        own = self.own.get(queue)
+        if own is not None:
+            return own
+        if len(self.own) >= self.limit:
+            return OTHER_QUEUES
+        return self.own.setdefault(queue, queue)
+
+
 class JobStats:
-    """Job counters and histograms per queue, as plain numbers (see Metrics)."""
+    """Job counters and histograms per queue label (see QueueLabels), as plain numbers (see Metrics)."""
 
     def __init__(self):
         self.counts = collections.Counter()  # (word, queue) -> runs
@@ -195,6 +221,7 @@ def _create():
 
     m = _Families()
     m.jobs = JobStats()
+    m.queue_labels = QueueLabels()
     m.errors = Counter("exekutor_component_errors", "Errors of the worker's components (each is retried with "
                        "backoff).", ["component"])
     m.database_errors = Counter("exekutor_database_errors", "Database errors of the worker's own queries "
@@ -203,7 +230,7 @@ def _create():
                        "the event loop for longer than max_blocking_time.", ["job"])
     m.blocked_seconds = Counter("exekutor_event_loop_blocked_seconds", "Seconds the event loop spent in blocks "
                                 "longer than max_blocking_time, by the job that blocked it.", ["job"])
-    m.collector = _WorkerCollector(m.database_errors, m.jobs)
+    m.collector = _WorkerCollector(m.database_errors, m.jobs, m.queue_labels)
     REGISTRY.register(m.collector)
     return m
 
@@ -238,13 +265,14 @@ _WORKER_VALUES = (
 class _WorkerCollector:
     """Gauges read at scrape time from the process's running workers and the jobs table."""
 
-    def __init__(self, database_errors, jobs):
+    def __init__(self, database_errors, jobs, queue_labels):
         self.workers = weakref.WeakSet()
         self._jobs = jobs
+        self._queue_labels = queue_labels
         self._database_errors = database_errors
         self._queue_stats = SingleFlight(self._query_queues, max_age=QUEUE_STATS_MAX_AGE, slow=QUEUE_STATS_SLOW)
         self._estimates = EstimateCache()
-        self._queues_seen = set()
+        self._other_seen = False  # once a queue was under OTHER_QUEUES, its series stays (reading 0 when empty)
 
     def describe(self):
         return self._families(with_queues=True) + self._jobs.families()
@@ -331,10 +359,7 @@ class _WorkerCollector:
             if isinstance(error, _DATABASE_ERRORS):
                 self._database_errors.labels("metrics").inc()
             return False
-        self._queues_seen.update(row[0] for row in rows)
-        stats = {queue: (0, 0, 0.0) for queue in self._queues_seen}  # an emptied queue reads 0, not absent
-        stats.update((queue, (ready, later, oldest)) for queue, ready, later, oldest in rows)
-        for queue, (ready, later, oldest) in sorted(stats.items()):
+        for queue, (ready, later, oldest) in sorted(self._queue_gauges(rows).items()):
             pending.add_metric([queue], ready)
             scheduled.add_metric([queue], later)
             age.add_metric([queue], float(oldest))
@@ -342,6 +367,19 @@ class _WorkerCollector:
             operator_actions.add_metric([action], jobs)
         dead_rows.add_metric([], float(dead))
         return True
+
+    def _queue_gauges(self, rows):
+        """{label: (ready, scheduled, oldest age)}: an emptied queue reads 0, not absent; the queues under
+        OTHER_QUEUES add up (their oldest age is the oldest of them)."""
+        labels = [(self._queue_labels.label(queue), ready, later, oldest) for queue, ready, later, oldest in rows]
+        self._other_seen = self._other_seen or any(label == OTHER_QUEUES for label, *_ in labels)
+        stats = {queue: (0, 0, 0.0) for queue in list(self._queue_labels.own)}
+        if self._other_seen:
+            stats.setdefault(OTHER_QUEUES, (0, 0, 0.0))
+        for label, ready, later, oldest in labels:
+            total_ready, total_later, total_oldest = stats.get(label, (0, 0, 0.0))
+            stats[label] = (total_ready + ready, total_later + later, max(total_oldest, float(oldest)))
+        return stats
 
     def _query_queues(self, worker):
         with worker.db() as conn, conn.cursor() as cursor:

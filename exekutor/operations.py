@@ -44,6 +44,7 @@ DEFAULT_PAGE = 50
 ACTION_BATCH = 5000  # rows per retry/cancel statement
 NOTIFY_CHUNK = 100  # job ids per cancel notification: far below PostgreSQL's 8000-byte payload limit
 CANCELLED_TYPE = "exekutor.errors.JobCancelled"
+MAX_SHOWN_RECORD = 10_000  # characters of an odd error record shown as its message (error_records' own limit)
 
 # Per status: the SQL condition, the sort key (all columns sorted the same way, so a row comparison continues a
 # page) and its direction, and the time column --since applies to.
@@ -66,9 +67,11 @@ _COLUMNS = """
 j.id::text AS id, j.payload->>'job' AS job, j.queue, j.priority, j.status, j.attempts, j.releases, j.enqueued_at,
 j.scheduled_at, j.started_at, j.finished_at, j.runtime, j.worker_id::text AS worker_id, j.cancel_requested_at,
 j.unique_key"""
+# In a one-element array, so that a record stored as JSON null stays apart from "no record"; only an object has a
+# traceback to leave out (`-` on a string or number raises "cannot delete from scalar").
 _LAST_ERROR = """
-(SELECT e.error - 'traceback' FROM exekutor_job_errors e WHERE e.job_id = j.id
- ORDER BY e.created_at DESC, e.id DESC LIMIT 1) AS last_error"""
+(SELECT jsonb_build_array(CASE WHEN jsonb_typeof(e.error) = 'object' THEN e.error - 'traceback' ELSE e.error END)
+ FROM exekutor_job_errors e WHERE e.job_id = j.id ORDER BY e.created_at DESC, e.id DESC LIMIT 1) AS last_error"""
 
 
 class OperationError(ValueError):
@@ -382,24 +385,38 @@ def _fetch(conn, sql, params):
 
 
 def _job(row):
-    row["status"] = _status_name(row)
+    row["status"] = status_name(row)
     if "last_error" in row:  # type and message (a listing leaves the traceback to get_job)
         error = row["last_error"]
-        row["last_error"] = {key: _error_fields(error)[key] for key in ("type", "message")} if error else None
+        row["last_error"] = ({key: _error_fields(error[0])[key] for key in ("type", "message")}
+                             if isinstance(error, list) else None)
     return row
 
 
-def _status_name(row):
+def status_name(row):
+    """The status spelled out, as filters name it: a discarded job whose cancel was requested is "cancelled"
+    (DESIGN §10: discarded with a JobCancelled record); `row` has "status" (a letter) and "cancel_requested_at"."""
     if row["status"] == "d" and row["cancel_requested_at"] is not None:
         return "cancelled"
     return STATUS_LETTERS.get(row["status"], row["status"])
 
 
 def _error_fields(error):
-    """type, message and traceback of a stored record, whatever shape a hand-made row gave it."""
-    error = error if isinstance(error, dict) else {"message": str(error)}
-    return {key: error.get(key) if isinstance(error.get(key), str) else None
-            for key in ("type", "message", "traceback")}
+    """type, message and traceback of a stored record (each a string or None), whatever shape a hand-made row gave
+    it: a record that is not an object, or says neither type nor message, is shown whole as the message."""
+    fields = {key: error.get(key) if isinstance(error, dict) and isinstance(error.get(key), str) else None
+              for key in ("type", "message", "traceback")}
+    if fields["type"] is None and fields["message"] is None:
+        if isinstance(error, dict):
+            error = {key: value for key, value in error.items() if key != "traceback"}  # a listing has none
+        whole = error if isinstance(error, str) else json.dumps(error, ensure_ascii=False, default=str)
+        fields["message"] = whole[:MAX_SHOWN_RECORD]
+    return fields
+
+
+def job_arguments(payload):
+    """{"args", "kwargs"} of a stored payload; a payload that is not an object (a hand-made row) as it is."""
+    return {key: payload.get(key) for key in ("args", "kwargs")} if isinstance(payload, dict) else payload
 
 
 def _key_columns(key):

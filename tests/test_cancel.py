@@ -39,7 +39,7 @@ def test_cancel_interrupts_a_sleeping_job_at_once_and_the_worker_goes_on(start_w
     request = jobs_app.sleep.perform_later(60, tag="finished")
     wait_running(executions, request)
     assert request.cancel() is True
-    wait_for(lambda: status_of(request) == "discarded", 5, message="the cancelled job to end")
+    wait_for(lambda: status_of(request) == "cancelled", 5, message="the cancelled job to end")
     row = request.fetch()
     assert (row["finished_at"] - row["cancel_requested_at"]).total_seconds() < 1.5
     record = cancelled_record(request)
@@ -63,7 +63,7 @@ def test_cancel_stops_a_statement_on_a_pool_connection(start_worker, executions)
     assert result.returncode == 0 and "interrupting 1" in result.stdout, result.stderr
     wait_for(lambda: not query(executions, "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active'",
                                (backend,)), 2, message="the statement to be cancelled")
-    wait_for(lambda: status_of(request) == "discarded", 5, message="the cancelled job to end")
+    wait_for(lambda: status_of(request) == "cancelled", 5, message="the cancelled job to end")
     cancelled_record(request)
 
 
@@ -73,7 +73,7 @@ def test_a_cancel_reaches_a_worker_without_listener_within_the_poll_interval(sta
     wait_running(executions, request)
     assert not listening(executions)
     exekutor.JobRequest(request.id).cancel()
-    wait_for(lambda: status_of(request) == "discarded", 5, message="the cancel to be found by the poll")
+    wait_for(lambda: status_of(request) == "cancelled", 5, message="the cancel to be found by the poll")
     cancelled_record(request)
 
 
@@ -83,13 +83,14 @@ def test_a_job_that_swallows_the_cancel_still_ends_cancelled(start_worker, execu
     request = jobs_app.stubborn.perform_later(30)
     wait_running(executions, request)
     request.cancel()
-    wait_for(lambda: status_of(request) == "discarded", 10, message="the job to end")
+    wait_for(lambda: status_of(request) == "cancelled", 10, message="the job to end")
     cancelled_record(request)
 
 
 def test_a_cancel_for_a_stopped_worker_is_honoured_when_its_jobs_are_released(start_worker, executions):
     """The worker cannot hear the cancel (it is stopped with SIGSTOP) and dies; its job is released to pending by
-    the deletion of its row, which a cancelled job survives as discarded, not pending: it never runs again."""
+    the deletion of its row, which a cancelled job survives as cancelled
+    (discarded), not pending: it never runs again."""
     doomed = start_worker("--threads", "2", "--poll-interval", "30")
     request = jobs_app.record.perform_later("once", sleep=60)
     wait_running(executions, request)
@@ -103,7 +104,7 @@ def test_a_cancel_for_a_stopped_worker_is_honoured_when_its_jobs_are_released(st
         doomed.signal(signal.SIGCONT)
     survivor = start_worker("--threads", "2", "--poll-interval", "1")
     query(executions, "DELETE FROM exekutor_workers WHERE id = %s", (doomed_id,))  # what orphan rescue does
-    assert status_of(request) == "discarded"
+    assert status_of(request) == "cancelled"
     cancelled_record(request)
     probe = jobs_app.record.perform_later("probe")
     wait_for(lambda: status_of(probe) == "completed", 10, message="the survivor to run jobs")
@@ -119,7 +120,7 @@ def test_a_job_queued_in_the_worker_is_dropped_without_running(start_worker, exe
     waiting = jobs_app.record.perform_later("never")
     # One greenlet: the second job is pending (not reserved) or reserved and waiting; both end cancelled.
     waiting.cancel()
-    wait_for(lambda: status_of(waiting) == "discarded", 10, message="the waiting job to end")
+    wait_for(lambda: status_of(waiting) == "cancelled", 10, message="the waiting job to end")
     wait_for(lambda: status_of(blocker) == "completed", 15, message="the blocker to finish")
     assert not query(executions, "SELECT 1 FROM test_executions WHERE tag = 'never'")
 
@@ -162,7 +163,7 @@ def test_cancel_by_filter_reaches_every_executing_job(start_worker, executions):
              message="all jobs to start")
     result = run_cli("jobs", "cancel", "--status", "executing", "--yes")
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: all(status_of(request) == "discarded" for request in requests), 10,
+    wait_for(lambda: all(status_of(request) == "cancelled" for request in requests), 10,
              message="every job to be interrupted")
 
 
@@ -188,7 +189,7 @@ def test_a_cancel_that_comes_while_the_reservation_answers_reaches_the_job_at_on
         time.sleep(0.2)  # the idle worker reads it meanwhile (the test would pass, never wrongly fail, without it)
         proxy.resume()
         resumed = time.monotonic()
-        wait_for(lambda: status_of(request) == "discarded", 10, message="the cancelled job to end")
+        wait_for(lambda: status_of(request) == "cancelled", 10, message="the cancelled job to end")
         assert time.monotonic() - resumed < 2
         cancelled_record(request)
         worker.stop()  # while the proxy still forwards

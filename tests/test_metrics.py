@@ -184,3 +184,50 @@ def test_dead_rows_of_the_jobs_table_are_a_gauge(health_worker, db):
     query(db, "DELETE FROM exekutor_jobs WHERE queue = 'elsewhere'")  # 500 dead rows, once the statistics see them
     wait_for(lambda: metric(metric_values(worker.port), "exekutor_jobs_table_dead_rows") >= before + 500, 30,
              message="the dead rows in the gauge")
+
+
+def queue_labels(values):
+    """{metric name: the set of its `queue` labels}."""
+    labels = {}
+    for name, sample_labels in values:
+        queue = dict(sample_labels).get("queue")
+        if queue is not None:
+            labels.setdefault(name, set()).add(queue)
+    return labels
+
+
+@pytest.mark.timeout(120)
+def test_queues_past_the_limit_share_one_series(health_worker, db):
+    """A worker of every queue meets more queues than MAX_QUEUE_SERIES: the later ones are counted under "other"
+    (no job is lost from the totals), and the gauges of the database's queues are bounded the same way."""
+    from exekutor.metrics import MAX_QUEUE_SERIES, OTHER_QUEUES
+
+    ran, waiting = MAX_QUEUE_SERIES + 30, 40
+    worker = health_worker("--threads", "10", "--poll-interval", "1")
+    exekutor.enqueue_many([jobs_app.noop.set(queue=f"run-{i:03}").job() for i in range(ran)]
+                          + [jobs_app.noop.set(queue=f"later-{i:03}", wait=3600).job() for i in range(waiting)])
+    wait_for(finished(db, ran), 60, message="the jobs to run")
+    values = wait_for(lambda: (lambda v: sum(value for (name, _), value in v.items()
+                                             if name == "exekutor_jobs_completed_total") == ran and v)(
+        metric_values(worker.port)), 20, message="every completion in the metrics")
+    for name, labels in queue_labels(values).items():
+        assert len(labels) <= MAX_QUEUE_SERIES + 1, (name, len(labels))
+    assert metric(values, "exekutor_jobs_completed_total", queue=OTHER_QUEUES) >= ran - MAX_QUEUE_SERIES
+    assert sum(value for (name, _), value in values.items() if name == "exekutor_jobs_scheduled") == waiting
+    assert metric(values, "exekutor_jobs_scheduled", queue=OTHER_QUEUES) >= waiting - MAX_QUEUE_SERIES
+
+
+@pytest.mark.timeout(60)
+def test_a_workers_own_queue_keeps_its_series_among_many(health_worker, db):
+    from exekutor.metrics import MAX_QUEUE_SERIES, OTHER_QUEUES
+
+    many = MAX_QUEUE_SERIES + 20
+    exekutor.enqueue_many([jobs_app.noop.set(queue=f"a-{i:03}").job() for i in range(many)])
+    worker = health_worker("--queue", "zz-mine", "--poll-interval", "1")
+    metric_values(worker.port)  # a scrape meets the database's queues before the worker's own has any job
+    jobs_app.noop.set(queue="zz-mine").perform_later()
+    values = wait_for(lambda: (lambda v: metric(v, "exekutor_jobs_completed_total", queue="zz-mine") == 1 and v)(
+        metric_values(worker.port)), 20, message="the worker's own queue in the metrics")
+    assert len(queue_labels(values)["exekutor_jobs_pending"]) <= MAX_QUEUE_SERIES + 1
+    assert metric(values, "exekutor_jobs_pending", queue=OTHER_QUEUES) >= many - MAX_QUEUE_SERIES
+    assert sum(value for (name, _), value in values.items() if name == "exekutor_jobs_pending") == many

@@ -265,12 +265,31 @@ def test_cancel_of_a_pending_job_discards_it_at_once_with_a_record(db):
     request = noop.perform_later()
     assert request.cancel() is True
     row = request.fetch()
-    assert row["status"] == "discarded" and row["cancel_requested_at"] is not None
+    assert row["status"] == "cancelled" and row["cancel_requested_at"] is not None
     (error,) = request.errors()
     assert error["type"] == "exekutor.errors.JobCancelled" and "before it ran" in error["message"]
     assert request.cancel() is False  # once
     assert [job["id"] for job in operations.list_jobs(db, operations.JobFilter(status="cancelled")).jobs] == \
         [request.id]
+
+
+def test_a_cancelled_job_is_cancelled_in_fetch_the_cli_and_the_dashboard(db):
+    """One vocabulary (DESIGN §10): a job discarded by its cancel is "cancelled" wherever its status is named; a
+    job discarded otherwise stays "discarded"."""
+    from exekutor.dashboard import create_app
+
+    cancelled, discarded = noop.perform_later(), noop.perform_later()
+    assert cancelled.cancel() is True
+    query(db, "UPDATE exekutor_jobs SET status = 'd', finished_at = now() WHERE id = %s", (discarded.id,))
+    client = create_app().test_client()
+    for request, status in ((cancelled, "cancelled"), (discarded, "discarded")):
+        assert request.fetch()["status"] == status
+        assert cli_json("jobs", "show", request.id)["status"] == status
+        assert operations.get_job(db, request.id)["status"] == status
+        page = client.get(f"/jobs/{request.id}").get_data(as_text=True)
+        assert f'<span class="status status-{status}">{status}</span>' in page
+    listed = {job["id"]: job["status"] for job in cli_json("jobs", "list")["jobs"]}
+    assert listed == {cancelled.id: "cancelled", discarded.id: "discarded"}
 
 
 def test_a_cancelled_job_never_becomes_pending_again(db):

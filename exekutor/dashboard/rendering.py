@@ -8,7 +8,7 @@ escapes, so a name cannot reorder or hide the text around it. Tracebacks and JSO
 """
 import json
 
-from exekutor import config
+from exekutor import config, operations
 from exekutor.dashboard import charts, csrf
 from exekutor.display import printable
 from exekutor.info import duration, timestamp
@@ -44,4 +44,5 @@ def install(blueprint):
     def helpers():
         return {"when": when, "age": age, "as_json": as_json, "chart": charts.bar_chart, "csrf_token": csrf.token,
                 "csrf_field": csrf.FIELD, "printable": printable, "error_summary": error_summary,
+                "job_arguments": operations.job_arguments,
                 "actions_enabled": bool(config.get("dashboard_allow_actions"))}
