@@ -12,7 +12,7 @@ import click
 
 from exekutor import config
 from exekutor.display import printable
-from exekutor.operations import failure_summary, job_arguments
+from exekutor.operations import error_headline, failure_summary, job_arguments
 from exekutor.queue_stats import executing_by_queue, no_pending, pending_by_queue
 
 _WORKERS = """
@@ -158,13 +158,8 @@ ERROR_WIDTH = 70
 
 
 def _error_summary(job):
-    """`Type: first line of the message`, cut to ERROR_WIDTH."""
-    error = job.get("last_error")
-    if not error:
-        return "-"
-    kind = (error["type"] or "?").rpartition(".")[2]
-    message = (error["message"] or "").strip().splitlines()
-    text = f"{kind}: {message[0]}" if message else kind
+    """The error's headline, cut to ERROR_WIDTH."""
+    text = error_headline(job) or "-"
     return text if len(text) <= ERROR_WIDTH else text[:ERROR_WIDTH - 1] + "…"
 
 

@@ -414,6 +414,17 @@ def _error_fields(error):
     return fields
 
 
+def error_headline(job):
+    """`Type: first line of the message` of a listed job's last error (None without one): what the CLI's tables
+    and the dashboard's lists show."""
+    error = job.get("last_error")
+    if not error:
+        return None
+    kind = (error.get("type") or "?").rpartition(".")[2]
+    lines = (error.get("message") or "").strip().splitlines()
+    return f"{kind}: {lines[0]}" if lines else kind
+
+
 def job_arguments(payload):
     """{"args", "kwargs"} of a stored payload; a payload that is not an object (a hand-made row) as it is."""
     return {key: payload.get(key) for key in ("args", "kwargs")} if isinstance(payload, dict) else payload

@@ -31,12 +31,7 @@ def as_json(value):
 
 
 def error_summary(job):
-    error = job.get("last_error")
-    if not error:
-        return ""
-    kind = (error.get("type") or "?").rpartition(".")[2]
-    lines = (error.get("message") or "").strip().splitlines()
-    return f"{kind}: {lines[0]}" if lines else kind
+    return operations.error_headline(job) or ""
 
 
 def install(blueprint):
