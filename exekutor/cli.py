@@ -345,8 +345,8 @@ def _serve(plan, pidfile, runner):
         _configure_logging(plan.quiet)
         try:
             process.import_applications(plan.imports)
-        except Exception as error:  # noqa: BLE001 - any error while importing the application is a bad --app
-            return EXIT_USAGE, f"cannot import application module: {type(error).__name__}: {error}"
+        except process.ApplicationImportError as error:
+            return EXIT_USAGE, app_import_failure(error)
         try:
             json_backend(config.get("json_serializer"))  # a bad json_serializer is bad input (status 2)
         except ValueError as error:
@@ -367,6 +367,15 @@ def _serve(plan, pidfile, runner):
     finally:
         if pidfile is not None:
             pidfile.release()
+
+
+def app_import_failure(error):
+    """The one-line error of an `--app` that does not import, after its traceback (the user's frames) on stderr:
+    the line alone named neither the file nor the line that failed."""
+    text = error.traceback()
+    if text:
+        click.echo(text.rstrip("\n"), err=True)
+    return str(error)
 
 
 def _report_daemon(runner, plan):

@@ -147,6 +147,36 @@ def test_start_with_an_application_that_does_not_import_exits_2(app, database_ur
     assert worker_rows(db) == []
 
 
+BROKEN_APP = """import os
+
+
+def read_key():
+    return os.environ["API_KEY_I25"]
+
+
+KEY = read_key()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", [["start"], ["start", "--daemonize"], ["schedules"]], ids=" ".join)
+def test_an_app_that_fails_to_import_shows_its_traceback_and_names_the_module(command, tmp_path, database_url, db):
+    (tmp_path / "brokenpkg").mkdir()
+    (tmp_path / "brokenpkg" / "__init__.py").write_text("")
+    (tmp_path / "brokenpkg" / "jobs.py").write_text(BROKEN_APP)
+    result = run_cli(*command, "--app", "brokenpkg.jobs", cwd=tmp_path)
+    assert result.returncode == 2
+    # A daemon's log file has the traceback, and its one line points there.
+    output = (tmp_path / "log" / "exekutor.log").read_text() if "--daemonize" in command else result.stderr
+    module = str(tmp_path / "brokenpkg" / "jobs.py")
+    assert f'File "{module}", line 5, in read_key' in output
+    assert 'return os.environ["API_KEY_I25"]' in output
+    assert "exekutor/" not in output  # exekutor's own frames are folded
+    assert (f"error: cannot import application module brokenpkg.jobs: KeyError: 'API_KEY_I25' ({module}, line 5)"
+            in result.stderr.splitlines()[-1])
+    assert worker_rows(db) == []
+
+
 @pytest.mark.parametrize("daemonize", [[], ["--daemonize"]], ids=["foreground", "daemon"])
 def test_start_against_an_unreachable_database_fails_in_one_line(daemonize, workdir):
     unreachable = f"postgresql://root:{PASSWORD}@127.0.0.1:1/nowhere"

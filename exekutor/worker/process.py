@@ -12,6 +12,8 @@ import os
 import signal
 import socket
 import sys
+import sysconfig
+import traceback
 
 # SIGHUP too: closing the terminal of a foreground worker stops it gracefully instead of killing it.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -62,9 +64,60 @@ def import_applications(modules):
     loaded = []
     for spec in modules:
         name, _, factory = spec.partition(":")
-        module = importlib.import_module(name)
-        loaded.append(getattr(module, factory)() if factory else module)
+        try:
+            module = importlib.import_module(name)
+            loaded.append(getattr(module, factory)() if factory else module)
+        except Exception as error:  # noqa: BLE001 - whatever the application raises, it is this --app's failure
+            raise ApplicationImportError(spec, error) from error
     return loaded
+
+
+class ApplicationImportError(Exception):
+    """An `--app` module (or its factory) that raised: names the module and where in the user's code it failed,
+    and keeps the traceback with exekutor's and importlib's frames folded (the user's code is what to fix)."""
+
+    def __init__(self, spec, error):
+        self.spec, self.error = spec, error
+        report = traceback.TracebackException.from_exception(error)
+        self.user_frames = _fold_own_frames(report)
+        frame = _innermost_application_frame(self.user_frames)
+        where = f" ({frame.filename}, line {frame.lineno})" if frame else ""
+        super().__init__(f"cannot import application module {spec}: {type(error).__name__}: {error}{where}")
+        self.report = report
+
+    def traceback(self):
+        """The folded traceback, or None when it would say nothing more than the message (no such module, no
+        such factory: no frame of the user's code, and no syntax error to point at)."""
+        if not self.user_frames and not isinstance(self.error, SyntaxError):
+            return None
+        text = "".join(self.report.format())
+        return text.replace("Traceback (most recent call last):",
+                            "Traceback (most recent call last; exekutor's frames folded):")
+
+
+def _innermost_application_frame(frames):
+    """The last frame in the application's own files rather than in Python's or an installed library's (a
+    KeyError of os.environ is the application's line that read it), else the last frame."""
+    libraries = tuple(sysconfig.get_paths()[name] + os.sep for name in ("stdlib", "platstdlib", "purelib", "platlib"))
+    mine = [frame for frame in frames if not frame.filename.startswith(("<", *libraries))]
+    return (mine or frames or [None])[-1]
+
+
+def _fold_own_frames(report):
+    """Drop exekutor's and importlib's frames from `report` and the exceptions it chains; returns the user's
+    frames of the exception raised last."""
+    own = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep, "<frozen importlib",
+           os.path.dirname(importlib.__file__) + os.sep)
+    seen, chain = set(), [report]
+    while chain:
+        current = chain.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = traceback.StackSummary.from_list(
+            [frame for frame in current.stack if not frame.filename.startswith(own)])
+        chain += [linked for linked in (current.__cause__, current.__context__) if linked is not None]
+    return list(report.stack)
 
 
 def run(options, on_started=None):
