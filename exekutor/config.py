@@ -406,7 +406,10 @@ def _parse_error(text):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Config files: each reader yields (key, value, source, is_text) for the base section, then the environment's.
+# Config files: each reader yields (key, value, source, is_text) for the base section, then ENV_SECTION (when the
+# file has the environment's section) and that section's.
+
+ENV_SECTION = object()  # the key of the marker a reader yields before the --env section's options
 
 
 def _read_file(path, env):
@@ -514,6 +517,7 @@ def _read_yaml(path, env):
     env_section = _yaml_child(root, env) if env else None
     specific = _yaml_child(env_section[1], "exekutor") if env_section else None
     if specific:
+        yield ENV_SECTION, None, path, False
         yield from _yaml_options(path, specific, loader)
 
 
@@ -547,6 +551,8 @@ def _read_ini(path, env):
         raise ConfigError(f"{path} has no [exekutor] section")
     lines = _ini_key_lines(text)
     for section in ["exekutor"] + ([f"exekutor:{env}"] if env and parser.has_section(f"exekutor:{env}") else []):
+        if section != "exekutor":
+            yield ENV_SECTION, None, path, False
         for key, value in parser.items(section):
             line = lines.get((section, key))
             yield key, value, f"{path} line {line}" if line else path, True
@@ -625,9 +631,15 @@ class Configuration:
         with self._atomically():
             self._layers.update(files={}, environment={}, overrides={})
             self._version += 1
+            env_found = False
             for path in files:
                 for key, value, source, text in _read_file(os.fspath(path), env):
-                    self._put("files", key, value, source, text)
+                    if key is ENV_SECTION:
+                        env_found = True
+                    else:
+                        self._put("files", key, value, source, text)
+            if env and not env_found:
+                _no_env_section(env, files)
             _warn_unknown_variables(environ)
             for option in OPTIONS.values():
                 if _is_set(environ, option.env_var):
@@ -667,6 +679,14 @@ class Configuration:
             if url is None and _is_set(self._environ, variable):
                 url = _convert("database_url", self._environ[variable], f"environment variable {variable}", True)
         return url
+
+
+def _no_env_section(env, files):
+    """--env that no file has a section for was silently ignored: its settings were never applied."""
+    where = ", ".join(map(os.fspath, files)) if files else "none was read"
+    name = _cut(str(env))
+    raise ConfigError(f"--env {_cut(_show(env))} names no section of the config files ({where}): expected "
+                      f"'{name}: exekutor:' in YAML or '[exekutor:{name}]' in INI")
 
 
 def _blank(value):

@@ -257,10 +257,20 @@ def test_yaml_environment_section_not_chosen_or_absent(tmp_path):
     path = write(tmp_path, "exekutor.yml", YAML_WITH_ENVS)
     config.load([path])
     assert config.get("polling_interval") == 60
-    config.load([path], env="development")  # a section without exekutor: belongs to someone else
-    assert config.get("polling_interval") == 60
-    config.load([path], env="staging")
-    assert config.get("polling_interval") == 60
+    for env in ("development", "staging"):  # development: a section without exekutor: belongs to someone else
+        assert error_of(config.load, [path], env=env) == (
+            f"--env '{env}' names no section of the config files ({path}): expected '{env}: exekutor:' in YAML "
+            f"or '[exekutor:{env}]' in INI")
+    assert config.get("polling_interval") == 60  # nothing changed
+
+
+def test_an_env_section_in_any_of_the_files_is_enough_and_none_at_all_is_an_error(tmp_path):
+    with_env, without = write(tmp_path, "a.yml", YAML_WITH_ENVS), write(tmp_path, "b.ini", "[exekutor]\n")
+    config.load([without, with_env], env="production")
+    assert config.get("polling_interval") == 30
+    assert error_of(config.load, [], env="production") == (
+        "--env 'production' names no section of the config files (none was read): expected 'production: "
+        "exekutor:' in YAML or '[exekutor:production]' in INI")
 
 
 def test_ini_environment_section(tmp_path):
@@ -275,8 +285,7 @@ def test_ini_environment_section(tmp_path):
     config.load([path], env="production")
     assert (config.get("polling_interval"), config.source_of("polling_interval")) == (30, f"{path} line 6")
     assert (config.get("queues"), config.source_of("queues")) == (["default"], f"{path} line 3")
-    config.load([path], env="staging")
-    assert (config.get("polling_interval"), config.source_of("polling_interval")) == (60, f"{path} line 2")
+    assert "--env 'staging' names no section" in error_of(config.load, [path], env="staging")
 
 
 def test_yaml_merge_keys(tmp_path):
