@@ -327,6 +327,8 @@ def _launch(plan):
 
 def _serve(plan, pidfile, runner):
     """Run the worker until it stops: (exit status, error message or None). The pidfile is gone on return."""
+    import psycopg2
+
     from exekutor import config
     from exekutor.errors import ConfigError
     from exekutor.serialization import json_backend
@@ -360,7 +362,9 @@ def _serve(plan, pidfile, runner):
             return EXIT_USAGE, str(error)
         except Exception as error:  # noqa: BLE001 - e.g. the database is unreachable
             what = "the worker failed" if running else "cannot start the worker"
-            return EXIT_FAILURE, f"{what}: {type(error).__name__}: {error}"
+            # Which server it tried, as info says it (host, port, database; never the password).
+            where = f" ({_database_label()})" if isinstance(error, psycopg2.Error) else ""
+            return EXIT_FAILURE, f"{what}{where}: {type(error).__name__}: {error}"
     except process.StopDuringStartUp as stop:
         click.echo(f"exekutor-gevent: {stop}: stopped during start-up", err=True)  # the log may not be set up yet
         return 0, None

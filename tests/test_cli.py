@@ -12,7 +12,9 @@ import time
 import psycopg2.extensions
 import pytest
 
+import exekutor
 from exekutor import cli, config
+from tests import jobs_app
 from tests.conftest import ROOT, query, scalar, wait_for
 from tests.jobs_app import EXECUTIONS_DDL
 from tests.test_cleanup import insert_job, insert_worker
@@ -177,12 +179,36 @@ def test_an_app_that_fails_to_import_shows_its_traceback_and_names_the_module(co
     assert worker_rows(db) == []
 
 
+@pytest.mark.timeout(60)
+def test_start_logs_the_registered_jobs_and_warns_when_there_are_none(start_worker):
+    with_app = start_worker()
+    assert "job(s) registered: " in with_app.output() and "tests.sleep" in with_app.output()
+    without = start_worker(apps=())
+    warning, = [line for line in without.output().splitlines() if "no job is registered" in line]
+    assert " WARNING " in warning and "--app" in warning
+
+
+@pytest.mark.timeout(60)
+def test_the_first_signal_says_what_the_stop_waits_for(start_worker, db):
+    worker = start_worker("--poll-interval", "1", env={"EXEKUTOR_WAIT_FOR_TERMINATION": "25"})
+    job = exekutor.enqueue_many([jobs_app.sleep.job(60)])[0]
+    wait_for(lambda: scalar(db, "SELECT status FROM exekutor_jobs WHERE id = %s", (str(job.id),)) == "e", 20,
+             message="the job to run")
+    worker.signal(signal.SIGINT)
+    wait_for(lambda: "stopping: waiting up to 25s for 1 running job to finish, then cancelling them; signal "
+                     "again (Ctrl-C) to cancel them now and exit" in worker.output(), 10, message="the stop's log")
+    worker.signal(signal.SIGINT)
+    assert worker.wait(30) == 0
+
+
 @pytest.mark.parametrize("daemonize", [[], ["--daemonize"]], ids=["foreground", "daemon"])
 def test_start_against_an_unreachable_database_fails_in_one_line(daemonize, workdir):
     unreachable = f"postgresql://root:{PASSWORD}@127.0.0.1:1/nowhere"
     result = run_cli("start", *daemonize, "--app", "tests.jobs_app", "--database-url", unreachable, cwd=workdir)
     assert result.returncode == 1
-    assert result.stderr.startswith("exekutor-gevent: error: cannot start the worker: OperationalError")
+    # The server it tried, as info names it: user, host, port and database, never the password.
+    assert result.stderr.startswith("exekutor-gevent: error: cannot start the worker (root@127.0.0.1:1/nowhere): "
+                                    "OperationalError")
     assert len(result.stderr.splitlines()) == 1 and PASSWORD not in result.stderr
     assert glob.glob(str(workdir / "**" / "*.pid"), recursive=True) == []
 

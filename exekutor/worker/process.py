@@ -133,7 +133,7 @@ def run(options, on_started=None):
     def on_signal():
         signals["count"] += 1
         if signals["count"] == 1:
-            logging.getLogger("exekutor").info("exekutor worker %s: stopping (signal again to kill)", worker.id)
+            logging.getLogger("exekutor").info("exekutor worker %s: stopping%s", worker.id, _stopping_detail(worker))
             set_title(worker, "stopping")
             notify_systemd("STOPPING=1")
             gevent.spawn(worker.stop)
@@ -156,12 +156,48 @@ def run(options, on_started=None):
         raise
     if worker.stopped_or_killed():  # a signal came during start-up: the start undid itself
         return 0
+    log_registered_jobs(worker)
     set_title(worker)
     if on_started is not None:
         on_started(worker)
     notify_systemd("READY=1")
     worker.join()
     return 0
+
+
+# At most this many job names in the start-up log line (an application may register hundreds).
+LOGGED_JOB_NAMES = 20
+
+
+def log_registered_jobs(worker):
+    """The jobs this worker can run, or a warning that it can run none: without --app (or config `imports`)
+    every job it reserves fails as unknown, which nothing said before."""
+    from exekutor.jobs import registry
+
+    names = registry.names()
+    log = logging.getLogger("exekutor")
+    if not names:
+        log.warning("exekutor worker %s: no job is registered, so every job it takes fails as unknown: give the "
+                    "modules that define them with --app (or the config option imports)", worker.id)
+        return
+    more = f" and {len(names) - LOGGED_JOB_NAMES} more" if len(names) > LOGGED_JOB_NAMES else ""
+    log.info("exekutor worker %s: %d job(s) registered: %s%s", worker.id, len(names),
+             ", ".join(names[:LOGGED_JOB_NAMES]), more)
+
+
+def _stopping_detail(worker):
+    """What a stop waits for: the first signal used to say "stopping", then nothing for up to
+    wait_for_termination while jobs ran."""
+    running, wait = worker.executor.busy(), worker.wait_for_termination
+    if not running:
+        return " (signal again to kill)"
+    jobs = f"{running} running job{'s' if running > 1 else ''}"
+    if wait is True:
+        return f": waiting for {jobs} to finish, however long they take; signal again (Ctrl-C) to cancel them and exit"
+    if not wait:  # None/False: the jobs finish on their own, then the worker exits
+        return f": {jobs} will finish before it exits; signal again (Ctrl-C) to cancel them and exit"
+    return (f": waiting up to {wait:g}s for {jobs} to finish, then cancelling them; signal again (Ctrl-C) to cancel "
+            "them now and exit")
 
 
 def _kill_quietly(worker):
