@@ -145,6 +145,12 @@ def _parse_schedules(value, unit=None):
         raise ValueProblem(str(error)) from None
 
 
+def _parse_url(value, unit=None):
+    # SQLAlchemy's form (`postgresql+psycopg2://`, what docs/flask.md asks apps to write) names the same database:
+    # libpq does not know the driver part, and exekutor connects with psycopg2 anyway.
+    return re.sub(r"^(postgres(?:ql)?)\+\w+://", r"\1://", _parse_str(value))
+
+
 def _looks_like_dsn(value):
     return bool(re.match(r"postgres(ql)?://", value) or re.match(r"\s*\w+\s*=", value))
 
@@ -165,6 +171,7 @@ class Check(NamedTuple):
 
 
 STR = Kind("string", _parse_str, "{check}")
+URL = Kind("string", _parse_url, "{check}")
 INT = Kind("integer", _parse_int, "an integer {check}")
 FLOAT = Kind("number", _parse_float, "a number {check}")
 BOOL = Kind("boolean", _parse_bool, "true or false (also yes/no, on/off, 1/0)")
@@ -192,7 +199,8 @@ NON_NEGATIVE = Check(lambda value: value >= 0, ">= 0")
 AT_LEAST_ONE = Check(lambda value: value >= 1, ">= 1")
 PRIORITY = _between(1, 32767)
 NON_EMPTY = Check(bool, "a non-empty string")
-DSN = Check(_looks_like_dsn, "a postgresql:// URL or a libpq keyword string like 'host=db dbname=app'")
+DSN = Check(_looks_like_dsn, "a postgresql:// URL (postgresql+psycopg2:// too) or a libpq keyword string like "
+                             "'host=db dbname=app'")
 WAIT_TIME = Check(lambda value: value is None or isinstance(value, bool) or value >= 0, ">= 0")
 QUEUE_NAMES = Check(lambda names: bool(names) and all(0 < len(name) <= 63 for name in names),
                     "queue names (1 to 63 characters each)")
@@ -237,8 +245,9 @@ class Option:
 
 
 OPTIONS = {option.name: option for option in [
-    Option("database_url", STR, None, None, DSN,
-           "PostgreSQL URL (`postgresql://user:password@host/db`) or libpq keyword string. When unset: "
+    Option("database_url", URL, None, None, DSN,
+           "PostgreSQL URL (`postgresql://user:password@host/db`; SQLAlchemy's `postgresql+psycopg2://` works "
+           "too) or libpq keyword string. When unset: "
            "`EXEKUTOR_DATABASE_URL`, then `DATABASE_URL`, then an embedded server (`embedded` extra). "
            "The password is never shown."),
     Option("default_queue_priority", INT, 16383, None, PRIORITY,

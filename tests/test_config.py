@@ -457,6 +457,7 @@ GOOD = [
     ("connect_timeout", "5", 5),
     ("database_url", "host=db dbname=app", "host=db dbname=app"),
     ("database_url", "postgres://u@h/db", "postgres://u@h/db"),
+    ("database_url", "postgresql+psycopg2://u@h/db", "postgresql://u@h/db"),
 ]
 
 
@@ -714,6 +715,14 @@ def test_database_url_fallbacks(monkeypatch):
     assert config.source_of("database_url") == "environment variable EXEKUTOR_DATABASE_URL"
     config.load(environ={"DATABASE_URL": "postgresql://plain/app"}, overrides={"database_url": "postgresql://cli/a"})
     assert config.database_url() == "postgresql://cli/a"
+
+
+@pytest.mark.parametrize("variable", ["EXEKUTOR_DATABASE_URL", "DATABASE_URL"])
+def test_a_sqlalchemy_url_with_the_psycopg2_driver_is_the_same_database(monkeypatch, variable):
+    # docs/flask.md asks for this form in the app's config; the same value in the environment must work.
+    monkeypatch.delenv("EXEKUTOR_DATABASE_URL", raising=False)
+    config.load(environ={variable: "postgresql+psycopg2://u:s3cret@db:6432/app"})
+    assert config.database_url() == "postgresql://u:s3cret@db:6432/app"
 
 
 def test_database_url_from_os_environ_without_load(monkeypatch):
