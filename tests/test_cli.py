@@ -181,9 +181,10 @@ def test_an_app_that_fails_to_import_shows_its_traceback_and_names_the_module(co
 
 @pytest.mark.timeout(60)
 def test_start_logs_the_registered_jobs_and_warns_when_there_are_none(start_worker):
-    with_app = start_worker()
-    assert "job(s) registered: " in with_app.output() and "tests.sleep" in with_app.output()
-    without = start_worker(apps=())
+    with_app, without = start_worker(), start_worker(apps=())
+    wait_for(lambda: "job(s) registered: " in with_app.output(), 10, message="the registered jobs' line")
+    assert "tests.sleep" in with_app.output().split("job(s) registered: ", 1)[1].splitlines()[0]
+    wait_for(lambda: "no job is registered" in without.output(), 10, message="the warning")
     warning, = [line for line in without.output().splitlines() if "no job is registered" in line]
     assert " WARNING " in warning and "--app" in warning
 

@@ -157,6 +157,7 @@ def run(options, on_started=None):
     if worker.stopped_or_killed():  # a signal came during start-up: the start undid itself
         return 0
     log_registered_jobs(worker)
+    _warn_flask_without_app(worker)
     set_title(worker)
     if on_started is not None:
         on_started(worker)
@@ -183,6 +184,20 @@ def log_registered_jobs(worker):
     more = f" and {len(names) - LOGGED_JOB_NAMES} more" if len(names) > LOGGED_JOB_NAMES else ""
     log.info("exekutor worker %s: %d job(s) registered: %s%s", worker.id, len(names),
              ", ".join(names[:LOGGED_JOB_NAMES]), more)
+
+
+def _warn_flask_without_app(worker):
+    """`--app pkg.jobs` of a Flask app imports Flask but never creates the app: each job that needs it then fails
+    "Working outside of application context", with nothing pointing at the app factory."""
+    if "flask" not in sys.modules:
+        return
+    integration = sys.modules.get("exekutor.contrib.flask")
+    if integration is not None and integration.initialised():
+        return
+    logging.getLogger("exekutor").warning(
+        "exekutor worker %s: Flask is imported but no Flask app was set up for exekutor (exekutor.contrib.flask."
+        "Exekutor(app) did not run): jobs that use the app fail 'Working outside of application context'; give "
+        "the app factory, e.g. --app myapp:create_app (see docs/flask.md)", worker.id)
 
 
 def _stopping_detail(worker):
