@@ -327,6 +327,8 @@ def _launch(plan):
 
 def _serve(plan, pidfile, runner):
     """Run the worker until it stops: (exit status, error message or None). The pidfile is gone on return."""
+    import psycopg2
+
     from exekutor import config
     from exekutor.errors import ConfigError
     from exekutor.serialization import json_backend
@@ -345,8 +347,8 @@ def _serve(plan, pidfile, runner):
         _configure_logging(plan.quiet)
         try:
             process.import_applications(plan.imports)
-        except Exception as error:  # noqa: BLE001 - any error while importing the application is a bad --app
-            return EXIT_USAGE, f"cannot import application module: {type(error).__name__}: {error}"
+        except process.ApplicationImportError as error:
+            return EXIT_USAGE, app_import_failure(error)
         try:
             json_backend(config.get("json_serializer"))  # a bad json_serializer is bad input (status 2)
         except ValueError as error:
@@ -360,13 +362,24 @@ def _serve(plan, pidfile, runner):
             return EXIT_USAGE, str(error)
         except Exception as error:  # noqa: BLE001 - e.g. the database is unreachable
             what = "the worker failed" if running else "cannot start the worker"
-            return EXIT_FAILURE, f"{what}: {type(error).__name__}: {error}"
+            # Which server it tried, as info says it (host, port, database; never the password).
+            where = f" ({_database_label()})" if isinstance(error, psycopg2.Error) else ""
+            return EXIT_FAILURE, f"{what}{where}: {type(error).__name__}: {error}"
     except process.StopDuringStartUp as stop:
         click.echo(f"exekutor-gevent: {stop}: stopped during start-up", err=True)  # the log may not be set up yet
         return 0, None
     finally:
         if pidfile is not None:
             pidfile.release()
+
+
+def app_import_failure(error):
+    """The one-line error of an `--app` that does not import, after its traceback (the user's frames) on stderr:
+    the line alone named neither the file nor the line that failed."""
+    text = error.traceback()
+    if text:
+        click.echo(text.rstrip("\n"), err=True)
+    return str(error)
 
 
 def _report_daemon(runner, plan):

@@ -157,6 +157,12 @@ def _parse_schedules(value, unit=None):
         raise ValueProblem(str(error)) from None
 
 
+def _parse_url(value, unit=None):
+    # SQLAlchemy's form (`postgresql+psycopg2://`, what docs/flask.md asks apps to write) names the same database:
+    # libpq does not know the driver part, and exekutor connects with psycopg2 anyway.
+    return re.sub(r"^(postgres(?:ql)?)\+\w+://", r"\1://", _parse_str(value))
+
+
 def _looks_like_dsn(value):
     return bool(re.match(r"postgres(ql)?://", value) or re.match(r"\s*\w+\s*=", value))
 
@@ -177,6 +183,7 @@ class Check(NamedTuple):
 
 
 STR = Kind("string", _parse_str, "{check}")
+URL = Kind("string", _parse_url, "{check}")
 INT = Kind("integer", _parse_int, "an integer {check}")
 FLOAT = Kind("number", _parse_float, "a number {check}")
 BOOL = Kind("boolean", _parse_bool, "true or false (also yes/no, on/off, 1/0)")
@@ -204,7 +211,8 @@ POSITIVE = Check(lambda value: value > 0, "> 0")
 NON_NEGATIVE = Check(lambda value: value >= 0, ">= 0")
 PRIORITY = _between(1, 32767)
 NON_EMPTY = Check(bool, "a non-empty string")
-DSN = Check(_looks_like_dsn, "a postgresql:// URL or a libpq keyword string like 'host=db dbname=app'")
+DSN = Check(_looks_like_dsn, "a postgresql:// URL (postgresql+psycopg2:// too) or a libpq keyword string like "
+                             "'host=db dbname=app'")
 WAIT_TIME = Check(lambda value: value is None or isinstance(value, bool) or value >= 0, ">= 0")
 QUEUE_NAMES = Check(lambda names: bool(names) and all(0 < len(name) <= 63 for name in names),
                     "queue names (1 to 63 characters each)")
@@ -257,8 +265,9 @@ class Option:
 
 
 OPTIONS = {option.name: option for option in [
-    Option("database_url", STR, None, None, DSN,
-           "PostgreSQL URL (`postgresql://user:password@host/db`) or libpq keyword string. When unset: "
+    Option("database_url", URL, None, None, DSN,
+           "PostgreSQL URL (`postgresql://user:password@host/db`; SQLAlchemy's `postgresql+psycopg2://` works "
+           "too) or libpq keyword string. When unset: "
            "`EXEKUTOR_DATABASE_URL`, then `DATABASE_URL`, then an embedded server (`embedded` extra). "
            "The password is never shown."),
     Option("default_queue_priority", INT, 16383, None, PRIORITY,
@@ -432,7 +441,10 @@ def _parse_error(text):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Config files: each reader yields (key, value, source, is_text) for the base section, then the environment's.
+# Config files: each reader yields (key, value, source, is_text) for the base section, then ENV_SECTION (when the
+# file has the environment's section) and that section's.
+
+ENV_SECTION = object()  # the key of the marker a reader yields before the --env section's options
 
 
 def _read_file(path, env):
@@ -540,6 +552,7 @@ def _read_yaml(path, env):
     env_section = _yaml_child(root, env) if env else None
     specific = _yaml_child(env_section[1], "exekutor") if env_section else None
     if specific:
+        yield ENV_SECTION, None, path, False
         yield from _yaml_options(path, specific, loader)
 
 
@@ -573,6 +586,8 @@ def _read_ini(path, env):
         raise ConfigError(f"{path} has no [exekutor] section")
     lines = _ini_key_lines(text)
     for section in ["exekutor"] + ([f"exekutor:{env}"] if env and parser.has_section(f"exekutor:{env}") else []):
+        if section != "exekutor":
+            yield ENV_SECTION, None, path, False
         for key, value in parser.items(section):
             line = lines.get((section, key))
             yield key, value, f"{path} line {line}" if line else path, True
@@ -651,9 +666,15 @@ class Configuration:
         with self._atomically():
             self._layers.update(files={}, environment={}, overrides={})
             self._version += 1
+            env_found = False
             for path in files:
                 for key, value, source, text in _read_file(os.fspath(path), env):
-                    self._put("files", key, value, source, text)
+                    if key is ENV_SECTION:
+                        env_found = True
+                    else:
+                        self._put("files", key, value, source, text)
+            if env and not env_found:
+                _no_env_section(env, files)
             _warn_unknown_variables(environ)
             for option in OPTIONS.values():
                 if _is_set(environ, option.env_var):
@@ -693,6 +714,14 @@ class Configuration:
             if url is None and _is_set(self._environ, variable):
                 url = _convert("database_url", self._environ[variable], f"environment variable {variable}", True)
         return url
+
+
+def _no_env_section(env, files):
+    """--env that no file has a section for was silently ignored: its settings were never applied."""
+    where = ", ".join(map(os.fspath, files)) if files else "none was read"
+    name = _cut(str(env))
+    raise ConfigError(f"--env {_cut(_show(env))} names no section of the config files ({where}): expected "
+                      f"'{name}: exekutor:' in YAML or '[exekutor:{name}]' in INI")
 
 
 def _blank(value):

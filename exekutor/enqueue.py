@@ -10,6 +10,7 @@ import psycopg2.errors
 from exekutor import config, hooks
 from exekutor.db.arrays import array, number, quoted, text_or_null
 from exekutor.db.pool import default_pool
+from exekutor.errors import SchemaError
 from exekutor.jobs import DEFAULT_QUEUE, UNIQUE_UNTIL, JobDefinition, check_unique_key
 from exekutor.serialization import dump_arguments, json_backend
 
@@ -192,6 +193,15 @@ def enqueue_many(jobs, connection=None):
 
 
 def _insert(jobs, connection):
+    # Translated, not checked beforehand: a query per enqueue would slow every enqueue for a first-day mistake.
+    try:
+        _insert_jobs(jobs, connection)
+    except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn) as error:
+        raise SchemaError(f"cannot enqueue: exekutor's tables are missing or out of date in this database "
+                          f"({error.diag.message_primary}): run `exekutor-gevent migrate`") from error
+
+
+def _insert_jobs(jobs, connection):
     if any(job.unique_key is not None for job in jobs):
         on_connection(connection, lambda conn: _insert_unique(jobs, conn))
         return

@@ -113,8 +113,20 @@ def list_command(status, queue, job_name, since, limit, after, as_json, configfi
         if page.next_cursor:
             click.echo(f"\nmore: add --after {page.next_cursor}")
     else:
-        click.echo("no jobs match", err=True)
+        click.echo("no jobs match" + (_job_name_hint(job_name) if job_name else ""), err=True)
     sys.exit(0 if page.jobs else EXIT_FAILURE)
+
+
+def _job_name_hint(job_name):
+    """--job is the exact stored name ('module:function'): a near miss gets the names it may have meant."""
+    from exekutor import operations
+    from exekutor.display import printable
+
+    similar = _run(lambda conn: operations.similar_job_names(conn, job_name))
+    if not similar:
+        return ""
+    names = " or ".join(repr(printable(name)) for name in similar)  # stored names may hold control characters
+    return f" (no job is named {printable(job_name)!r}; did you mean {names}?)"
 
 
 @jobs.command("show")

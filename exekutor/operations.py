@@ -26,7 +26,9 @@ channel, and the worker also finds the request in the row at each poll, so a los
 import base64
 import binascii
 import datetime as dt
+import difflib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -369,6 +371,23 @@ def check_job_id(job_id):
         return str(uuid.UUID(job_id))
     except (TypeError, ValueError, AttributeError):
         raise OperationError(f"invalid job id {str(job_id)[:80]!r}: expected a UUID") from None
+
+
+# Job names a `--job` that matched nothing is compared with: those of the newest jobs only, so that a miss on a
+# huge table stays a bounded scan.
+SUGGESTION_SCAN = 100_000
+
+
+def similar_job_names(conn, name, limit=3):
+    """Job names of recent jobs that `name` may mean: those with its function name ('send' or 'app.jobs.send'
+    for 'app.jobs:send'), else close spellings; [] when `name` itself is one of them."""
+    rows = _fetch(conn, "SELECT DISTINCT job FROM (SELECT payload->>'job' AS job FROM exekutor_jobs "
+                        "ORDER BY id DESC LIMIT %(scan)s) recent WHERE job IS NOT NULL", {"scan": SUGGESTION_SCAN})
+    names = sorted(row["job"] for row in rows)
+    if name in names:
+        return []
+    tail = [known for known in names if re.split(r"[.:]", known)[-1] == re.split(r"[.:]", name)[-1]]
+    return (tail or difflib.get_close_matches(name, names, n=1))[:limit]
 
 
 def _check_limit(limit):

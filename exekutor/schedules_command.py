@@ -7,7 +7,7 @@ schedules; 1 the database failed or its tables are missing; 2 bad input.
 """
 import click
 
-from exekutor.cli import _fail, _option, _with_connection, config_options, load_config
+from exekutor.cli import _fail, _option, _with_connection, app_import_failure, config_options, load_config
 
 
 @click.command()
@@ -34,9 +34,9 @@ def schedules(configfile, env, database_url, app, as_json):
 
 def _import(modules):
     """As `start --app` does (from the current directory; `module:factory` calls the factory)."""
-    from exekutor.worker.process import import_applications
+    from exekutor.worker.process import ApplicationImportError, import_applications
 
     try:
         import_applications(list(modules))
-    except Exception as error:  # noqa: BLE001 - any error of the application's import is one line
-        _fail(f"cannot import --app {' '.join(modules)}: {type(error).__name__}: {error}")
+    except ApplicationImportError as error:
+        _fail(app_import_failure(error))

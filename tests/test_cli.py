@@ -12,7 +12,9 @@ import time
 import psycopg2.extensions
 import pytest
 
+import exekutor
 from exekutor import cli, config
+from tests import jobs_app
 from tests.conftest import ROOT, query, scalar, wait_for
 from tests.jobs_app import EXECUTIONS_DDL
 from tests.test_cleanup import insert_job, insert_worker
@@ -147,12 +149,67 @@ def test_start_with_an_application_that_does_not_import_exits_2(app, database_ur
     assert worker_rows(db) == []
 
 
+BROKEN_APP = """import os
+
+
+def read_key():
+    return os.environ["API_KEY_I25"]
+
+
+KEY = read_key()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", [["start"], ["start", "--daemonize"], ["schedules"]], ids=" ".join)
+def test_an_app_that_fails_to_import_shows_its_traceback_and_names_the_module(command, tmp_path, database_url, db):
+    (tmp_path / "brokenpkg").mkdir()
+    (tmp_path / "brokenpkg" / "__init__.py").write_text("")
+    (tmp_path / "brokenpkg" / "jobs.py").write_text(BROKEN_APP)
+    result = run_cli(*command, "--app", "brokenpkg.jobs", cwd=tmp_path)
+    assert result.returncode == 2
+    # A daemon's log file has the traceback, and its one line points there.
+    output = (tmp_path / "log" / "exekutor.log").read_text() if "--daemonize" in command else result.stderr
+    module = str(tmp_path / "brokenpkg" / "jobs.py")
+    assert f'File "{module}", line 5, in read_key' in output
+    assert 'return os.environ["API_KEY_I25"]' in output
+    assert "exekutor/" not in output  # exekutor's own frames are folded
+    assert (f"error: cannot import application module brokenpkg.jobs: KeyError: 'API_KEY_I25' ({module}, line 5)"
+            in result.stderr.splitlines()[-1])
+    assert worker_rows(db) == []
+
+
+@pytest.mark.timeout(60)
+def test_start_logs_the_registered_jobs_and_warns_when_there_are_none(start_worker):
+    with_app, without = start_worker(), start_worker(apps=())
+    wait_for(lambda: "job(s) registered: " in with_app.output(), 10, message="the registered jobs' line")
+    assert "tests.sleep" in with_app.output().split("job(s) registered: ", 1)[1].splitlines()[0]
+    wait_for(lambda: "no job is registered" in without.output(), 10, message="the warning")
+    warning, = [line for line in without.output().splitlines() if "no job is registered" in line]
+    assert " WARNING " in warning and "--app" in warning
+
+
+@pytest.mark.timeout(60)
+def test_the_first_signal_says_what_the_stop_waits_for(start_worker, db):
+    worker = start_worker("--poll-interval", "1", env={"EXEKUTOR_WAIT_FOR_TERMINATION": "25"})
+    job = exekutor.enqueue_many([jobs_app.sleep.job(60)])[0]
+    wait_for(lambda: scalar(db, "SELECT status FROM exekutor_jobs WHERE id = %s", (str(job.id),)) == "e", 20,
+             message="the job to run")
+    worker.signal(signal.SIGINT)
+    wait_for(lambda: "stopping: waiting up to 25s for 1 running job to finish, then cancelling them; signal "
+                     "again (Ctrl-C) to cancel them now and exit" in worker.output(), 10, message="the stop's log")
+    worker.signal(signal.SIGINT)
+    assert worker.wait(30) == 0
+
+
 @pytest.mark.parametrize("daemonize", [[], ["--daemonize"]], ids=["foreground", "daemon"])
 def test_start_against_an_unreachable_database_fails_in_one_line(daemonize, workdir):
     unreachable = f"postgresql://root:{PASSWORD}@127.0.0.1:1/nowhere"
     result = run_cli("start", *daemonize, "--app", "tests.jobs_app", "--database-url", unreachable, cwd=workdir)
     assert result.returncode == 1
-    assert result.stderr.startswith("exekutor-gevent: error: cannot start the worker: OperationalError")
+    # The server it tried, as info names it: user, host, port and database, never the password.
+    assert result.stderr.startswith("exekutor-gevent: error: cannot start the worker (root@127.0.0.1:1/nowhere): "
+                                    "OperationalError")
     assert len(result.stderr.splitlines()) == 1 and PASSWORD not in result.stderr
     assert glob.glob(str(workdir / "**" / "*.pid"), recursive=True) == []
 

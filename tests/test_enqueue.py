@@ -546,3 +546,36 @@ def test_any_argument_is_refused_cleanly_or_round_trips(database_url, db, args, 
     loaded_args, loaded_kwargs = load_arguments(payload)
     assert_same(list(loaded_args), list(args))
     assert_same(loaded_kwargs, kwargs)
+
+
+@pytest.fixture
+def unmigrated_database(db, database_url):
+    """The URL of a database without exekutor's tables."""
+    name = f"{psycopg2.extensions.parse_dsn(database_url)['dbname']}_bare"
+    db.cursor().execute(f'CREATE DATABASE "{name}"')
+    yield psycopg2.extensions.make_dsn(database_url, dbname=name)
+    db.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("on", ["pool", "connection"])
+def test_perform_later_on_an_unmigrated_database_says_to_migrate(unmigrated_database, on):
+    from exekutor.db.pool import reset_default_pool
+    from exekutor.errors import SchemaError
+
+    if on == "pool":
+        exekutor.configure(database_url=unmigrated_database)
+        reset_default_pool()
+        request = send_welcome
+    else:
+        conn = psycopg2.connect(unmigrated_database)
+        request = send_welcome.set(connection=conn)
+    try:
+        with pytest.raises(SchemaError, match=r'relation "exekutor_jobs" does not exist\): run `exekutor-gevent '
+                                              r'migrate`'):
+            request.perform_later(1)
+    finally:
+        if on == "pool":
+            reset_default_pool()
+        else:
+            conn.close()

@@ -59,6 +59,17 @@ def test_a_request_enqueues_in_its_transaction_and_a_worker_runs_the_job_in_the_
         ("ann@example.com", "Welcome from the test site")]
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_given_the_module_instead_of_the_factory_points_at_the_factory(start_worker):
+    hint = "Flask is imported but no Flask app was set up for exekutor"
+    module_only, with_factory = start_worker(apps=("tests.flask_test_app",)), start_worker(apps=(APP,))
+    for worker in (module_only, with_factory):  # the hint comes right after this line, if at all
+        wait_for(lambda w=worker: " job(s) registered: " in w.output(), 10, message="the registered jobs' line")
+    warning, = [line for line in module_only.output().splitlines() if hint in line]
+    assert " WARNING " in warning and "--app myapp:create_app" in warning
+    assert hint not in with_factory.output()
+
+
 def test_an_aborted_request_enqueues_nothing(app, db):
     response = app.test_client().post("/signup", data={"email": "bob@example.com", "fail": "1"})
     assert response.status_code == 500

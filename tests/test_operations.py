@@ -116,6 +116,19 @@ def test_filters_by_job_name_time_and_status_names(db):
     assert len(cli_json("jobs", "list", "--job", "tests.noop")["jobs"]) == 6  # 2 failed, 4 pending
 
 
+def test_a_job_name_that_matches_nothing_suggests_the_stored_names_close_to_it(db):
+    make_jobs(db, 2, "p", job="billing.jobs:send_invoice")
+    make_jobs(db, 1, "p", job="billing.jobs:send_reminder")
+    for typed in ("send_invoice", "billing.jobs.send_invoice", "billing.jobs:send_invoce"):
+        result = run_cli("jobs", "list", "--job", typed)
+        assert result.returncode == 1
+        assert result.stderr == (f"no jobs match (no job is named {typed!r}; did you mean "
+                                 "'billing.jobs:send_invoice'?)\n"), typed
+    # The name exists, other filters left nothing: no suggestion.
+    result = run_cli("jobs", "list", "--job", "billing.jobs:send_invoice", "--status", "failed")
+    assert (result.returncode, result.stderr) == (1, "no jobs match\n")
+
+
 def test_nothing_matched_is_status_1_and_bad_input_is_one_line_status_2(db):
     empty = run_cli("jobs", "list", "--status", "failed")
     assert empty.returncode == 1 and "no jobs match" in empty.stderr

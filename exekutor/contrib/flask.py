@@ -28,6 +28,14 @@ PREFIX = "EXEKUTOR_"
 CLI_APP = "exekutor.contrib.flask:load_cli_app"
 
 
+_INITIALISED = []  # apps init_app set up in this process (the worker warns when Flask is imported but none is)
+
+
+def initialised():
+    """Whether an app of this process was set up for exekutor (Exekutor(app) or init_app)."""
+    return bool(_INITIALISED)
+
+
 class Exekutor:
     """The Flask extension; `app.extensions["exekutor"]` once initialised.
 
@@ -52,6 +60,7 @@ class Exekutor:
             register_models(db.Model, db.session, name=self.models_name, remove_after_job=False)
         self.app = app  # the app whose context jobs run in: the last one initialised
         app.extensions["exekutor"] = self
+        _INITIALISED.append(app)
         hooks.around_job_execution(self.app_context)
         app.cli.add_command(cli_group())
 

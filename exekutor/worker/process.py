@@ -12,6 +12,8 @@ import os
 import signal
 import socket
 import sys
+import sysconfig
+import traceback
 
 # SIGHUP too: closing the terminal of a foreground worker stops it gracefully instead of killing it.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -62,9 +64,60 @@ def import_applications(modules):
     loaded = []
     for spec in modules:
         name, _, factory = spec.partition(":")
-        module = importlib.import_module(name)
-        loaded.append(getattr(module, factory)() if factory else module)
+        try:
+            module = importlib.import_module(name)
+            loaded.append(getattr(module, factory)() if factory else module)
+        except Exception as error:  # noqa: BLE001 - whatever the application raises, it is this --app's failure
+            raise ApplicationImportError(spec, error) from error
     return loaded
+
+
+class ApplicationImportError(Exception):
+    """An `--app` module (or its factory) that raised: names the module and where in the user's code it failed,
+    and keeps the traceback with exekutor's and importlib's frames folded (the user's code is what to fix)."""
+
+    def __init__(self, spec, error):
+        self.spec, self.error = spec, error
+        report = traceback.TracebackException.from_exception(error)
+        self.user_frames = _fold_own_frames(report)
+        frame = _innermost_application_frame(self.user_frames)
+        where = f" ({frame.filename}, line {frame.lineno})" if frame else ""
+        super().__init__(f"cannot import application module {spec}: {type(error).__name__}: {error}{where}")
+        self.report = report
+
+    def traceback(self):
+        """The folded traceback, or None when it would say nothing more than the message (no such module, no
+        such factory: no frame of the user's code, and no syntax error to point at)."""
+        if not self.user_frames and not isinstance(self.error, SyntaxError):
+            return None
+        text = "".join(self.report.format())
+        return text.replace("Traceback (most recent call last):",
+                            "Traceback (most recent call last; exekutor's frames folded):")
+
+
+def _innermost_application_frame(frames):
+    """The last frame in the application's own files rather than in Python's or an installed library's (a
+    KeyError of os.environ is the application's line that read it), else the last frame."""
+    libraries = tuple(sysconfig.get_paths()[name] + os.sep for name in ("stdlib", "platstdlib", "purelib", "platlib"))
+    mine = [frame for frame in frames if not frame.filename.startswith(("<", *libraries))]
+    return (mine or frames or [None])[-1]
+
+
+def _fold_own_frames(report):
+    """Drop exekutor's and importlib's frames from `report` and the exceptions it chains; returns the user's
+    frames of the exception raised last."""
+    own = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep, "<frozen importlib",
+           os.path.dirname(importlib.__file__) + os.sep)
+    seen, chain = set(), [report]
+    while chain:
+        current = chain.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = traceback.StackSummary.from_list(
+            [frame for frame in current.stack if not frame.filename.startswith(own)])
+        chain += [linked for linked in (current.__cause__, current.__context__) if linked is not None]
+    return list(report.stack)
 
 
 def run(options, on_started=None):
@@ -80,7 +133,7 @@ def run(options, on_started=None):
     def on_signal():
         signals["count"] += 1
         if signals["count"] == 1:
-            logging.getLogger("exekutor").info("exekutor worker %s: stopping (signal again to kill)", worker.id)
+            logging.getLogger("exekutor").info("exekutor worker %s: stopping%s", worker.id, _stopping_detail(worker))
             set_title(worker, "stopping")
             notify_systemd("STOPPING=1")
             gevent.spawn(worker.stop)
@@ -103,12 +156,63 @@ def run(options, on_started=None):
         raise
     if worker.stopped_or_killed():  # a signal came during start-up: the start undid itself
         return 0
+    log_registered_jobs(worker)
+    _warn_flask_without_app(worker)
     set_title(worker)
     if on_started is not None:
         on_started(worker)
     notify_systemd("READY=1")
     worker.join()
     return 0
+
+
+# At most this many job names in the start-up log line (an application may register hundreds).
+LOGGED_JOB_NAMES = 20
+
+
+def log_registered_jobs(worker):
+    """The jobs this worker can run, or a warning that it can run none: without --app (or config `imports`)
+    every job it reserves fails as unknown, which nothing said before."""
+    from exekutor.jobs import registry
+
+    names = registry.names()
+    log = logging.getLogger("exekutor")
+    if not names:
+        log.warning("exekutor worker %s: no job is registered, so every job it takes fails as unknown: give the "
+                    "modules that define them with --app (or the config option imports)", worker.id)
+        return
+    more = f" and {len(names) - LOGGED_JOB_NAMES} more" if len(names) > LOGGED_JOB_NAMES else ""
+    log.info("exekutor worker %s: %d job(s) registered: %s%s", worker.id, len(names),
+             ", ".join(names[:LOGGED_JOB_NAMES]), more)
+
+
+def _warn_flask_without_app(worker):
+    """`--app pkg.jobs` of a Flask app imports Flask but never creates the app: each job that needs it then fails
+    "Working outside of application context", with nothing pointing at the app factory."""
+    if "flask" not in sys.modules:
+        return
+    integration = sys.modules.get("exekutor.contrib.flask")
+    if integration is not None and integration.initialised():
+        return
+    logging.getLogger("exekutor").warning(
+        "exekutor worker %s: Flask is imported but no Flask app was set up for exekutor (exekutor.contrib.flask."
+        "Exekutor(app) did not run): jobs that use the app fail 'Working outside of application context'; give "
+        "the app factory, e.g. --app myapp:create_app (see docs/flask.md)", worker.id)
+
+
+def _stopping_detail(worker):
+    """What a stop waits for: the first signal used to say "stopping", then nothing for up to
+    wait_for_termination while jobs ran."""
+    running, wait = worker.executor.busy(), worker.wait_for_termination
+    if not running:
+        return " (signal again to kill)"
+    jobs = f"{running} running job{'s' if running > 1 else ''}"
+    if wait is True:
+        return f": waiting for {jobs} to finish, however long they take; signal again (Ctrl-C) to cancel them and exit"
+    if not wait:  # None/False: the jobs finish on their own, then the worker exits
+        return f": {jobs} will finish before it exits; signal again (Ctrl-C) to cancel them and exit"
+    return (f": waiting up to {wait:g}s for {jobs} to finish, then cancelling them; signal again (Ctrl-C) to cancel "
+            "them now and exit")
 
 
 def _kill_quietly(worker):
