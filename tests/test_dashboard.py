@@ -172,6 +172,23 @@ def test_jobs_are_filtered_and_paginated_with_cursors(client, db):
     assert len(seen) == 120 and set(seen) == ids
 
 
+def test_pages_refresh_except_finished_jobs_and_the_overview_lists_failed_and_discarded(client, db):
+    # docs/dashboard.md: pages refresh every 5 s but a finished job's page; the overview's newest failures are the
+    # five newest failed or discarded jobs (cancelled ones included).
+    failed, discarded = make_job(db, status="f"), make_job(db, status="d", queue="default")
+    cancelled = make_job(db, status="d")
+    query(db, "UPDATE exekutor_jobs SET cancel_requested_at = now() WHERE id = %s", (cancelled,))
+    pending, completed = make_job(db, status="p"), make_job(db, status="c")
+    _, html = get(client, "/")
+    newest = html.split("Newest failures", 1)[1]
+    assert all(f"/jobs/{job_id}" in newest for job_id in (failed, discarded, cancelled))
+    assert f"/jobs/{completed}" not in newest and f"/jobs/{pending}" not in newest
+    for path in ("/", "/queues/mail", "/workers", "/jobs", "/schedules", f"/jobs/{pending}"):
+        assert 'data-refresh="5"' in get(client, path)[1], path
+    for job_id in (failed, discarded, completed):
+        assert "data-refresh" not in get(client, f"/jobs/{job_id}")[1]
+
+
 def test_fragment_is_the_content_without_the_layout(client, db):
     make_job(db)
     _, html = get(client, "/?fragment=1")

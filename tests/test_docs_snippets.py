@@ -209,3 +209,59 @@ def test_the_source_of_example_in_configuration_md_is_true(monkeypatch):
         assert eval(code, namespace) == expected, line
         checked += 1
     assert checked >= 2, "the example's values in comments are checked"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output samples in ```text blocks, checked against the code that prints them
+
+
+def text_block(doc, piece):
+    text = Path(ROOT, doc).read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"^```text\n(.*?)^```", text, re.S | re.M) if piece in b]
+    return block
+
+
+def test_the_jobs_show_sample_in_operations_md_has_the_fields_jobs_show_prints():
+    import datetime as dt
+
+    from exekutor.info import render_job
+
+    sample = text_block("docs/operations.md", "\nErrors: 3\n")
+    documented = re.findall(r"^  ([a-z ]+):  ", sample.split("\nErrors:")[0], re.M)
+    when = dt.datetime(2026, 12, 1, 14, 17, 16, tzinfo=dt.timezone.utc)
+    job = {"id": "01a231f7-8728-7b7d-8803-5d73d54e0619", "job": "myapp.jobs:send_receipt", "status": "failed",
+           "queue": "mail", "priority": 16383, "attempts": 3, "enqueued_at": when, "scheduled_at": when,
+           "started_at": when, "finished_at": when, "runtime": 0.0, "worker_id": None, "cancel_requested_at": None,
+           "unique_key": None, "payload": {"args": [1042], "kwargs": {}}, "options": None, "errors": []}
+    printed = [click.unstyle(line) for line in render_job(job)]
+    assert documented == re.findall(r"^  ([a-z ]+):  ", "\n".join(printed), re.M)
+    assert "  arguments:        {\"args\": [1042], \"kwargs\": {}}" in printed
+    assert "  arguments:        {\"args\": [1042], \"kwargs\": {}}\n" in sample
+
+
+def test_the_database_line_of_the_info_sample_in_cli_md_is_what_info_prints():
+    from exekutor.display import database_label
+
+    sample = text_block("docs/cli.md", "Workers: 3 on 2 hosts")
+    assert sample.startswith(f"Database: {database_label('postgresql://app:secret@db.internal/app')}\n")
+
+
+def test_the_process_title_in_cli_md_is_what_a_worker_sets():
+    from types import SimpleNamespace
+
+    from setproctitle import getproctitle, setproctitle
+
+    from exekutor.worker.process import set_title
+
+    text = " ".join(Path(ROOT, "docs", "cli.md").read_text(encoding="utf-8").split())
+    documented = re.search(r"as in `(exekutor-gevent worker [^`]+)`, with `\((\w+)\)` appended", text)
+    worker = SimpleNamespace(id="0d6f2a9e-6c1e-4d55-9a0b-3f5e7c1d22c3", identifier="mail", queues=["mail", "default"],
+                             executor=SimpleNamespace(min_threads=10, max_threads=200))
+    before = getproctitle()
+    try:
+        set_title(worker)
+        assert getproctitle() == documented.group(1)
+        set_title(worker, documented.group(2))
+        assert getproctitle() == f"{documented.group(1)} ({documented.group(2)})"
+    finally:
+        setproctitle(before)

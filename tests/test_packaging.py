@@ -64,3 +64,33 @@ def test_install_and_wheel_build_need_no_dependency_for_the_metadata(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert f"exekutor_gevent-{__version__}.dist-info/METADATA" in names
     assert any(name.startswith("exekutor/db/migrations/") and name.endswith(".sql") for name in names)
+
+
+# Which releases have a manylinux x86_64 wheel for each Python, as PyPI listed them on 2026-12-06 (checked with
+# `pip index versions P --python-version V` for the newest release pip may pick, and `pip download --no-deps
+# --only-binary=:all: --python-version V --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 P` for the
+# newest with a wheel). Where they differ pip would build the newest from source: gevent 26.4.0-26.7.0 and
+# setproctitle 1.3.8 accept Python 3.9 but ship no cp39 wheel. psycopg2-binary (2.9.12 on 3.9, 2.9.13 on 3.10+),
+# PyYAML (6.0.3, 6.0.4), greenlet and zope.interface have a wheel for every supported Python.
+NEWEST_WITH_WHEEL = {
+    "3.9": {"gevent": "25.9.1", "setproctitle": "1.3.7"},
+    **{v: {"gevent": "26.9.0", "setproctitle": "1.3.8"} for v in ("3.10", "3.11", "3.12", "3.13", "3.14")},
+}
+SOURCE_ONLY = {"3.9": {"gevent": ("26.4.0", "26.5.0", "26.7.0"), "setproctitle": ("1.3.8",)}}
+
+
+def test_every_supported_python_gets_a_wheel_of_the_compiled_dependencies():
+    from packaging.requirements import Requirement
+    from setuptools.config.setupcfg import read_configuration
+
+    requirements = [
+        Requirement(line) for line in read_configuration(Path(ROOT, "setup.cfg"))["options"]["install_requires"]
+    ]
+    for python, newest in NEWEST_WITH_WHEEL.items():
+        env = {"python_version": python, "python_full_version": f"{python}.0"}
+        active = [req for req in requirements if req.marker is None or req.marker.evaluate(env)]
+        for name, version in newest.items():
+            (req,) = [req for req in active if req.name == name]
+            assert req.specifier.contains(version), (python, str(req))
+            for source_only in SOURCE_ONLY.get(python, {}).get(name, ()):
+                assert not req.specifier.contains(source_only), (python, str(req), "would build from source")
