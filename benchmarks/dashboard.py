@@ -1,4 +1,6 @@
-"""The dashboard's pages on a big table: each under 200 ms with 1,000,000 finished and 100,000 pending jobs.
+"""The dashboard's pages on a big table: each under 200 ms with 1,000,000 finished and 100,000 pending jobs; then
+the pages that list queues and workers with 20,000 queues and 5,000 workers (MANY_QUEUES, MANY_WORKERS: each
+queue with pending, executing, finished and failed jobs), where their size must stay bounded too.
 
 The table is filled as the big-table scenario fills it (finished jobs 10 ms apart, so the last hour holds 360,000 of
 them: the throughput chart has real work to do), plus pending jobs in a few queues and some workers. Each page is
@@ -16,6 +18,7 @@ ROUNDS = 15
 QUICK_ROUNDS = 5
 TARGET_MS = 200
 PENDING_QUEUES = ("default", "mail", "reports", "images")
+MANY_QUEUES, MANY_WORKERS = 20_000, 5_000
 
 
 def scenario_dashboard(ctx):
@@ -33,14 +36,49 @@ def scenario_dashboard(ctx):
     db.vacuum()
     ctx.say(f"  filled {finished:,} finished and {pending:,} pending jobs in {time.monotonic() - started:.1f}s")
     try:
-        timings = _measure(ctx, budget)
+        timings = _measure(ctx, budget, _pages)
+        db.reset()
+        _fill_many_queues(db)
+        many = _measure(ctx, budget, _many_pages)
     finally:
         db.reset()
     ctx.record("dashboard", {"finished": finished, "pending": pending,
-                             "pages_ms": {path: stats for path, (_, stats) in timings.items()}})
+                             "pages_ms": {path: stats for path, (_, stats) in timings.items()},
+                             "many_queues_pages_ms": {path: stats for path, (_, stats) in many.items()}})
     for path, (label, stats) in timings.items():
         ctx.figure("dashboard_" + _slug(path), f"dashboard {label}, {finished:,} finished + {pending:,} pending",
                    "ms", stats, target=("<=", TARGET_MS))
+    for path, (label, stats) in many.items():
+        ctx.figure("dashboard_many_" + _slug(path), f"dashboard {label}, {MANY_QUEUES:,} queues, "
+                   f"{MANY_WORKERS:,} workers", "ms", stats, target=("<=", TARGET_MS))
+
+
+def _fill_many_queues(db):
+    """Per queue: two pending jobs (one due, one later), one finished in the last hour and one failed; per worker
+    four of the queues and one executing job."""
+    started = time.monotonic()
+    names = f"SELECT i, 'queue-' || lpad(i::text, 5, '0') AS q FROM generate_series(1, {MANY_QUEUES}) AS i"
+    db.execute("INSERT INTO exekutor_jobs (queue, payload, scheduled_at) "
+               f"SELECT q, %s::jsonb, now() + later FROM ({names}) AS n, "
+               "(VALUES (interval '-1 minute'), (interval '1 hour')) AS v(later)", (NOOP_PAYLOAD,))
+    db.execute("INSERT INTO exekutor_jobs (queue, payload, status, attempts, started_at, finished_at) "
+               f"SELECT q, %s::jsonb, s, 1, now() - interval '1 minute', now() - (i %% 3000) * interval '1 second' "
+               f"FROM ({names}) AS n, (VALUES ('c'), ('f')) AS v(s)", (NOOP_PAYLOAD,))
+    db.execute("INSERT INTO exekutor_workers (hostname, pid, identifier, status, queues, min_threads, max_threads) "
+               "SELECT 'host-' || (i % 100), 1000 + i, 'worker-' || i, 'r', "
+               f"ARRAY(SELECT 'queue-' || lpad((((i * 4 + k) % {MANY_QUEUES}) + 1)::text, 5, '0') "
+               "FROM generate_series(0, 3) AS k), 1, 100 "
+               f"FROM generate_series(1, {MANY_WORKERS}) AS i")
+    db.execute("INSERT INTO exekutor_jobs (queue, payload, status, attempts, started_at, worker_id) "
+               "SELECT w.queues[1], %s::jsonb, 'e', 1, now(), w.id FROM exekutor_workers w", (NOOP_PAYLOAD,))
+    db.vacuum()
+    print(f"  filled {MANY_QUEUES:,} queues and {MANY_WORKERS:,} workers in {time.monotonic() - started:.1f}s",
+          flush=True)
+
+
+def _many_pages(client, db):
+    return [("/dashboard/", "overview /"), ("/dashboard/queues/queue-00042", "/queues/<one of many>"),
+            ("/dashboard/workers", "/workers"), ("/dashboard/queues?after=queue-10000", "/queues (all, a middle page)")]
 
 
 def _pages(client, db):
@@ -56,7 +94,7 @@ def _pages(client, db):
             (f"/dashboard/jobs/{failed_id}", "/jobs/<id>"), ("/dashboard/schedules", "/schedules")]
 
 
-def _measure(ctx, budget):
+def _measure(ctx, budget, pages):
     import flask
 
     from exekutor.dashboard import blueprint
@@ -66,8 +104,8 @@ def _measure(ctx, budget):
     client = app.test_client()
     rounds = QUICK_ROUNDS if ctx.quick else ROUNDS
     timings = {}
-    for path, label in _pages(client, ctx.db):
-        _get(client, path)  # warm: the pool's connection, the templates, PostgreSQL's caches
+    for path, label in pages(client, ctx.db):
+        size = len(_get(client, path))  # warm: the pool's connection, the templates, PostgreSQL's caches
         times = []
         for _ in range(rounds):
             if times and not budget.allows(statistics.median(times) / 1000):
@@ -77,13 +115,15 @@ def _measure(ctx, budget):
             times.append((time.perf_counter() - started) * 1000)
         stats = harness.summary(times)
         timings[path] = (label, stats)
-        ctx.say(f"  {label:<40} median {stats['median']:7.1f} ms  (min {stats['min']:.1f}, max {stats['max']:.1f})")
+        ctx.say(f"  {label:<40} median {stats['median']:7.1f} ms  (min {stats['min']:.1f}, max {stats['max']:.1f}), "
+                f"{size / 1000:,.0f} kB")
     return timings
 
 
 def _get(client, path):
     response = client.get(path)
     assert response.status_code == 200, f"{path}: HTTP {response.status_code}"
+    return response.get_data()
 
 
 def _slug(path):

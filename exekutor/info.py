@@ -15,14 +15,17 @@ from exekutor.display import printable
 from exekutor.operations import error_headline, failure_summary, job_arguments
 from exekutor.queue_stats import executing_by_queue, no_pending, pending_by_queue
 
-_WORKERS = """
+_WORKER_COLUMNS = """
 SELECT w.id::text, w.hostname, w.pid, w.identifier, w.status, w.queues, w.min_priority, w.max_priority,
        w.min_threads, w.max_threads, w.info, w.started_at, w.last_heartbeat_at,
        extract(epoch FROM now() - w.last_heartbeat_at)::float8 AS heartbeat_age,
        (SELECT count(*) FROM exekutor_jobs j WHERE j.worker_id = w.id AND j.status = 'e')::int AS executing
-FROM exekutor_workers w
-ORDER BY w.hostname, w.started_at, w.id
 """
+_WORKERS = _WORKER_COLUMNS + "FROM exekutor_workers w ORDER BY w.hostname, w.started_at, w.id"
+# A page of workers, newest first (the dashboard's): the page is picked before its executing jobs are counted.
+WORKERS_PAGE = _WORKER_COLUMNS + """FROM (SELECT * FROM exekutor_workers ORDER BY started_at DESC, id
+                                      LIMIT %(limit)s OFFSET %(offset)s) AS w
+ORDER BY w.started_at DESC, w.id"""
 STATUS_NAMES = {"i": "starting", "r": "running", "s": "stopping", "c": "crashed"}
 FAILURES_SINCE = 24 * 3600  # seconds of failures `info` shows
 MAX_FAILURES_SINCE = 100 * 365 * 86400

@@ -190,19 +190,22 @@ def count_jobs(conn, job_filter=None, action=None, job_ids=None):
 
 # Failures per queue and the newest failures, for `info` and the dashboard.
 _FAILURE_COUNTS = """
-SELECT queue, count(*) FILTER (WHERE status = 'f')::int AS failed,
+SELECT CASE WHEN %(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]) THEN queue END AS queue,
+       count(*) FILTER (WHERE status = 'f')::int AS failed,
        count(*) FILTER (WHERE status = 'd' AND cancel_requested_at IS NULL)::int AS discarded,
        count(*) FILTER (WHERE status = 'd' AND cancel_requested_at IS NOT NULL)::int AS cancelled
 FROM exekutor_jobs
 WHERE status IN ('f', 'd') AND finished_at >= now() - %(seconds)s * interval '1 second'
-GROUP BY queue ORDER BY queue
+GROUP BY 1 ORDER BY 1
 """
 
 
-def failure_summary(conn, seconds=24 * 3600, newest=5):
-    """{"queues": [{queue, failed, discarded, cancelled}], "newest": [jobs]} over the last `seconds`."""
+def failure_summary(conn, seconds=24 * 3600, newest=5, queues=None):
+    """{"queues": [{queue, failed, discarded, cancelled}], "newest": [jobs]} over the last `seconds`. With
+    `queues` (a page that shows a few of many), a row for each of those with failures, and one with queue None
+    for all the others together: a row per queue of 20,000 took 50 ms to group and fetch."""
     since = _fetch(conn, "SELECT now() - %(s)s * interval '1 second' AS t", {"s": seconds})[0]["t"]
-    queues = _fetch(conn, _FAILURE_COUNTS, {"seconds": seconds})
+    queues = _fetch(conn, _FAILURE_COUNTS, {"seconds": seconds, "queues": queues})
     newest_failed = list_jobs(conn, JobFilter(status="failed", since=since), limit=newest).jobs
     newest_discarded = list_jobs(conn, JobFilter(status="discarded", since=since), limit=newest).jobs
     latest = sorted(newest_failed + newest_discarded, key=lambda job: job["finished_at"], reverse=True)[:newest]

@@ -26,8 +26,7 @@ EXACT_COUNT_LIMIT = 500
 
 _DUE = "j.status = 'p' AND j.queue = q.queue AND j.scheduled_at <= now()"
 _LATER = "j.status = 'p' AND j.queue = q.queue AND j.scheduled_at > now()"
-PENDING_BY_QUEUE = f"""
-WITH RECURSIVE {PENDING_QUEUES}
+_FIGURES = f"""
 SELECT q.queue,
        (SELECT count(*) FROM (SELECT FROM exekutor_jobs j WHERE {_DUE} ORDER BY j.scheduled_at LIMIT %(limit)s)
         AS c)::int AS due,
@@ -45,6 +44,33 @@ LEFT JOIN LATERAL (SELECT j.scheduled_at FROM exekutor_jobs j WHERE {_LATER} ORD
 WHERE q.queue IS NOT NULL
 ORDER BY q.queue
 """
+PENDING_BY_QUEUE = f"WITH RECURSIVE {PENDING_QUEUES}{_FIGURES}"
+# The same figures for named queues only (a page that shows a few of many queues): no loose scan of them all.
+NAMED_QUEUES = "(SELECT DISTINCT unnest(%(queues)s::text[]) AS queue) AS q"
+PENDING_OF_QUEUES = _FIGURES.replace("pending_queues q", NAMED_QUEUES)
+# The names of up to %(limit)s queues with pending jobs after %(after)s, in order: the loose scan of PENDING_QUEUES,
+# stopped after a page (a dashboard page of 50 of 20,000 queues walks 51 of them).
+PENDING_QUEUES_AFTER = """
+WITH RECURSIVE page(queue, n) AS (
+    (SELECT queue::text, 1 FROM exekutor_jobs WHERE status = 'p' AND queue > %(after)s ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue::text FROM exekutor_jobs j WHERE j.status = 'p' AND j.queue > p.queue
+            ORDER BY j.queue LIMIT 1), n + 1
+    FROM page p WHERE p.queue IS NOT NULL AND n < %(limit)s)
+SELECT queue FROM page WHERE queue IS NOT NULL
+"""
+# The queues of the oldest due jobs (the scheduled index, in its order: at most %(limit)s entries), with how long
+# their oldest has waited: the queues that wait longest, found without visiting every queue.
+LONGEST_WAITING = """
+SELECT queue, max(extract(epoch FROM now() - scheduled_at))::float8 AS overdue_for
+FROM (SELECT queue, scheduled_at FROM exekutor_jobs WHERE status = 'p' AND scheduled_at <= now()
+      ORDER BY scheduled_at LIMIT %(limit)s) AS oldest
+GROUP BY queue
+"""
+# Pending jobs of every queue, due and later, each a range of the scheduled index counted up to a limit (then
+# estimated): the totals of a page that does not list every queue.
+_TOTAL = "SELECT FROM exekutor_jobs WHERE status = 'p' AND scheduled_at {} now()"
+TOTAL_EXACT_LIMIT = 10_000
 # What the planner expects a count to be (EXPLAIN plans without running anything). The queue's pending total is
 # the good estimate (migration 0007's statistics on queue and status); how it splits into due and later is not
 # (the planner takes the time condition as independent of the queue), so a split comes from an exact figure
@@ -58,12 +84,15 @@ _QUESTIONS = {figure: f"SELECT FROM exekutor_jobs WHERE status = 'p' AND queue =
 EXECUTING_BY_QUEUE = "SELECT queue, count(*)::int AS executing FROM exekutor_jobs WHERE status = 'e' GROUP BY queue"
 
 
-def pending_by_queue(cursor, exact_up_to=EXACT_COUNT_LIMIT, estimates=None):
+def pending_by_queue(cursor, exact_up_to=EXACT_COUNT_LIMIT, estimates=None, queues=None):
     """[{queue, due, scheduled, pending, estimated, due_estimated, scheduled_estimated, oldest_due_at,
     overdue_for, next_scheduled_at, next_in}] for every queue with pending jobs, in queue order, on `cursor` (so
     in its transaction's snapshot). `estimated`: some count of the queue is an estimate. `estimates`: an
-    EstimateCache, for a caller that asks every few seconds."""
-    cursor.execute(PENDING_BY_QUEUE, {"limit": exact_up_to + 1})
+    EstimateCache, for a caller that asks every few seconds. `queues`: only these (a row each, zeros included)."""
+    if queues is None:
+        cursor.execute(PENDING_BY_QUEUE, {"limit": exact_up_to + 1})
+    else:
+        cursor.execute(PENDING_OF_QUEUES, {"limit": exact_up_to + 1, "queues": list(queues)})
     columns = [column.name for column in cursor.description]
     queues = [dict(zip(columns, row)) for row in cursor.fetchall()]
     estimated = [queue for queue in queues if max(queue["due"], queue["scheduled"]) > exact_up_to]
@@ -116,6 +145,32 @@ class EstimateCache:
         return rows
 
 
+def pending_queue_names(cursor, after="", limit=50):
+    """The first `limit` queues with pending jobs whose name sorts after `after`."""
+    cursor.execute(PENDING_QUEUES_AFTER, {"after": after, "limit": limit})
+    return [row[0] for row in cursor.fetchall()]
+
+
+def longest_waiting(cursor, jobs=1000):
+    """{queue: seconds its oldest due job has waited} for the queues of the `jobs` oldest due jobs."""
+    cursor.execute(LONGEST_WAITING, {"limit": jobs})
+    return dict(cursor.fetchall())
+
+
+def pending_totals(cursor, exact_up_to=TOTAL_EXACT_LIMIT):
+    """{due, scheduled, due_estimated, scheduled_estimated} over every queue: exact up to `exact_up_to` each,
+    else the planner's estimate (never below the limit)."""
+    totals = {}
+    for figure, operator in (("due", "<="), ("scheduled", ">")):
+        question = _TOTAL.format(operator)
+        cursor.execute(f"SELECT count(*)::int FROM ({question} LIMIT %(limit)s) AS c", {"limit": exact_up_to + 1})
+        count = cursor.fetchone()[0]
+        if count > exact_up_to:
+            count = max(exact_up_to + 1, int(_plan(cursor, question)["Plan Rows"]))
+        totals[figure], totals[f"{figure}_estimated"] = count, count > exact_up_to
+    return totals
+
+
 def no_pending(name):
     """The figures of a queue without pending jobs, shaped as pending_by_queue's rows."""
     return {"queue": name, "due": 0, "scheduled": 0, "pending": 0, "estimated": False, "due_estimated": False,
@@ -133,13 +188,18 @@ def _planned_rows(cursor, questions):
     """The planner's row estimates for [(queue, figure)], in order (0 where the plan has another shape)."""
     if not questions:
         return []
-    cursor.execute("EXPLAIN (FORMAT JSON) " + " UNION ALL ".join(_QUESTIONS[figure] for _, figure in questions),
-                   [queue for queue, _ in questions])
-    plan = cursor.fetchone()[0]
-    if isinstance(plan, str):  # a connection without psycopg2's json typecaster
-        plan = json.loads(plan)
-    plan = plan[0]["Plan"]
+    plan = _plan(cursor, " UNION ALL ".join(_QUESTIONS[figure] for _, figure in questions),
+                 [queue for queue, _ in questions])
     branches = plan.get("Plans", []) if plan["Node Type"] == "Append" else [plan]
     if len(branches) != len(questions):  # then the counts stay at the limit
         return [0] * len(questions)
     return [int(branch["Plan Rows"]) for branch in branches]
+
+
+def _plan(cursor, sql, params=None):
+    """The top node of the plan of `sql` (EXPLAIN: nothing runs)."""
+    cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+    plan = cursor.fetchone()[0]
+    if isinstance(plan, str):  # a connection without psycopg2's json typecaster
+        plan = json.loads(plan)
+    return plan[0]["Plan"]

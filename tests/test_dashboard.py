@@ -141,6 +141,52 @@ def test_workers_page_shows_host_pid_identifier_queues_and_greenlets(client, db)
         assert text in html
 
 
+QUEUE_LINK = re.compile(r'<tr>\s*<td><a href="/admin/jobs/queues/([^"]+)">')
+
+
+def test_the_overview_lists_the_busiest_queues_and_pages_through_the_rest(client, db):
+    from exekutor.dashboard.data import PAGE_QUEUES
+
+    # PAGE_QUEUES + 20 queues of one pending job each (not overdue), one queue overdue, one busy and failing.
+    query(db, "INSERT INTO exekutor_jobs (queue, payload, scheduled_at) SELECT 'q-' || lpad(i::text, 3, '0'), "
+              "'{\"job\": \"tests.noop\"}', now() + interval '1 hour' FROM generate_series(1, %s) AS i",
+          (PAGE_QUEUES + 20,))
+    query(db, "INSERT INTO exekutor_jobs (queue, payload, scheduled_at) "
+              "VALUES ('zz-stuck', '{\"job\": \"tests.noop\"}', now() - interval '1 hour')")
+    for status in ("c", "c", "f"):
+        make_job(db, status=status, queue="zz-busy")
+    _, html = get(client, "/")
+    shown = QUEUE_LINK.findall(html)
+    assert len(shown) == PAGE_QUEUES and shown[:2] == ["zz-stuck", "zz-busy"], shown[:5]
+    assert 'id="all-queues" href="/admin/jobs/queues"' in html
+    assert '<span class="value">1</span><span class="label">pending (due)' in html  # totals count every queue
+    assert f'<span class="value">{PAGE_QUEUES + 20}</span><span class="label">scheduled' in html
+    listed, path = [], "/queues"
+    while path:
+        _, page = get(client, path)
+        names = QUEUE_LINK.findall(page)
+        assert 0 < len(names) <= PAGE_QUEUES
+        listed += names
+        following = re.search(r'id="next-page" href="/admin/jobs([^"]+)"', page)
+        path = following and following.group(1).replace("&amp;", "&")
+    assert listed == sorted({f"q-{i:03}" for i in range(1, PAGE_QUEUES + 21)} | {"zz-stuck", "zz-busy"})
+
+
+def test_the_workers_page_lists_a_page_of_the_newest_workers(client, db):
+    from exekutor.dashboard.data import PAGE_WORKERS
+
+    query(db, "INSERT INTO exekutor_workers (hostname, pid, identifier, status, queues, max_threads, min_threads, "
+              "started_at) SELECT 'host-' || i, i, 'worker-' || i, 'r', NULL, 10, 1, now() - i * interval '1 minute' "
+              "FROM generate_series(1, %s) AS i", (PAGE_WORKERS + 5,))
+    _, html = get(client, "/workers")
+    assert html.count("<td>host-") == PAGE_WORKERS and "<td>host-1</td>" in html
+    assert f"{PAGE_WORKERS + 5} worker(s)" in html
+    _, html = get(client, "/workers?page=1")
+    assert html.count("<td>host-") == 5 and f"<td>host-{PAGE_WORKERS + 5}</td>" in html
+    _, html = get(client, "/workers?page=x%C2%B2")
+    assert html.count("<td>host-") == PAGE_WORKERS
+
+
 def test_job_page_shows_errors_with_tracebacks_and_hides_arguments(client, db):
     job_id = make_job(db, args=("secret-token-123",))
     _, html = get(client, f"/jobs/{job_id}")

@@ -12,7 +12,9 @@ dashboard's own:
   that it finished then), and each request counts only the minutes since. Only a process's first request pays
   for the whole hour.
 """
+import collections
 import contextlib
+import heapq
 import logging
 import threading
 
@@ -20,7 +22,14 @@ import psycopg2
 
 from exekutor import config, info, operations
 from exekutor.db.pool import default_pool
-from exekutor.queue_stats import executing_by_queue, no_pending, pending_by_queue
+from exekutor.queue_stats import (
+    executing_by_queue,
+    longest_waiting,
+    no_pending,
+    pending_by_queue,
+    pending_queue_names,
+    pending_totals,
+)
 
 logger = logging.getLogger("exekutor.dashboard")
 CHART_MINUTES = 60
@@ -29,6 +38,10 @@ ALL_TIME = info.MAX_FAILURES_SINCE
 # A minute is final this long after it ended: a job's finished_at is its completing statement's now(), which may
 # commit (and become visible) a little later.
 SETTLE_SECONDS = 60
+# Queues and workers a page lists at most (the rest are a link away): with 20,000 queues the overview was 12 MB of
+# rows and charts and took 3 s, refreshed every 5 s.
+PAGE_QUEUES = 50
+PAGE_WORKERS = 50
 
 _NOW_MINUTE = "SELECT extract(epoch FROM date_trunc('minute', now()))::bigint AS minute"
 # One branch per status: each is a range scan of the finished-jobs index (status, finished_at, id); with
@@ -85,10 +98,10 @@ def _fetch(conn, sql, params=None):
 
 # --- workers and queues -----------------------------------------------------------------------------------------
 
-def workers(conn):
-    """info's workers query, with its status names and the same lateness flags as `info`."""
+def workers(conn, page=0, limit=PAGE_WORKERS):
+    """One page of workers, newest first, with info's status names and lateness flags; and how many there are."""
     late, dead = 2 * config.get("heartbeat_interval"), config.get("worker_timeout")
-    rows = _fetch(conn, info._WORKERS)
+    rows = _fetch(conn, info.WORKERS_PAGE, {"limit": limit, "offset": page * limit})
     for worker in rows:
         worker["status"] = info.STATUS_NAMES.get(worker["status"], worker["status"])
         worker["heartbeat_late"] = worker["heartbeat_age"] > late
@@ -96,17 +109,20 @@ def workers(conn):
     return rows
 
 
-def queue_rows(conn, series, failures, only=None):
-    """Per queue: pending (due), scheduled, executing, failed, discarded, oldest pending age, its chart; every
-    queue with unfinished, failed or discarded jobs, or jobs finished in the last hour."""
+def worker_count(conn, queue=None):
+    """Workers in all, or those taking `queue` (no queue list: every queue)."""
+    return _fetch(conn, "SELECT count(*)::int AS n FROM exekutor_workers "
+                        "WHERE %(q)s::text IS NULL OR queues IS NULL OR %(q)s = ANY(queues)", {"q": queue})[0]["n"]
+
+
+def queue_rows(conn, names, series, failures, executing):
+    """Per queue of `names`: pending (due), scheduled, executing, failed, discarded, oldest pending age, its
+    chart. The pending figures are looked up for these queues only."""
     with conn.cursor() as cursor:
-        pending = {row["queue"]: row for row in pending_by_queue(cursor)}
-        executing = executing_by_queue(cursor)
-    failures = {row["queue"]: row for row in failures["queues"]}
+        pending = {row["queue"]: row for row in pending_by_queue(cursor, queues=names)}
     overdue = config.get("polling_interval")
-    names = sorted(set(pending) | set(executing) | set(failures) | set(series))
     rows = []
-    for name in names if only is None else [only]:
+    for name in names:
         waiting, failed = pending.get(name) or no_pending(name), failures.get(name, {})
         rows.append({"queue": name, "pending": waiting["due"], "scheduled": waiting["scheduled"],
                      "pending_estimated": waiting["due_estimated"],
@@ -115,14 +131,46 @@ def queue_rows(conn, series, failures, only=None):
                      "discarded": failed.get("discarded", 0) + failed.get("cancelled", 0),
                      "oldest_pending": waiting["overdue_for"],
                      "overdue": (waiting["overdue_for"] or 0) > overdue,
-                     "per_minute": series.get(name, [0] * CHART_MINUTES)})
+                     "per_minute": series.of(name)})
     return rows
 
 
-def totals(rows, workers_count):
-    keys = ("pending", "scheduled", "executing", "failed", "discarded")
-    return {"workers": workers_count, **{key: sum(row[key] for row in rows) for key in keys},
-            **{f"{key}_estimated": any(row[f"{key}_estimated"] for row in rows) for key in ("pending", "scheduled")}}
+def busiest(waiting, executing, finished, limit=PAGE_QUEUES):
+    """The `limit` queues to show first: those whose oldest due job is overdue, longest wait first, then the
+    most active (executing jobs and jobs finished, failed included, in the last hour), then by name. Tuples, not
+    a key function: with 20,000 queues a key function per queue cost 100 ms."""
+    overdue = config.get("polling_interval")
+    late = [name for _, name in heapq.nsmallest(limit, ((-wait, name) for name, wait in waiting.items()
+                                                         if wait is not None and wait > overdue))]
+    activity = collections.Counter(executing)
+    activity.update(finished)
+    activity.update(dict.fromkeys(waiting, 0))  # waiting but not overdue: shown when there is room
+    shown = set(late)
+    rest = heapq.nsmallest(limit, ((-jobs, name) for name, jobs in activity.items() if name not in shown))
+    return (late + [name for _, name in rest])[:limit]
+
+
+def totals(conn, executing, failures):
+    """Every queue's pending, scheduled, executing, failed and discarded jobs, and the workers."""
+    with conn.cursor() as cursor:
+        pending = pending_totals(cursor)
+    failed = {key: sum(row[key] for row in failures.values()) for key in ("failed", "discarded", "cancelled")}
+    return {"workers": worker_count(conn), "pending": pending["due"], "scheduled": pending["scheduled"],
+            "pending_estimated": pending["due_estimated"], "scheduled_estimated": pending["scheduled_estimated"],
+            "executing": sum(executing.values()), "failed": failed["failed"],
+            "discarded": failed["discarded"] + failed["cancelled"]}
+
+
+def _failures(conn, queues=None, newest=5):
+    """({queue: failure counts} for `queues` (None: every queue; key None: all the others together), the newest
+    failures)."""
+    summary = operations.failure_summary(conn, ALL_TIME, newest=newest, queues=queues)
+    return {row["queue"]: row for row in summary["queues"]}, summary["newest"]
+
+
+def _executing(conn):
+    with conn.cursor() as cursor:
+        return executing_by_queue(cursor)
 
 
 # --- throughput -------------------------------------------------------------------------------------------------
@@ -136,7 +184,7 @@ class _Minutes:
         self.final_until = None  # the minutes before this one are all in `final`
 
     def series(self, conn):
-        """{queue: [jobs finished per minute, oldest first]} over the last CHART_MINUTES minutes."""
+        """The Throughput of the last CHART_MINUTES minutes."""
         with self.lock:  # one request counts a stretch, the others wait for it rather than count it too
             current = _fetch(conn, _NOW_MINUTE)[0]["minute"]
             first = current - (CHART_MINUTES - 1) * 60
@@ -150,13 +198,39 @@ class _Minutes:
             self.final_until = max(settled, since)
             self.final = {minute: counts for minute, counts in self.final.items() if minute >= first}
             minutes = {**self.final, **{minute: counts for minute, counts in fresh.items() if minute >= settled}}
-        series = {}
-        for minute, counts in minutes.items():
-            index = (minute - first) // 60
+        return Throughput(first, minutes)
+
+
+class Throughput:
+    """Jobs finished per minute and queue over the chart's hour: a page draws the charts of the queues it shows
+    only (with 20,000 queues, building every queue's series took longer than the page's budget)."""
+
+    def __init__(self, first, minutes):
+        self.first = first
+        self.minutes = minutes  # minute (epoch seconds) -> {queue: jobs}
+
+    def of(self, queue):
+        """[jobs of `queue` finished per minute, oldest first]."""
+        return self._series(lambda counts: counts.get(queue, 0))
+
+    def total(self):
+        """The per-minute sums over every queue."""
+        return self._series(lambda counts: sum(counts.values()))
+
+    def finished(self):
+        """{queue: jobs finished in the hour}."""
+        jobs = collections.Counter()
+        for counts in self.minutes.values():
+            jobs.update(counts)
+        return jobs
+
+    def _series(self, count):
+        values = [0] * CHART_MINUTES
+        for minute, counts in self.minutes.items():
+            index = (minute - self.first) // 60
             if 0 <= index < CHART_MINUTES:
-                for queue, jobs in counts.items():
-                    series.setdefault(queue, [0] * CHART_MINUTES)[index] += jobs
-        return series
+                values[index] += count(counts)
+        return values
 
 
 _minutes = _Minutes()
@@ -166,25 +240,40 @@ def throughput(conn):
     return _minutes.series(conn)
 
 
-def total_series(series):
-    """The per-minute sums of several queues' series."""
-    return [sum(values) for values in zip(*series.values())] if series else [0] * CHART_MINUTES
-
-
 # --- pages ------------------------------------------------------------------------------------------------------
 
 def overview(conn):
-    series, failures = throughput(conn), operations.failure_summary(conn, ALL_TIME)
-    rows = queue_rows(conn, series, failures)
-    return {"queues": rows, "totals": totals(rows, len(workers(conn))), "total": total_series(series),
-            "newest": failures["newest"]}
+    """The totals, the PAGE_QUEUES busiest queues, the newest failures."""
+    series, executing = throughput(conn), _executing(conn)
+    with conn.cursor() as cursor:
+        waiting = longest_waiting(cursor)
+        names = busiest(waiting, executing, series.finished())
+        # Room left (a small installation): the other queues with pending jobs, by name, as many as fit.
+        others = pending_queue_names(cursor, limit=PAGE_QUEUES) if len(names) < PAGE_QUEUES else []
+    names += [name for name in others if name not in names][:PAGE_QUEUES - len(names)]
+    failures, newest = _failures(conn, names)
+    return {"queues": queue_rows(conn, names, series, failures, executing),
+            "totals": totals(conn, executing, failures), "total": series.total(), "newest": newest}
+
+
+def queue_list(conn, after=""):
+    """Every queue with jobs, by name, PAGE_QUEUES a page after `after`; and the name the next page starts after."""
+    series, executing = throughput(conn), _executing(conn)
+    failures, _ = _failures(conn, newest=1)
+    with conn.cursor() as cursor:
+        pending = pending_queue_names(cursor, after, PAGE_QUEUES + 1)
+    known = (name for name in set(executing) | set(failures) | set(series.finished()) if name > after)
+    names = sorted(set(pending) | set(known))[:PAGE_QUEUES + 1]
+    more = len(names) > PAGE_QUEUES
+    names = names[:PAGE_QUEUES]
+    return {"queues": queue_rows(conn, names, series, failures, executing),
+            "next_after": names[-1] if more else None}
 
 
 def queue_page(conn, name, limit=10):
     """The counts of one queue, its chart, the next jobs to run, the running ones, the newest failures."""
-    failures = operations.failure_summary(conn, ALL_TIME, newest=1)  # its counts (the page lists failures itself)
-    row = queue_rows(conn, throughput(conn), failures, only=name)[0]
+    failures, _ = _failures(conn, [name], newest=1)  # its counts (the page lists its failures itself)
+    row = queue_rows(conn, [name], throughput(conn), failures, _executing(conn))[0]
     lists = {status: operations.list_jobs(conn, operations.JobFilter(status=status, queue=name), limit=limit).jobs
              for status in ("pending", "executing", "failed")}
-    serving = [worker for worker in workers(conn) if not worker["queues"] or name in worker["queues"]]
-    return {"row": row, "series": row["per_minute"], "lists": lists, "workers": serving}
+    return {"row": row, "series": row["per_minute"], "lists": lists, "workers": worker_count(conn, name)}

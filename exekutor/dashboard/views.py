@@ -53,7 +53,14 @@ def _notice():
 @blueprint.route("/")
 def overview():
     with data.connection() as conn:
-        return _page("overview.html", page="overview", **data.overview(conn))
+        return _page("overview.html", page="overview", page_queues=data.PAGE_QUEUES, **data.overview(conn))
+
+
+@blueprint.route("/queues")
+def queues():
+    with data.connection() as conn:
+        listing = data.queue_list(conn, after=request.args.get("after", ""))
+    return _page("queues.html", page="overview", page_queues=data.PAGE_QUEUES, **listing)
 
 
 @blueprint.route("/queues/<path:name>")
@@ -68,8 +75,12 @@ def queue(name):
 
 @blueprint.route("/workers")
 def workers():
+    # ASCII digits, and few (as for `done`): anything else is the first page.
+    number = request.args.get("page", "")
+    number = int(number) if re.fullmatch(r"[0-9]{1,9}", number) else 0
     with data.connection() as conn:
-        return _page("workers.html", page="workers", workers=data.workers(conn))
+        return _page("workers.html", page="workers", workers=data.workers(conn, number), count=data.worker_count(conn),
+                     page_number=number, page_workers=data.PAGE_WORKERS)
 
 
 @blueprint.route("/jobs")
