@@ -27,14 +27,16 @@ class Backoff:
         self.current = self.initial
 
 
-class Component:
+class ErrorStreak:
+    """Errors in a row of a loop that never dies of one: counted, logged, reported to the metrics, and spaced by
+    the backoff. Components have one; so has the heartbeat, which runs on the liveness thread."""
+
     name = "component"
-    # After this many errors in a row the component counts as unhealthy (health checks say so).
+    # After this many errors in a row the loop counts as unhealthy (health checks say so).
     ERROR_THRESHOLD = 5
 
     def __init__(self, worker):
         self.worker = worker
-        self.greenlet = None
         self.consecutive_errors = 0
         self.last_error = None
         self._backoff = Backoff()
@@ -42,11 +44,6 @@ class Component:
     @property
     def healthy(self):
         return self.consecutive_errors < self.ERROR_THRESHOLD
-
-    def start(self):
-        self.greenlet = gevent.spawn(self._supervise)
-        self.greenlet.name = f"exekutor-{self.name}"
-        return self.greenlet
 
     def succeeded(self):
         """Called by the loop after a round that worked: clears the error streak."""
@@ -56,6 +53,29 @@ class Component:
         self.last_error = None
         self._backoff.reset()
 
+    def failed(self, error, longest=None):
+        """Count and report `error`; the seconds to wait before the next round (at most `longest`)."""
+        self.consecutive_errors += 1
+        self.last_error = error
+        self.worker.metrics.component_error(self.name, error)
+        delay = self._backoff.next()
+        if longest is not None:
+            delay = min(delay, longest)
+        logger.error("exekutor %s error (%d in a row, retrying in %.1fs): %s: %s", self.name,
+                     self.consecutive_errors, delay, type(error).__name__, str(error).strip())
+        return delay
+
+
+class Component(ErrorStreak):
+    def __init__(self, worker):
+        super().__init__(worker)
+        self.greenlet = None
+
+    def start(self):
+        self.greenlet = gevent.spawn(self._supervise)
+        self.greenlet.name = f"exekutor-{self.name}"
+        return self.greenlet
+
     def _supervise(self):
         while True:
             try:
@@ -64,12 +84,7 @@ class Component:
             except gevent.GreenletExit:
                 raise
             except Exception as error:  # noqa: BLE001 - a component never dies of an error
-                self.consecutive_errors += 1
-                self.last_error = error
-                self.worker.metrics.component_error(self.name, error)
-                delay = self._backoff.next()
-                logger.error("exekutor %s error (%d in a row, retrying in %.1fs): %s: %s", self.name,
-                             self.consecutive_errors, delay, type(error).__name__, str(error).strip())
+                delay = self.failed(error)
                 hooks.run_on("on_fatal_error", error)
                 if self.worker.stopped_or_killed():
                     return

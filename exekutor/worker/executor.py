@@ -58,9 +58,7 @@ class Executor:
             self._spawn()
 
     def submit(self, info):
-        held = self.held.get(info["id"])
-        if held is None and info["id"] in self.running:
-            held = self.running[info["id"]][1]  # stopped, but its greenlet has not ended yet: still one run
+        held = self.held.get(info["id"])  # until its greenlet has ended, a stopped job is still held
         if held is not None:
             # Reserved again while still running here: the job was released (this worker's row was deleted:
             # presumed dead) and nobody else took it. One run, not two: the running one carries on under the new

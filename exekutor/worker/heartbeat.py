@@ -30,19 +30,18 @@ from exekutor.db.pool import ConnectionPool
 from exekutor.db.queries import FAIL_OVER_RESCUED, HEARTBEAT, RESCUE_ORPHANS
 from exekutor.error_records import type_name
 from exekutor.errors import WorkerLost
-from exekutor.worker.component import Backoff, Component
+from exekutor.worker.component import ErrorStreak
 
 logger = logging.getLogger("exekutor")
 
 WORKER_LOST = type_name(WorkerLost)
 
 
-class Heartbeat:
+class Heartbeat(ErrorStreak):
     name = "heartbeat"
-    ERROR_THRESHOLD = Component.ERROR_THRESHOLD
 
     def __init__(self, worker, interval, worker_timeout, max_rescues):
-        self.worker = worker
+        super().__init__(worker)
         self.interval = interval
         self.worker_timeout = worker_timeout
         self.max_rescues = max_rescues
@@ -54,18 +53,10 @@ class Heartbeat:
         self.gap = 2 * interval + 1.0
         self.lost = False  # the row was found deleted: the worker's jobs must stop until it registers again
         self.paused = None  # why the watchdog stopped the heartbeat (the worker's loop is wedged), or None
-        self._rejoining = False
         self.rescued_workers = 0
         self.rescued_jobs = 0
         self.rescue_limit_failed = 0  # jobs failed because they had made max_job_rescues workers look dead
         self.presumed_dead = 0
-        self.consecutive_errors = 0
-        self.last_error = None
-        self._backoff = Backoff()
-
-    @property
-    def healthy(self):
-        return self.consecutive_errors < self.ERROR_THRESHOLD
 
     def own_pool(self):
         """The liveness thread's connections (heartbeat and watchdog), opened there on first use."""
@@ -85,29 +76,13 @@ class Heartbeat:
                 if self.paused is None:
                     self.beat()
                     self.rescue()
-                self._succeeded()
+                self.succeeded()
                 # Jitter keeps workers started together from beating together.
                 delay = self.interval * (0.9 + 0.2 * random.random())
             except Exception as error:  # noqa: BLE001 - the heartbeat never dies of an error
-                delay = self._failed(error)
+                delay = self.failed(error, longest=self.interval)
+                self.worker.in_hub(hooks.run_on, "on_fatal_error", error)  # hooks run where the application's do
             gevent.sleep(delay)
-
-    def _succeeded(self):
-        if self.consecutive_errors:
-            logger.info("exekutor heartbeat recovered after %d error(s)", self.consecutive_errors)
-        self.consecutive_errors = 0
-        self.last_error = None
-        self._backoff.reset()
-
-    def _failed(self, error):
-        self.consecutive_errors += 1
-        self.last_error = error
-        delay = min(self._backoff.next(), self.interval)
-        logger.error("exekutor heartbeat error (%d in a row, retrying in %.1fs): %s: %s", self.consecutive_errors,
-                     delay, type(error).__name__, str(error).strip())
-        self.worker.metrics.component_error(self.name, error)
-        self.worker.in_hub(hooks.run_on, "on_fatal_error", error)
-        return delay
 
     # --- beat -------------------------------------------------------------------------------------------
 

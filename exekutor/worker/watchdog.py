@@ -33,6 +33,7 @@ from exekutor.errors import JobBlockedError, LoopBlocked
 from exekutor.execution import FAILED, Outcome
 from exekutor.log import job_name
 from exekutor.worker.completer import completion
+from exekutor.worker.executor import execution_timeout_of
 
 logger = logging.getLogger("exekutor")
 
@@ -74,7 +75,7 @@ class Watchdog:
         self.blocking_timeout = blocking_timeout
         self.report_after = report_after  # max_blocking_time; 0: blocks are neither logged nor reported by /live
         self.block = None
-        self.blocks = self.interrupted = self.given_up = 0
+        self.interrupted = self.given_up = 0  # for /metrics
         self._last_tick = None
         self._thread_ident = None
         self._signal_installed = False
@@ -156,8 +157,6 @@ class Watchdog:
             if block.observed >= self.blocking_timeout + GIVE_UP:
                 self._give_up(block)
             return
-        from exekutor.worker.executor import execution_timeout_of
-
         timeout = execution_timeout_of(block.info)
         if timeout and now - block.job_started >= timeout:
             self._interrupt(block, now, "execution_timeout", timeout)
@@ -208,7 +207,6 @@ class Watchdog:
         if block.given_up:
             self.worker.heartbeat.paused = None  # the ownership guard decides what may go on
         if self.report_after and block.observed >= self.report_after:
-            self.blocks += 1
             name = job_name(block.info) if block.info is not None else "-"
             logger.warning("exekutor worker %s: %s blocked the event loop for %.1fs (max_blocking_time: %gs): no "
                            "other job ran meanwhile. Jobs must not call blocking code gevent cannot make cooperative "
