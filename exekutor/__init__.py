@@ -17,6 +17,7 @@ from exekutor.errors import (
     UnknownJobError,
 )
 from exekutor.jobs import Job, Retry, job, registry
+from exekutor.queue_control import pause_queue, queue_states, resume_queue
 from exekutor.schedules import periodic
 from exekutor.serialization import serializers
 from exekutor.version import __version__
@@ -45,4 +46,5 @@ def load_plugin(name):
 __all__ = ["config", "configure", "hooks", "job", "Job", "Retry", "registry", "enqueue_many", "JobRequest",
            "asynchronous", "NotAsynchronousError", "periodic", "__version__",
            "serializers", "Worker", "Cleanup", "load_plugin", "DiscardJob", "ConfigError", "ExekutorError",
-           "JobCancelled", "JobTimeoutError", "QueueTimeoutError", "SerializationError", "UnknownJobError"]
+           "JobCancelled", "JobTimeoutError", "QueueTimeoutError", "SerializationError", "UnknownJobError",
+           "pause_queue", "resume_queue", "queue_states"]

@@ -116,6 +116,30 @@ def _parse_list(value, unit=None):
     raise TypeError("not a list of strings")
 
 
+def _parse_queues(value, unit=None):
+    """A list of queue names, or a mapping of queue names to their limits (JSON in env/INI):
+    {name: {concurrency: N, rate_limit: '100/m'} or none}. Limits are checked here, so a bad one stops `start`."""
+    from exekutor.flow import check_queue_settings
+
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueProblem("expected a JSON object of queues and their limits, or comma-separated names") \
+                from None
+    if isinstance(value, dict):
+        try:
+            return {str(name): check_queue_settings(str(name), settings) for name, settings in value.items()}
+        except ValueError as error:
+            raise ValueProblem(str(error)) from None
+    return _parse_list(value)
+
+
+def queue_limits(queues):
+    """{name: {'concurrency', 'rate_limit'}} of the queues option given as a mapping (a list has none)."""
+    return dict(queues) if isinstance(queues, dict) else {}
+
+
 def _parse_serializer(value, unit=None):
     # Only the shape is checked here: resolving 'orjson' or an import path is serialization's job.
     if isinstance(value, str) or all(callable(getattr(value, name, None)) for name in ("dumps", "loads")):
@@ -193,6 +217,8 @@ WAIT = Kind("boolean or duration", _parse_wait,
             "true (wait forever), false or none (don't wait), or a duration {check} and at most {longest} "
             "({unit}; 0 kills at once)")
 LIST = Kind("list", _parse_list, "a list of {check}")
+QUEUES = Kind("list or mapping", _parse_queues,
+              "a list of {check}, or a mapping of queue names to their concurrency and rate_limit")
 SERIALIZER = Kind("serializer", _parse_serializer,
                   "'json', 'orjson', an import path like 'pkg.mod:obj', or an object with dumps() and loads()")
 LOGGER = Kind("logger", _parse_logger, "a logger name or a logging.Logger")
@@ -251,7 +277,7 @@ class Option:
         """The validated value; `text` marks env/INI strings, where a list is comma-separated."""
         if self.nullable and (value is None or isinstance(value, str) and value.strip().lower() in _NULL_WORDS):
             return None
-        if text and self.kind is LIST:
+        if text and (self.kind is LIST or self.kind is QUEUES and not value.strip().startswith("{")):
             value = [item.strip() for item in value.split(",")]
         result = self.kind.parse(value, self.unit)
         if not self.check.test(result) or self._too_long(result):
@@ -325,8 +351,10 @@ OPTIONS = {option.name: option for option in [
     Option("wait_for_termination", WAIT, 120, "s", WAIT_TIME,
            "On stop, how long to let running jobs finish before killing them: true = forever, "
            "false/none = do not wait, 0 = kill at once."),
-    Option("queues", LIST, None, None, QUEUE_NAMES,
-           "Queues the worker takes jobs from (comma-separated in env/INI); none = all queues."),
+    Option("queues", QUEUES, None, None, QUEUE_NAMES,
+           "Queues the worker takes jobs from (comma-separated in env/INI); none = all queues. As a mapping, "
+           "each queue's limits across all workers: `{imports: {concurrency: 4, rate_limit: '100/m'}}` (JSON in "
+           "env/INI; see docs/flow-control.md)."),
     Option("min_priority", INT, None, None, PRIORITY, "The worker only takes jobs with at least this priority number."),
     Option("max_priority", INT, None, None, PRIORITY, "The worker only takes jobs with at most this priority number."),
     Option("delete_completed_jobs", BOOL, False, None, ANY, "Delete a job's row as soon as it completes."),

@@ -7,7 +7,7 @@ import time
 import psycopg2
 import psycopg2.errors
 
-from exekutor import config, hooks
+from exekutor import config, flow, hooks
 from exekutor.db.arrays import array, number, quoted, text_or_null
 from exekutor.db.pool import default_pool
 from exekutor.errors import SchemaError
@@ -26,17 +26,29 @@ INSERT_JOB = """
 INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options)
 VALUES (%s, %s, %s, coalesce(%s::timestamptz, now() + %s * interval '1 second'), %s, %s)
 """
+# Jobs with limits of their own (exekutor.flow, migration 0011): the batch insert with the limit columns.
+_LIMIT_COLUMNS = "concurrency_key, concurrency_limit, rate_key, rate_limit, rate_period"
+_LIMIT_ARRAYS = "%s::text[], %s::int[], %s::text[], %s::int[], %s::int[]"
+INSERT_LIMITED_JOBS = f"""
+INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options, {_LIMIT_COLUMNS})
+SELECT id, queue, priority, coalesce(scheduled_at, now() + delay * interval '1 second'), payload, options,
+       {_LIMIT_COLUMNS}
+FROM unnest(%s::uuid[], %s::text[], %s::smallint[], %s::timestamptz[], %s::float8[], %s::jsonb[], %s::jsonb[],
+            {_LIMIT_ARRAYS})
+    AS batch(id, queue, priority, scheduled_at, delay, payload, options, {_LIMIT_COLUMNS})
+"""
 
 # Unique jobs (migration 0005): the batch insert with the key columns, skipping a request whose key is held (the
 # conflict target names the partial unique index by its predicate); then the holders of the keys not inserted.
 _HOLDS_KEY = "unique_key IS NOT NULL AND (status = 'p' OR (status = 'e' AND unique_until = 'f'))"
 INSERT_UNIQUE_JOBS = f"""
-INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options, unique_key, unique_until)
+INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options, unique_key, unique_until,
+                           {_LIMIT_COLUMNS})
 SELECT id, queue, priority, coalesce(scheduled_at, now() + delay * interval '1 second'), payload, options,
-       unique_key, unique_until
+       unique_key, unique_until, {_LIMIT_COLUMNS}
 FROM unnest(%s::uuid[], %s::text[], %s::smallint[], %s::timestamptz[], %s::float8[], %s::jsonb[], %s::jsonb[],
-            %s::text[], %s::char(1)[])
-    AS batch(id, queue, priority, scheduled_at, delay, payload, options, unique_key, unique_until)
+            %s::text[], %s::char(1)[], {_LIMIT_ARRAYS})
+    AS batch(id, queue, priority, scheduled_at, delay, payload, options, unique_key, unique_until, {_LIMIT_COLUMNS})
 ON CONFLICT (unique_key) WHERE {_HOLDS_KEY} DO NOTHING
 RETURNING id::text
 """
@@ -69,7 +81,7 @@ class JobRequest:
     `JobRequest(job_id)` is a handle to an existing job, for its actions only (fetch, errors, retry, cancel)."""
 
     __slots__ = ("id", "definition", "args", "kwargs", "queue", "priority", "wait", "wait_until", "options",
-                 "payload", "connection", "unique_key", "unique_until", "duplicate")
+                 "payload", "connection", "unique_key", "unique_until", "duplicate", "limits")
 
     def __init__(self, definition, args=None, kwargs=None, options=None):
         if not isinstance(definition, JobDefinition):
@@ -92,6 +104,7 @@ class JobRequest:
         self.unique_key = unique_key(definition, merged, args, kwargs, self.payload)
         self.unique_until = UNIQUE_UNTIL[merged.get("unique_until") or "finished"] if self.unique_key else None
         self.duplicate = False  # set by the enqueue when another job held the key: then `id` is that job's
+        self.limits = flow.limit_columns(definition.name, merged, args, kwargs)
         self.payload["job"] = definition.name
 
     def _handle(self, job_id):
@@ -100,7 +113,7 @@ class JobRequest:
         self.id = check_job_id(job_id)
         self.definition = self.args = self.kwargs = self.queue = self.priority = None
         self.wait = self.wait_until = self.options = self.payload = self.connection = None
-        self.unique_key = self.unique_until = None
+        self.unique_key = self.unique_until = self.limits = None
         self.duplicate = False
 
     @property
@@ -238,7 +251,8 @@ def _insert_unique(jobs, conn):
     waiting = jobs
     with conn.cursor() as cursor:
         for _ in range(UNIQUE_ROUNDS):
-            cursor.execute(INSERT_UNIQUE_JOBS, _columns(waiting, dumps) + _unique_columns(waiting))
+            cursor.execute(INSERT_UNIQUE_JOBS,
+                           _columns(waiting, dumps) + _unique_columns(waiting) + _limit_columns(waiting))
             inserted = {row[0] for row in cursor.fetchall()}
             skipped = [job for job in waiting if job.id not in inserted]
             if not skipped:
@@ -262,10 +276,20 @@ def _unique_columns(jobs):
     return array(keys), array(untils)
 
 
+def _limit_columns(jobs):
+    columns = ([], [], [], [], [])
+    for job in jobs:
+        for column, value in zip(columns, job.limits or (None,) * 5):
+            column.append(text_or_null(value) if isinstance(value, str) or value is None else str(value))
+    return tuple(array(column) for column in columns)
+
+
 def _insert_statement(jobs):
     """(sql, params): a single job as plain VALUES (what one-by-one enqueueing pays for most), a batch as one
     array literal per column."""
     dumps = json_backend(config.get("json_serializer")).dumps
+    if any(job.limits is not None for job in jobs):
+        return INSERT_LIMITED_JOBS, _columns(jobs, dumps) + _limit_columns(jobs)
     if len(jobs) > 1:
         return INSERT_JOBS, _columns(jobs, dumps)
     job = jobs[0]

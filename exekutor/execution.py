@@ -43,9 +43,9 @@ RELEASE_DELAY = 5.0
 
 
 class Outcome:
-    __slots__ = ("job_id", "status", "runtime", "error", "delay", "queue", "attempts")
+    __slots__ = ("job_id", "status", "runtime", "error", "delay", "queue", "attempts", "holds")
 
-    def __init__(self, job_id, status, runtime=None, error=None, delay=None, queue=None, attempts=None):
+    def __init__(self, job_id, status, runtime=None, error=None, delay=None, queue=None, attempts=None, holds=None):
         self.job_id = job_id
         self.status = status
         self.runtime = runtime
@@ -53,6 +53,7 @@ class Outcome:
         self.delay = delay
         self.queue = queue
         self.attempts = attempts
+        self.holds = holds  # the concurrency limits whose slots the run held (exekutor.flow)
 
     def __repr__(self):
         return f"<Outcome {self.job_id} {self.status}>"

@@ -9,6 +9,7 @@ import functools
 import random
 import sys
 
+from exekutor import flow
 from exekutor.serialization import text_problem
 
 MAX_QUEUE_NAME_LENGTH = 63
@@ -19,9 +20,12 @@ MAX_WAIT = MAX_TIMEOUT = 100 * 365 * 24 * 3600.0
 MIN_PRIORITY, MAX_PRIORITY = 1, 32767
 DEFAULT_QUEUE = "default"
 # Options given at definition, and those `.set()` accepts.
-DEFINITION_OPTIONS = ("queue", "priority", "execution_timeout", "queue_timeout", "unique", "unique_until")
+# Flow control (exekutor.flow): limits shared by every worker.
+FLOW_OPTIONS = ("concurrency", "concurrency_key", "rate_limit", "rate_key")
+DEFINITION_OPTIONS = ("queue", "priority", "execution_timeout", "queue_timeout", "unique", "unique_until",
+                      *FLOW_OPTIONS)
 ENQUEUE_OPTIONS = ("queue", "priority", "execution_timeout", "queue_timeout", "unique_until", "unique_key", "wait",
-                   "wait_until", "connection")
+                   "wait_until", "connection", *FLOW_OPTIONS)
 # How long a unique job holds its key (see exekutor.db.migrations 0005), and the longest key.
 UNIQUE_UNTIL = {"finished": "f", "started": "s"}
 MAX_UNIQUE_KEY_LENGTH = 1000
@@ -154,6 +158,10 @@ _CHECKS = {
     "unique": check_unique,
     "unique_until": check_unique_until,
     "unique_key": check_unique_key,
+    "concurrency": flow.check_concurrency,
+    "concurrency_key": flow.check_key_rule("concurrency_key"),
+    "rate_limit": flow.check_rate_limit,
+    "rate_key": flow.check_key_rule("rate_key"),
 }
 
 
@@ -289,6 +297,7 @@ class JobDefinition:
         self.name = check_job_name(name)
         self.func = func
         self.options = validate_options(options, DEFINITION_OPTIONS)
+        flow.check_pairs(self.name, self.options)
         # The per-job options stored with each job of this definition (shared, never mutated).
         self.timeouts = {k: v for k, v in self.options.items() if k in ("execution_timeout", "queue_timeout")}
         if retry is not None and not isinstance(retry, Retry):
@@ -312,7 +321,7 @@ class Enqueueable:
 
     def set(self, **options):
         """A copy with per-enqueue options: queue, priority, wait, wait_until, execution_timeout,
-        queue_timeout, unique_key, unique_until, connection."""
+        queue_timeout, unique_key, unique_until, concurrency, concurrency_key, rate_limit, rate_key, connection."""
         merged = dict(self._enqueue_options())
         merged.update(validate_options(options))
         return ConfiguredJob(self._definition(), merged)
@@ -378,10 +387,12 @@ class JobFunction(Enqueueable):
 
 
 def job(func=None, *, name=None, queue=None, priority=None, execution_timeout=None, queue_timeout=None,
-        retry=None, discard_on=(), unique=None, unique_until=None):
+        retry=None, discard_on=(), unique=None, unique_until=None, concurrency=None, concurrency_key=None,
+        rate_limit=None, rate_key=None):
     """Register a function as a job: `@exekutor.job` or `@exekutor.job(queue=..., priority=..., ...)`."""
     options = dict(queue=queue, priority=priority, execution_timeout=execution_timeout, queue_timeout=queue_timeout,
-                   unique=unique, unique_until=unique_until)
+                   unique=unique, unique_until=unique_until, concurrency=concurrency,
+                   concurrency_key=concurrency_key, rate_limit=rate_limit, rate_key=rate_key)
 
     def decorate(f):
         if not callable(f):
@@ -423,6 +434,10 @@ class Job:
     queue_timeout = None
     unique = None
     unique_until = None
+    concurrency = None
+    concurrency_key = None
+    rate_limit = None
+    rate_key = None
     retry = None
     discard_on = ()
     abstract = True

@@ -97,7 +97,8 @@ def db(database_url):
     conn.autocommit = True
     yield conn
     with conn.cursor() as cursor:
-        cursor.execute("TRUNCATE exekutor_jobs, exekutor_workers, exekutor_job_errors CASCADE")
+        cursor.execute("TRUNCATE exekutor_jobs, exekutor_workers, exekutor_job_errors, exekutor_queues, "
+                       "exekutor_limits CASCADE")
         cursor.execute("DROP TABLE IF EXISTS test_executions, test_counters")
     conn.close()
 

@@ -612,7 +612,8 @@ def test_queues_single_string_in_yaml_is_one_item(tmp_path):
 def test_queues_empty_item_in_env_is_an_error():
     message = error_of(config.load, environ={"EXEKUTOR_QUEUES": "a,,b"})
     assert message == ("invalid value for queues in environment variable EXEKUTOR_QUEUES: expected a list of "
-                       "queue names (1 to 63 characters each), or none, got 'a,,b'")
+                       "queue names (1 to 63 characters each), or a mapping of queue names to their concurrency and "
+                       "rate_limit, or none, got 'a,,b'")
 
 
 def test_queues_none_from_env_means_all():

@@ -8,19 +8,38 @@ LISTEN = f'LISTEN "{NOTIFY_CHANNEL}"; LISTEN "{CANCEL_CHANNEL}"'
 # Reservation: the oldest ready jobs of the highest priority, skipping rows other workers hold. Each row says how
 # long the job has been due, on the database's clock (queue_timeout counts from then, whatever the worker's clock),
 # and how many of its attempts were releases (they do not count against its Retry policy).
+#
+# Flow control (migration 0011): jobs held back by a limit are not in the index this walks (blocked_on). A
+# candidate with limits of its own, or of its queue (a queue row that is paused or limited), is not started here
+# but handed to exekutor_start_limited, which admits it or holds it back; the others pay one hashed look-up of a
+# small table. The limited part's last row has a NULL id and the number of candidates it held back.
 RESERVE_JOBS = """
-UPDATE exekutor_jobs SET status = 'e', worker_id = %(worker_id)s, attempts = attempts + 1, started_at = now()
-WHERE id = ANY(ARRAY(
-    SELECT id FROM exekutor_jobs
-    WHERE status = 'p' AND scheduled_at <= now()
+WITH candidates AS MATERIALIZED (
+    SELECT id, concurrency_key IS NOT NULL OR rate_key IS NOT NULL OR queue IN (
+        SELECT name FROM exekutor_queues WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL
+                                            OR rate_limit IS NOT NULL) AS limited
+    FROM exekutor_jobs
+    WHERE status = 'p' AND blocked_on IS NULL AND scheduled_at <= now()
       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
       AND priority BETWEEN %(min_priority)s AND %(max_priority)s
     ORDER BY priority, scheduled_at, enqueued_at
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED))
-RETURNING id::text, queue, priority, payload::text, options, enqueued_at, scheduled_at, attempts, releases,
-    extract(epoch FROM now() - scheduled_at)::float8
+    FOR UPDATE SKIP LOCKED
+), reserved AS (
+    UPDATE exekutor_jobs SET status = 'e', worker_id = %(worker_id)s, attempts = attempts + 1, started_at = now()
+    WHERE id = ANY(ARRAY(SELECT id FROM candidates WHERE NOT limited))
+    RETURNING id::text, queue::text, priority, payload::text, options, enqueued_at, scheduled_at, attempts, releases,
+        extract(epoch FROM now() - scheduled_at)::float8, NULL::text[]
+)
+SELECT * FROM reserved
+UNION ALL
+SELECT * FROM exekutor_start_limited(ARRAY(SELECT id FROM candidates WHERE limited), %(worker_id)s)
+WHERE EXISTS (SELECT 1 FROM candidates WHERE limited)
 """
+
+# After outcomes of limited jobs are written, a rescue or a release, and at every poll (NULL: every limit holding
+# jobs back): the next held-back jobs of limits that have room again go back to the reservation index.
+UNBLOCK = "SELECT exekutor_unblock(%s::text[])"
 
 # The queues that have pending jobs, as a loose scan of the pending-by-queue index: one descent per queue,
 # whatever the number of jobs (a DISTINCT or GROUP BY reads every pending row). The last row is a NULL.

@@ -18,7 +18,7 @@ import psycopg2
 from gevent.event import Event
 
 from exekutor.db.arrays import array, number, quoted
-from exekutor.db.queries import complete_jobs
+from exekutor.db.queries import UNBLOCK, complete_jobs
 from exekutor.error_records import codec_for, fit_record, minimal_record
 from exekutor.execution import RELEASE, RETRY, Outcome
 from exekutor.jobs import clamp_delay
@@ -69,6 +69,7 @@ class Completer(Component):
         batch = self._pending[:MAX_BATCH]
         written = self._write_splitting(batch)
         self.written += written
+        self._unblock({key for outcome in batch if outcome.holds for key in outcome.holds})
         # Written outcomes free capacity the provider held back while they piled up.
         self.worker.capacity_freed()
         if written < len(batch):
@@ -76,6 +77,18 @@ class Completer(Component):
             self.fenced_off += len(batch) - written
             logger.warning("exekutor completer: %d outcome(s) not written because the jobs are no longer "
                            "owned by this worker", len(batch) - written)
+
+    def _unblock(self, keys):
+        """The slots these outcomes freed go to the next jobs their limits hold back (one statement, after the
+        outcomes committed, so that it sees the slots free). If it fails, the provider's sweep does it later."""
+        if not keys:
+            return
+        try:
+            with self.worker.db() as conn, conn.cursor() as cursor:
+                cursor.execute(UNBLOCK, (sorted(keys),))
+        except Exception as error:  # noqa: BLE001 - outcomes are written; promotion has a safety net
+            logger.warning("exekutor completer: could not promote the jobs waiting for %d limit(s): %s",
+                           len(keys), error)
 
     def _write_splitting(self, batch):
         """Write `batch` (the head of the pending list), taking each part off the list once it is written. A data

@@ -121,6 +121,7 @@ class Executor:
             # reconciliation finds it, either of which releases it to pending.
             if outcome is not None:
                 outcome.attempts = info["attempts"]  # the reservation it ran under (adoption may have renewed it)
+                outcome.holds = info.get("holds")
                 self._on_outcome(outcome, info)
             self.held.pop(info["id"], None)
             self._on_free()

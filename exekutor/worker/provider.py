@@ -17,7 +17,7 @@ import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from exekutor.db.queries import NEXT_SCHEDULED, RESERVE_JOBS
+from exekutor.db.queries import NEXT_SCHEDULED, RESERVE_JOBS, UNBLOCK
 from exekutor.worker.component import Component
 
 BATCH_WAIT = 0.002
@@ -35,6 +35,7 @@ class Provider(Component):
         self._maybe_more = True
         self._poll_due = True
         self._refresh_due = True  # ask the database when the next future job is due
+        self._sweep_due = True  # let limits with room again promote the jobs they hold back (a safety net)
         self._next_due = None  # time.time() (our clock) when the earliest known future job is due
         self.clock_offset = 0.0  # the database's clock minus ours, in seconds
         # Held around each reservation (its jobs are owned in the database but not yet known here until it ends);
@@ -52,6 +53,7 @@ class Provider(Component):
         # what shows a queue table that needs maintenance.
         self.statements = 0
         self.statement_seconds = 0.0
+        self.held_back = 0  # reservations in which a limit held candidates back
 
     # --- signals from the other components ------------------------------------------------------------
 
@@ -98,9 +100,13 @@ class Provider(Component):
                 self.last_poll = time.time()
                 next_poll = time.monotonic() + self.poll_delay()
                 self._poll_due = False
+                self._sweep_due = True
             if self._next_due is not None and self._next_due <= time.time():
                 self._next_due = None
                 self._maybe_more = self._refresh_due = True
+            if self._sweep_due:
+                self._sweep_limits()
+                self._sweep_due = False
             if self._refresh_due:
                 # Before reserving: a job due by the time of this query is then reserved, one still in the
                 # future gets the timer (see the module's docstring).
@@ -141,16 +147,21 @@ class Provider(Component):
                 # poll. (If it committed all the same, the heartbeat's reconciliation releases what it reserved.)
                 self._maybe_more = True
                 raise
+            if rows and rows[-1][0] is None:
+                # Candidates a limit held back (they left the reservation index): the next ones may be ready.
+                rows.pop()
+                self._maybe_more = True
+                self.held_back += 1
             if len(rows) >= limit:
                 self._maybe_more = True
             rows.sort(key=lambda row: (row[2], row[6], row[5]))
             loads = self._loads
             for (job_id, queue, priority, payload, options, enqueued_at, scheduled_at, attempts, releases,
-                 waited) in rows:
+                 waited, holds) in rows:
                 self.executor.submit({
                     "id": job_id, "queue": queue, "priority": priority, "payload": _load_payload(loads, payload),
                     "options": options or {}, "enqueued_at": enqueued_at, "scheduled_at": scheduled_at,
-                    "attempts": attempts, "releases": releases, "waited": waited,
+                    "attempts": attempts, "releases": releases, "waited": waited, "holds": holds,
                 })
 
     def _await_batch(self):
@@ -164,6 +175,13 @@ class Provider(Component):
             self._batch_ready.wait(BATCH_WAIT)
         finally:
             self._batch_waiting = False
+
+    def _sweep_limits(self):
+        """Promote what every limit has room for. Slots come free when a job leaves executing, and whoever
+        makes it leave promotes the next ones; this catches what they could not (a worker killed in between, a
+        cancel, a resumed queue)."""
+        with self.worker.db() as conn, conn.cursor() as cursor:
+            cursor.execute(UNBLOCK, (None,))
 
     def _refresh_next_scheduled(self):
         sent = time.time()

@@ -69,6 +69,7 @@ class Worker:
         self.id = str(uuid.uuid4())
         self.identifier = settings["identifier"]
         self.queues = list(settings["queues"]) if settings["queues"] else None
+        self.queue_limits = config.queue_limits(settings["queues"])
         self.min_priority = settings["min_priority"] or MIN_PRIORITY
         self.max_priority = settings["max_priority"] or MAX_PRIORITY
         self.polling_interval = settings["polling_interval"]
@@ -238,6 +239,11 @@ class Worker:
             raise SchemaError(f"exekutor's tables are missing or out of date in this database (migrations "
                               f"{', '.join(map(str, missing))} not applied): run `exekutor-gevent migrate`")
         self._check_maintenance()
+        if self.queue_limits:
+            from exekutor.queue_control import publish_queue_limits
+
+            with self.db() as conn, conn.cursor() as cursor:
+                publish_queue_limits(cursor, self.queue_limits)
 
     def _check_maintenance(self):
         from exekutor.db.maintenance import autovacuum_problem

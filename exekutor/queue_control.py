@@ -1,0 +1,99 @@
+"""Queues as an operator sees them: pause, resume, and the limits a queue has (stored in exekutor_queues).
+
+A pause takes effect at the next reservation of every worker (the reservation reads the queue's row: no worker
+needs to hear of it), running jobs finish, enqueueing goes on. A resume lets the jobs the pause held back go at
+once and wakes the workers. Both survive restarts: the state is a row, not a worker's memory.
+"""
+from exekutor.flow import RateLimit, check_concurrency, check_rate_limit
+from exekutor.jobs import check_queue
+
+_PAUSE = """
+INSERT INTO exekutor_queues AS q (name, paused_at) VALUES (%s, now())
+ON CONFLICT (name) DO UPDATE SET paused_at = coalesce(q.paused_at, now()), updated_at = now()
+RETURNING q.paused_at = now()
+"""
+# The jobs the pause held back go (exekutor_unblock, which also tells the workers about them), and the workers
+# hear that the queue has jobs (those the pause never touched because no reservation reached them).
+_RESUME = """
+WITH resumed AS (
+    UPDATE exekutor_queues SET paused_at = NULL, updated_at = now() WHERE name = %(name)s AND paused_at IS NOT NULL
+    RETURNING name
+)
+SELECT (SELECT count(*) FROM resumed)
+"""
+_RELEASE_PAUSED = """
+SELECT exekutor_unblock(ARRAY['paused queue ' || %(name)s]),
+       exekutor_notify_pending(ARRAY[%(name)s::text], ARRAY[1], ARRAY[now()])
+"""
+_SET_LIMITS = """
+INSERT INTO exekutor_queues AS q (name, concurrency, rate_limit, rate_period) VALUES (%s, %s, %s, %s)
+ON CONFLICT (name) DO UPDATE SET concurrency = EXCLUDED.concurrency, rate_limit = EXCLUDED.rate_limit,
+    rate_period = EXCLUDED.rate_period, updated_at = now()
+WHERE (q.concurrency, q.rate_limit, q.rate_period)
+    IS DISTINCT FROM (EXCLUDED.concurrency, EXCLUDED.rate_limit, EXCLUDED.rate_period)
+"""
+QUEUE_STATES = """
+SELECT name::text, paused_at, concurrency, rate_limit, rate_period, updated_at FROM exekutor_queues
+WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL OR rate_limit IS NOT NULL
+ORDER BY name
+"""
+
+
+def pause_queue(name, connection=None):
+    """Pause a queue: no job of it starts from the next reservation on, in any worker; running jobs finish and
+    jobs can still be enqueued. True if this call paused it, False if it was paused already."""
+    from exekutor.enqueue import on_connection
+
+    check_queue(name)
+
+    def run(conn):
+        with conn.cursor() as cursor:
+            cursor.execute(_PAUSE, (name,))
+            return bool(cursor.fetchone()[0])
+
+    return on_connection(connection, run)
+
+
+def resume_queue(name, connection=None):
+    """Resume a paused queue: its jobs start again at once. True if it was paused, False if it was not."""
+    from exekutor.enqueue import on_connection
+
+    check_queue(name)
+
+    def run(conn):
+        with conn.cursor() as cursor:
+            cursor.execute(_RESUME, {"name": name})
+            resumed = bool(cursor.fetchone()[0])
+            cursor.execute(_RELEASE_PAUSED, {"name": name})
+            return resumed
+
+    return on_connection(connection, run)
+
+
+def queue_states(connection=None):
+    """The queues that are paused or limited: [{name, paused, paused_at, concurrency, rate_limit}], by name."""
+    from exekutor.enqueue import on_connection
+
+    def run(conn):
+        with conn.cursor() as cursor:
+            cursor.execute(QUEUE_STATES)
+            return [state_of(row) for row in cursor.fetchall()]
+
+    return on_connection(connection, run)
+
+
+def state_of(row):
+    name, paused_at, concurrency, rate_count, rate_period, updated_at = row
+    rate = RateLimit(rate_count, rate_period) if rate_count and rate_period in (1, 60, 3600) else None
+    return {"name": name, "paused": paused_at is not None, "paused_at": paused_at, "concurrency": concurrency,
+            "rate_limit": str(rate) if rate else None, "updated_at": updated_at}
+
+
+def publish_queue_limits(cursor, limits):
+    """A worker's configured queue limits ({name: {'concurrency', 'rate_limit'}}) become every worker's: the last
+    worker to start with a setting for a queue decides it (an unset one is cleared)."""
+    for name in sorted(limits):
+        settings = limits[name]
+        rate = check_rate_limit(settings.get("rate_limit"))
+        cursor.execute(_SET_LIMITS, (name, check_concurrency(settings.get("concurrency")),
+                                     rate.count if rate else None, rate.period if rate else None))
