@@ -310,6 +310,59 @@ BEGIN
 END
 $$;
 
+-- Slot handoff: the finished jobs of one completion statement freed one slot each of `keys` (repeated per slot);
+-- each slot goes straight to the next job that limit holds back, started for `worker` in the same statement, so a
+-- limit stays full without a promotion, a notification and a reservation between two runs. The number of slots
+-- taken does not change (one job leaves executing and one enters, in one commit), so no limit row is locked. Only
+-- jobs whose one limit is that slot qualify (no rate limit, no second concurrency limit, queue not paused); other
+-- slots are promoted the usual way. At most `max_jobs` (the worker's free greenlets), of the worker's queues and
+-- priorities. Returns the started jobs as a JSON array of reservation rows (times as epoch seconds), or NULL.
+CREATE FUNCTION exekutor_handoff(keys text[], worker uuid, queues text[], min_priority integer,
+                                 max_priority integer, max_jobs integer) RETURNS json LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    slot record;
+    taken integer := 0;
+    started json;
+    chosen uuid[] := '{}';
+    chosen_keys text[] := '{}';
+BEGIN
+    FOR slot IN SELECT k.key, count(*)::integer AS n FROM unnest(keys) AS k(key) GROUP BY k.key ORDER BY k.key LOOP
+        EXIT WHEN taken >= max_jobs;
+        WITH next AS (
+            SELECT j.id FROM exekutor_jobs j
+            WHERE j.status = 'p' AND j.blocked_on = slot.key AND j.scheduled_at <= now() AND j.rate_key IS NULL
+              AND (queues IS NULL OR j.queue = ANY(queues)) AND j.priority BETWEEN min_priority AND max_priority
+              AND CASE WHEN slot.key LIKE 'concurrency job %'
+                       THEN NOT EXISTS (SELECT 1 FROM exekutor_queues q WHERE q.name = j.queue
+                                        AND (q.paused_at IS NOT NULL OR q.concurrency IS NOT NULL
+                                             OR q.rate_limit IS NOT NULL))
+                       ELSE j.concurrency_key IS NULL AND NOT EXISTS (
+                           SELECT 1 FROM exekutor_queues q WHERE q.name = j.queue
+                           AND (q.paused_at IS NOT NULL OR q.rate_limit IS NOT NULL)) END
+            ORDER BY j.priority, j.scheduled_at, j.enqueued_at
+            LIMIT least(slot.n, max_jobs - taken)
+            FOR UPDATE SKIP LOCKED)
+        SELECT chosen || array_agg(id), chosen_keys || array_agg(slot.key) INTO chosen, chosen_keys FROM next;
+        chosen := coalesce(chosen, '{}');
+        chosen_keys := coalesce(chosen_keys, '{}');
+        taken := cardinality(chosen);
+    END LOOP;
+    IF taken = 0 THEN
+        RETURN NULL;
+    END IF;
+    WITH moved AS (
+        UPDATE exekutor_jobs j SET status = 'e', worker_id = worker, attempts = j.attempts + 1, started_at = now(),
+            blocked_on = NULL, holds = ARRAY[c.key]
+        FROM unnest(chosen, chosen_keys) AS c(id, key) WHERE j.id = c.id
+        RETURNING json_build_array(j.id::text, j.queue, j.priority, j.payload::text, j.options,
+            extract(epoch FROM j.enqueued_at), extract(epoch FROM j.scheduled_at), j.attempts, j.releases,
+            extract(epoch FROM now() - j.scheduled_at), j.holds) AS job)
+    SELECT json_agg(job) INTO started FROM moved;
+    RETURN started;
+END
+$$;
+
 -- Promote what the limits `keys` have room for (NULL: every limit that holds jobs back), taking their locks in key
 -- order first. Called after slots come free: by the worker after it writes outcomes of limited jobs, after a
 -- rescue or a release, and as a sweep at every poll, which also lets the jobs of resumed queues go.
