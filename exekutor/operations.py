@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import psycopg2.errors
 
-from exekutor.db.queries import CANCEL_CHANNEL
+from exekutor.db.queries import CANCEL_CHANNEL, UNBLOCK
 from exekutor.jobs import check_job_name, check_queue
 
 STATUS_LETTERS = {"p": "pending", "e": "executing", "c": "completed", "f": "failed", "d": "discarded"}
@@ -308,6 +308,12 @@ def cancel(conn, job_ids=None, job_filter=None):
         result.interrupting += executing
         if len(pending) + len(executing) < ACTION_BATCH or job_ids is not None:
             break
+    if result.cancelled and conn.autocommit:
+        # A cancelled job a limit had promoted gave its slot up: the next held-back job takes it now, not at the
+        # workers' next sweep. (Inside the caller's transaction the sweep does it: this would hold the limits'
+        # locks until the caller commits.)
+        with conn.cursor() as cursor:
+            cursor.execute(UNBLOCK, (None,))
     return result
 
 
