@@ -62,8 +62,10 @@ CREATE INDEX exekutor_jobs_blocked_idx ON exekutor_jobs (blocked_on, priority, s
 CREATE INDEX exekutor_jobs_holds_idx ON exekutor_jobs USING gin (holds) WITH (fastupdate = off)
     WHERE status IN ('p', 'e') AND holds IS NOT NULL;
 
--- A job that goes from executing back to pending (retried, released, rescued) gives its slots up: it runs again
--- only through a new admission. Evaluated in C for every update; unlimited jobs never call the function.
+-- A job that becomes pending again (retried, released, rescued; an operator's retry of a finished one) gives its
+-- slots up (a finished row keeps the holds it ran with): it runs again only through a new admission, never as if
+-- it had been promoted. Only a promotion sets holds on a pending row (pending to pending). Evaluated in C for
+-- every update; unlimited jobs never call the function.
 CREATE FUNCTION exekutor_jobs_drop_holds() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     NEW.holds := NULL;
@@ -72,7 +74,7 @@ END
 $$;
 CREATE TRIGGER exekutor_jobs_drop_holds
     BEFORE UPDATE ON exekutor_jobs
-    FOR EACH ROW WHEN (OLD.status = 'e' AND NEW.status = 'p' AND NEW.holds IS NOT NULL)
+    FOR EACH ROW WHEN (OLD.status <> 'p' AND NEW.status = 'p' AND NEW.holds IS NOT NULL)
     EXECUTE FUNCTION exekutor_jobs_drop_holds();
 
 -- The limits of a job, as (key, max, period) rows: period NULL for a concurrency limit, 0 for a pause.
