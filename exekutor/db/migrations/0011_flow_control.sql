@@ -212,6 +212,12 @@ BEGIN
             -- Slots it was promoted with that it no longer needs (its limits changed meanwhile) come free.
             freed := freed || ARRAY(SELECT unnest(job.holds) EXCEPT SELECT unnest(needed));
             started := started || job.id;
+        ELSIF refusal LIKE 'rate %' THEN
+            -- It keeps the concurrency slots it was promoted with while it waits for its start time (the rate
+            -- limit promotes it then): dropping them would promote the next job of those limits, which the rate
+            -- limit would refuse in turn, round after round.
+            held := held || job.id;
+            held_on := held_on || refusal;
         ELSE
             held := held || job.id;
             held_on := held_on || refusal;
@@ -230,7 +236,7 @@ BEGIN
     RETURNING j.id::text, j.queue::text, j.priority, j.payload::text, j.options, j.enqueued_at, j.scheduled_at,
         j.attempts, j.releases, extract(epoch FROM now() - j.scheduled_at)::float8, j.holds;
 
-    UPDATE exekutor_jobs j SET blocked_on = h.key, holds = NULL
+    UPDATE exekutor_jobs j SET blocked_on = h.key, holds = CASE WHEN h.key LIKE 'rate %' THEN j.holds END
     FROM unnest(held, held_on) AS h(id, key) WHERE j.id = h.id;
     -- Slots that came free, limits that just refused a job, and rate limits that just admitted one (their next
     -- start times moved): promote what they have room for now, or schedule it for when they have.
@@ -270,7 +276,7 @@ BEGIN
                 SELECT b.id FROM exekutor_jobs b WHERE b.status = 'p' AND b.blocked_on = lim.key
                 ORDER BY b.priority, b.scheduled_at, b.enqueued_at LIMIT free FOR UPDATE SKIP LOCKED
             ), moved AS (
-                UPDATE exekutor_jobs j SET blocked_on = NULL, holds = ARRAY[lim.key]
+                UPDATE exekutor_jobs j SET blocked_on = NULL, holds = coalesce(j.holds, '{}') || lim.key
                 FROM next WHERE j.id = next.id
                 RETURNING j.queue, j.priority, j.scheduled_at
             )
@@ -297,7 +303,7 @@ BEGIN
                       ORDER BY b.priority, b.scheduled_at, b.enqueued_at LIMIT cardinality(times)
                       FOR UPDATE SKIP LOCKED) AS b
             ), moved AS (
-                UPDATE exekutor_jobs j SET blocked_on = NULL, holds = ARRAY[lim.key],
+                UPDATE exekutor_jobs j SET blocked_on = NULL, holds = coalesce(j.holds, '{}') || lim.key,
                     scheduled_at = greatest(j.scheduled_at, times[next.n])
                 FROM next WHERE j.id = next.id
                 RETURNING j.queue, j.priority, j.scheduled_at
