@@ -58,6 +58,12 @@ ALTER INDEX exekutor_jobs_ready_idx RENAME TO exekutor_jobs_pending_idx;
 -- Held-back jobs, in dequeue order per limit.
 CREATE INDEX exekutor_jobs_blocked_idx ON exekutor_jobs (blocked_on, priority, scheduled_at, enqueued_at)
     WHERE status = 'p' AND blocked_on IS NOT NULL;
+-- The ready jobs of a job-level limit, so that the first refusal holds back the limit's whole due backlog at once
+-- (exekutor_hold_back) instead of a reservation's worth at a time in front of the queue's other jobs.
+CREATE INDEX exekutor_jobs_concurrency_ready_idx ON exekutor_jobs (concurrency_key)
+    WHERE status = 'p' AND blocked_on IS NULL AND concurrency_key IS NOT NULL;
+CREATE INDEX exekutor_jobs_rate_ready_idx ON exekutor_jobs (rate_key)
+    WHERE status = 'p' AND blocked_on IS NULL AND rate_key IS NOT NULL;
 -- Slots: the executing and promoted jobs holding each limit (only limited jobs have entries).
 CREATE INDEX exekutor_jobs_holds_idx ON exekutor_jobs USING gin (holds) WITH (fastupdate = off)
     WHERE status IN ('p', 'e') AND holds IS NOT NULL;
@@ -238,6 +244,7 @@ BEGIN
 
     UPDATE exekutor_jobs j SET blocked_on = h.key, holds = CASE WHEN h.key LIKE 'rate %' THEN j.holds END
     FROM unnest(held, held_on) AS h(id, key) WHERE j.id = h.id;
+    PERFORM exekutor_hold_back(ARRAY(SELECT DISTINCT k FROM unnest(held_on) AS k));
     -- Slots that came free, limits that just refused a job, and rate limits that just admitted one (their next
     -- start times moved): promote what they have room for now, or schedule it for when they have.
     PERFORM exekutor_unblock_locked(ARRAY(
@@ -313,6 +320,48 @@ BEGIN
             INTO promoted, notified FROM moved;
         END IF;
         total := total + promoted;
+    END LOOP;
+    RETURN total;
+END
+$$;
+
+-- The limits `keys` just refused a job (their rows locked by the caller): the rest of their due backlog in the
+-- reservation index is held back too, up to HOLD_BACK_BATCH rows per limit and call, so that the queue's other jobs
+-- behind it are reached by the next reservation instead of after the limit's whole backlog has been walked a
+-- reservation at a time. Jobs promoted with a slot, and rows other reservations hold, are left alone.
+CREATE FUNCTION exekutor_hold_back(keys text[]) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    key text;
+    kind text;
+    subject text;
+    moved integer;
+    total integer := 0;
+BEGIN
+    FOREACH key IN ARRAY keys LOOP
+        kind := split_part(key, ' ', 1) || ' ' || split_part(key, ' ', 2);
+        subject := substr(key, length(kind) + 2);
+        -- One statement per kind, each with a condition its index serves.
+        IF kind = 'concurrency job' THEN
+            UPDATE exekutor_jobs j SET blocked_on = key WHERE j.id IN (
+                SELECT b.id FROM exekutor_jobs b
+                WHERE b.status = 'p' AND b.blocked_on IS NULL AND b.concurrency_key = subject AND b.holds IS NULL
+                  AND b.scheduled_at <= now()
+                LIMIT 5000 FOR UPDATE SKIP LOCKED);
+        ELSIF kind = 'rate job' THEN
+            UPDATE exekutor_jobs j SET blocked_on = key WHERE j.id IN (
+                SELECT b.id FROM exekutor_jobs b
+                WHERE b.status = 'p' AND b.blocked_on IS NULL AND b.rate_key = subject AND b.holds IS NULL
+                  AND b.scheduled_at <= now()
+                LIMIT 5000 FOR UPDATE SKIP LOCKED);
+        ELSE
+            UPDATE exekutor_jobs j SET blocked_on = key WHERE j.id IN (
+                SELECT b.id FROM exekutor_jobs b
+                WHERE b.status = 'p' AND b.queue = subject AND b.scheduled_at <= now() AND b.blocked_on IS NULL
+                  AND b.holds IS NULL
+                LIMIT 5000 FOR UPDATE SKIP LOCKED);
+        END IF;
+        GET DIAGNOSTICS moved = ROW_COUNT;
+        total := total + moved;
     END LOOP;
     RETURN total;
 END
