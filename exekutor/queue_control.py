@@ -7,10 +7,12 @@ once and wakes the workers. Both survive restarts: the state is a row, not a wor
 from exekutor.flow import RateLimit, check_concurrency, check_rate_limit
 from exekutor.jobs import check_queue
 
+# A row comes back only when this statement paused the queue (inserted it, or set paused_at on a row without one):
+# a queue paused already keeps the time of its first pause, whichever transaction paused it.
 _PAUSE = """
 INSERT INTO exekutor_queues AS q (name, paused_at) VALUES (%s, now())
-ON CONFLICT (name) DO UPDATE SET paused_at = coalesce(q.paused_at, now()), updated_at = now()
-RETURNING q.paused_at = now()
+ON CONFLICT (name) DO UPDATE SET paused_at = now(), updated_at = now() WHERE q.paused_at IS NULL
+RETURNING 1
 """
 # The jobs the pause held back go (exekutor_unblock, which also tells the workers about them), and the workers
 # hear that the queue has jobs (those the pause never touched because no reservation reached them).
@@ -49,7 +51,7 @@ def pause_queue(name, connection=None):
     def run(conn):
         with conn.cursor() as cursor:
             cursor.execute(_PAUSE, (name,))
-            return bool(cursor.fetchone()[0])
+            return cursor.fetchone() is not None
 
     return on_connection(connection, run)
 
