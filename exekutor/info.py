@@ -179,6 +179,7 @@ def _error_summary(job):
 # `exekutor-gevent jobs list` and `jobs show`
 
 _FINISHED = ("completed", "failed", "discarded", "cancelled")
+_MAY_WAIT = (None, "pending", "scheduled")  # the listings that may hold pending jobs
 
 
 def render_jobs(jobs, status):
@@ -188,14 +189,19 @@ def render_jobs(jobs, status):
                      else ("ENQUEUED", "enqueued_at"))
     columns = [("ID", "<"), ("JOB", "<"), ("QUEUE", "<"), ("PRIORITY", ">"), ("STATUS", "<"), ("ATTEMPTS", ">"),
                (title, "<"), ("ERROR", "<")]
-    return table(columns, [[job["id"], job["job"] or "-", job["queue"], str(job["priority"]), job["status"],
-                            str(job["attempts"]), timestamp(job[column]) if job[column] else "-",
-                            _error_summary(job)] for job in jobs])
+    rows = [[job["id"], job["job"] or "-", job["queue"], str(job["priority"]), job["status"], str(job["attempts"]),
+             timestamp(job[column]) if job[column] else "-", _error_summary(job)] for job in jobs]
+    if status in _MAY_WAIT:  # pending jobs may be listed: why each waits (a limit holds it back), before ERROR
+        columns.insert(-1, ("WAITING", "<"))
+        for row, job in zip(rows, jobs):
+            row.insert(-1, job["waiting"] or "-")
+    return table(columns, rows)
 
 
 def render_job(job):
     """The lines of `jobs show`: the job's fields, then each error record with its traceback."""
-    fields = [("job", job["job"] or "-"), ("status", job["status"]), ("queue", job["queue"]),
+    fields = [("job", job["job"] or "-"), ("status", job["status"]), ("waiting", job["waiting"] or "-"),
+              ("queue", job["queue"]),
               ("priority", job["priority"]), ("attempts", _attempts(job)),
               ("enqueued", _when(job["enqueued_at"])), ("scheduled", _when(job["scheduled_at"])),
               ("started", _when(job["started_at"])), ("finished", _when(job["finished_at"])),
