@@ -200,8 +200,9 @@ def render_jobs(jobs, status):
 
 def render_job(job):
     """The lines of `jobs show`: the job's fields, then each error record with its traceback."""
-    fields = [("job", job["job"] or "-"), ("status", job["status"]), ("waiting", job["waiting"] or "-"),
-              ("queue", job["queue"]),
+    # "waiting" only for a job a limit holds back: why it has not started (flow control).
+    waiting = [("waiting", job["waiting"])] if job.get("waiting") else []
+    fields = [("job", job["job"] or "-"), ("status", job["status"]), *waiting, ("queue", job["queue"]),
               ("priority", job["priority"]), ("attempts", _attempts(job)),
               ("enqueued", _when(job["enqueued_at"])), ("scheduled", _when(job["scheduled_at"])),
               ("started", _when(job["started_at"])), ("finished", _when(job["finished_at"])),
