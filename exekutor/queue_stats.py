@@ -210,11 +210,18 @@ def _plan(cursor, sql, params=None):
 # priority, scheduled_at, enqueued_at). Its figures are by queue and reason (the limit key's first word:
 # concurrency, rate or paused), never by key: keys may be one per customer. The limits that hold jobs back come
 # from a loose scan of that index (one descent per limit, as the workers' own sweep does at every poll), stopped
-# after HELD_KEYS_LIMIT limits; each limit's jobs are then walked in the index's order, at most exact_up_to + 1 of
-# them, reading each one's queue (a job-level limit, "concurrency job NAME:KEY", may hold jobs of several queues).
-# A limit past the walk gets the planner's estimate of its jobs, shared between its queues as in the walk; a
-# queue's figure that holds an estimate, or that may miss limits past HELD_KEYS_LIMIT, is `estimated` ("~").
-HELD_KEYS_LIMIT = 1000
+# after HELD_KEYS_LIMIT limits; each limit's jobs are then walked in the index's order, at most
+# HELD_EXACT_LIMIT + 1 of them, reading each one's queue (a job-level limit, "concurrency job NAME:KEY", may hold
+# jobs of several queues). A limit past the walk gets the planner's estimate of its jobs, shared between its
+# queues as in the walk; a queue's figure that holds an estimate, or that may miss limits past HELD_KEYS_LIMIT, is
+# `estimated` ("~"). The walk reads each entry's row (its queue; and held-back rows change too often for the
+# visibility map to spare the heap): 150 limits of 500 jobs took 50 ms with 500 per limit, hence 100, so the
+# worst case (every limit past its walk) is about 50,000 entries.
+HELD_KEYS_LIMIT = 500
+HELD_EXACT_LIMIT = 100
+# Limits past their walk whose count the planner is asked for (about 0.2 ms of planning each); any further one
+# counts as its walk's floor, HELD_EXACT_LIMIT + 1, and is marked estimated like the others.
+HELD_PLANNED_LIMIT = 100
 HELD_REASONS = ("concurrency", "rate", "paused")
 HELD_BACK = """
 WITH RECURSIVE limits(key, n) AS (
@@ -235,7 +242,7 @@ WHERE l.key IS NOT NULL
 _HELD_QUESTION = "SELECT FROM exekutor_jobs WHERE status = 'p' AND blocked_on = %s"
 
 
-def held_back_by_queue(cursor, exact_up_to=EXACT_COUNT_LIMIT, estimates=None, keys_limit=HELD_KEYS_LIMIT):
+def held_back_by_queue(cursor, exact_up_to=HELD_EXACT_LIMIT, estimates=None, keys_limit=HELD_KEYS_LIMIT):
     """{queue: {"concurrency": n, "rate": n, "paused": n, "estimated": bool}} for every queue with held-back jobs
     (see HELD_BACK). `estimates`: an EstimateCache of its own, for a caller that asks every few seconds."""
     cursor.execute(HELD_BACK, {"keys": keys_limit, "limit": exact_up_to + 1})
@@ -246,8 +253,10 @@ def held_back_by_queue(cursor, exact_up_to=EXACT_COUNT_LIMIT, estimates=None, ke
             continue
         walked.setdefault(key, {})[queue] = held
     over = [key for key, queues in walked.items() if sum(queues.values()) > exact_up_to]
+    asked = over[:HELD_PLANNED_LIMIT]
     ask = functools.partial(_planned_held, cursor)
-    planned = dict(zip(over, estimates.get(over, ask) if estimates is not None else ask(over)))
+    planned = dict.fromkeys(over[HELD_PLANNED_LIMIT:], 0)  # the floor below
+    planned.update(zip(asked, estimates.get(asked, ask) if estimates is not None else ask(asked)))
     result = {}
     for key, queues in walked.items():
         reason = key.partition(" ")[0]

@@ -136,3 +136,33 @@ def test_concurrency_held_jobs_are_counted_by_queue_and_reason(runs, start_worke
                                                     .stdout)["jobs"]}
     assert waiting == {"concurrency limit of job flow.limited:a"}
     assert run_cli("jobs", "cancel", *[str(job.id) for job in jobs]).returncode == 0
+
+
+# --- the held-back figures: bounded walks of the held-back index -------------------------------------------------
+
+def insert_held(conn, queue, key, count):
+    query(conn, "INSERT INTO exekutor_jobs (id, queue, payload, status, blocked_on) "
+                "SELECT gen_random_uuid(), %s, '{\"job\": \"x\"}', 'p', %s FROM generate_series(1, %s)",
+          (queue, key, count))
+
+
+def test_held_back_counts_are_exact_up_to_the_limit_then_estimated_and_never_by_key(db):
+    from exekutor.queue_stats import held_back_by_queue
+
+    insert_held(db, "a", "concurrency job imp:1", 3)
+    insert_held(db, "a", "concurrency job imp:2", 2)
+    insert_held(db, "b", "concurrency job imp:2", 1)  # one job-level limit, jobs of two queues
+    insert_held(db, "a", "rate queue a", 4)
+    insert_held(db, "c", "paused queue c", 30)
+    with db.cursor() as cursor:
+        exact = held_back_by_queue(cursor)
+        assert exact == {"a": {"concurrency": 5, "rate": 4, "paused": 0, "estimated": False},
+                         "b": {"concurrency": 1, "rate": 0, "paused": 0, "estimated": False},
+                         "c": {"concurrency": 0, "rate": 0, "paused": 30, "estimated": False}}
+        cursor.execute("ANALYZE exekutor_jobs")
+        small = held_back_by_queue(cursor, exact_up_to=10)
+        assert small["c"]["estimated"] and small["c"]["paused"] >= 11  # past the walk: the planner's estimate
+        assert small["a"] == exact["a"] and not small["b"]["estimated"]
+        few = held_back_by_queue(cursor, keys_limit=2)  # more limits than walked: every figure may miss some
+        assert all(figures["estimated"] for figures in few.values())
+        assert few["a"]["concurrency"] == 5 and few["a"]["rate"] == 0  # the first two limits, in key order

@@ -24,6 +24,7 @@ from exekutor import config, info, operations
 from exekutor.db.pool import default_pool
 from exekutor.queue_control import flow_fields, queue_settings
 from exekutor.queue_stats import (
+    EstimateCache,
     executing_by_queue,
     held_back_by_queue,
     longest_waiting,
@@ -124,7 +125,7 @@ def queue_rows(conn, names, series, failures, executing):
     hold jobs back (queue_stats.held_back_by_queue: bounded, whatever the backlog)."""
     with conn.cursor() as cursor:
         pending = {row["queue"]: row for row in pending_by_queue(cursor, queues=names)}
-        states, held = queue_settings(cursor, names), held_back_by_queue(cursor)
+        states, held = queue_settings(cursor, names), held_back_by_queue(cursor, estimates=_held_estimates)
     overdue = config.get("polling_interval")
     rows = []
     for name in names:
@@ -138,6 +139,11 @@ def queue_rows(conn, names, series, failures, executing):
                      "overdue": (waiting["overdue_for"] or 0) > overdue,
                      "per_minute": series.of(name), **flow_fields(states.get(name), held.get(name))})
     return rows
+
+
+# The planner's estimates of the held-back counts past their walk, shared by the requests of a process (each page
+# refreshes every few seconds; the estimates change only as fast as the table's statistics).
+_held_estimates = EstimateCache()
 
 
 def busiest(waiting, executing, finished, limit=PAGE_QUEUES):
