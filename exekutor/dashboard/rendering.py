@@ -34,10 +34,15 @@ def error_summary(job):
     return operations.error_headline(job) or ""
 
 
+def form_name(name):
+    """A name as a form field carries it: hex of its UTF-8, read back by views.form_name."""
+    return name.encode("utf-8").hex()
+
+
 def install(blueprint):
     @blueprint.context_processor
     def helpers():
         return {"when": when, "age": age, "as_json": as_json, "chart": charts.bar_chart, "csrf_token": csrf.token,
                 "csrf_field": csrf.FIELD, "printable": printable, "error_summary": error_summary,
-                "job_arguments": operations.job_arguments,
+                "job_arguments": operations.job_arguments, "form_name": form_name,
                 "actions_enabled": bool(config.get("dashboard_allow_actions"))}
