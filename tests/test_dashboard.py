@@ -547,7 +547,7 @@ def test_a_paused_queue_its_limits_and_held_back_jobs_are_shown_without_buttons_
     from exekutor import pause_queue, queue_control
 
     job_id = make_job(db, status="p", queue=ODD_QUEUE)
-    limited = [make_job(db, status="p", queue="imports") for _ in range(3)]
+    limited = [make_job(db, status="p", queue="imports", job="flow.limited") for _ in range(3)]
     hold_back(db, job_id, f"paused queue {ODD_QUEUE}")
     for other in limited[:2]:
         hold_back(db, other, "concurrency job flow.limited:42")
@@ -569,8 +569,12 @@ def test_a_paused_queue_its_limits_and_held_back_jobs_are_shown_without_buttons_
     _, html = get(client, f"/jobs/{job_id}")
     assert re.search(r'<dd class="waiting" id="waiting">queue ' + re.escape(shown) + ' is paused</dd>', html)
     _, html = get(client, "/jobs?status=pending&queue=imports")
+    # The key comes from the job's arguments: shown only where arguments are (dashboard_show_arguments).
+    assert html.count('<div class="waiting">concurrency limit of job flow.limited (for one of its keys)</div>') == 2
+    assert html.count('<div class="waiting">') == 2 and "flow.limited:42" not in html  # the third waits for nothing
+    config.configure(dashboard_show_arguments=True)
+    _, html = get(client, "/jobs?status=pending&queue=imports")
     assert html.count('<div class="waiting">concurrency limit of job flow.limited:42</div>') == 2
-    assert html.count('<div class="waiting">') == 2  # the third job waits for nothing
 
 
 def printable_html(text):
