@@ -13,7 +13,7 @@ ALIASES = {"memory": "io", "throughput": "noop", "bare": "limit", "notification"
 # Seconds each scenario may take (full mode); a scenario past its budget starts no further run, reports what
 # it got and the suite moves on. --quick scales them down.
 BUDGETS = {"noop": 120, "limit": 90, "io": 45, "latency": 60, "enqueue": 50, "notify": 30, "bigtable": 180,
-           "dashboard": 150, "scheduler": 160, "flow": 260}
+           "dashboard": 150, "scheduler": 160, "flow": 360}
 DEFAULT_THREADS = "25,50,100,200"
 
 

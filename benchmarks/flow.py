@@ -32,9 +32,13 @@ POLL = 0.1
 def scenario_flow(ctx):
     budget = ctx.new_budget("flow")
     try:
-        _limited(ctx, budget)
-        _rate(ctx, budget)
-        _backlog(ctx, budget)
+        # The limited runs get what the other two parts leave, as a budget of their own: its overrun (fewer runs)
+        # marks their figures only.
+        ctx.current_budget = harness.Budget(budget.remaining() - _rest_seconds(ctx))
+        _limited(ctx, ctx.current_budget)
+        ctx.current_budget = harness.Budget(max(budget.remaining(), _rest_seconds(ctx)))
+        _rate(ctx, ctx.current_budget)
+        _backlog(ctx, ctx.current_budget)
     finally:
         ctx.db.reset()
 
@@ -114,8 +118,8 @@ def _limited(ctx, budget):
     count, seconds = ctx.count(20000, 3000), 0.01
     ideal = jobs.FLOW_CONCURRENCY / seconds
     runs = []
-    for i in range(min(ctx.runs, 3)):  # a run is 40 s: three are enough beside the rate limit's minute
-        if runs and not budget.allows(runs[-1]["span_s"] + 10 + _rest_seconds(ctx)):
+    for i in range(min(ctx.runs, 3)):  # a run is a minute or more: three are enough beside the rate limit's
+        if runs and not budget.allows(runs[-1]["span_s"] + 10):
             break
         run = _limited_run(ctx, count, seconds, budget)
         runs.append(run)
@@ -147,12 +151,17 @@ def _rate_seconds(ctx):
     return ctx.count(60, 15)
 
 
-def starts_in(db, since, seconds):
-    """Jobs started in [first start + since, + seconds)."""
-    return db.scalar(
-        "SELECT count(*) FROM exekutor_jobs, (SELECT min(started_at) AS t0 FROM exekutor_jobs) AS f "
-        "WHERE started_at >= t0 + %s * interval '1 second' AND started_at < t0 + %s * interval '1 second'",
-        (since, since + seconds))
+def window_cycles(db, limit, after):
+    """(mean, min) seconds between each start and the start `limit` later, for starts from `after` seconds past
+    the first one. Under a sliding-window limit of `limit` per second, a start frees its place 1 s later, and the
+    start that takes it comes some lag after: the mean cycle is 1 s plus that lag (the rate is limit / cycle), and
+    the shortest is at least 1 s exactly when no second ever saw more than `limit` starts."""
+    return db.execute(
+        "SELECT extract(epoch FROM avg(cycle))::float8, extract(epoch FROM min(cycle))::float8 FROM ("
+        "SELECT started_at, lead(started_at, %s) OVER (ORDER BY started_at) - started_at AS cycle "
+        "FROM exekutor_jobs WHERE started_at IS NOT NULL) AS s, "
+        "(SELECT min(started_at) AS t0 FROM exekutor_jobs) AS f "
+        "WHERE cycle IS NOT NULL AND started_at >= t0 + %s * interval '1 second'", (limit, after))[0]
 
 
 def max_starts_per_window(db):
@@ -183,24 +192,27 @@ def _rate(ctx, budget):
         _check_alive(procs)
     finally:
         stop_workers(procs)
-    # The steady part: after the first second (its burst of FLOW_RATE is the limit's own allowance), whole seconds.
-    steady = seconds - 1
-    started = starts_in(db, 1, steady)
-    per_second = db.execute(
+    # The steady part: after the first second (its burst is the limit's own allowance), to the last start.
+    cycle, shortest = window_cycles(db, jobs.FLOW_RATE, 1)
+    per_second = [r[0] for r in db.execute(
         "SELECT count(*) FROM exekutor_jobs, (SELECT min(started_at) AS t0 FROM exekutor_jobs) AS f "
         "WHERE started_at IS NOT NULL AND started_at < t0 + %s * interval '1 second' "
-        "GROUP BY floor(extract(epoch FROM started_at - t0)) ORDER BY 1", (seconds,))
-    run = {"seconds": seconds, "steady_s": steady, "started_in_steady": started, "rate": started / steady,
-           "max_in_1s": max_starts_per_window(db), "per_second_counts": sorted(r[0] for r in per_second)}
-    ctx.say(f"  rate limit {jobs.FLOW_RATE}/s over {seconds}s: {run['rate']:.1f} starts/s in the steady "
-            f"{steady}s, at most {run['max_in_1s']} in any 1 s window; per whole second: min "
-            f"{min(run['per_second_counts'])}, max {max(run['per_second_counts'])}")
+        "GROUP BY floor(extract(epoch FROM started_at - t0))", (seconds,))]
+    run = {"seconds": seconds, "started": db.scalar("SELECT count(*) FROM exekutor_jobs WHERE started_at IS NOT NULL"),
+           "cycle_s": cycle, "shortest_cycle_s": shortest, "rate": jobs.FLOW_RATE / cycle, "lag_ms": (cycle - 1) * 1000,
+           "max_in_1s": max_starts_per_window(db), "per_second_counts": sorted(per_second)}
+    ctx.say(f"  rate limit {jobs.FLOW_RATE}/s over {seconds}s: {run['rate']:.2f} starts/s after the first second "
+            f"(a start {run['lag_ms']:.2f} ms after its place came free, on average; shortest cycle "
+            f"{shortest:.6f}s), at most {run['max_in_1s']} in any 1 s window; per whole second: min "
+            f"{min(per_second)}, max {max(per_second)}")
     ctx.record("flow_rate", {"workers": WORKERS, "threads": THREADS, "limit": jobs.FLOW_RATE, "run": run})
     ctx.figure("flow_rate", f"rate limit {jobs.FLOW_RATE}/s, starts per second held {seconds} s "
                f"({WORKERS} workers)", "starts/s", harness.summary([run["rate"]]),
                target=(">=", jobs.FLOW_RATE * 0.98))
     ctx.figure("flow_rate_max", "  most starts in any 1 s window", "jobs", harness.summary([run["max_in_1s"]]),
                target=("<=", jobs.FLOW_RATE))
+    ctx.figure("flow_rate_lag", "  a start's lag after its place in the window came free (mean)", "ms",
+               harness.summary([run["lag_ms"]]))
 
 
 # --- c. held-back backlog ------------------------------------------------------------------------------------------
