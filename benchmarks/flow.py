@@ -37,7 +37,7 @@ def scenario_flow(ctx):
         ctx.current_budget = harness.Budget(budget.remaining() - _rest_seconds(ctx))
         _limited(ctx, ctx.current_budget)
         ctx.current_budget = harness.Budget(max(budget.remaining(), _rest_seconds(ctx)))
-        _rate(ctx, ctx.current_budget)
+        _rate(ctx)
         _backlog(ctx, ctx.current_budget)
     finally:
         ctx.db.reset()
@@ -179,7 +179,7 @@ def _wait_first_start(db, procs, timeout=30):
         time.sleep(0.05)
 
 
-def _rate(ctx, budget):
+def _rate(ctx):
     """One run (a minute is 60 windows already): more jobs than the limit lets through, workers stopped after."""
     db, seconds = ctx.db, _rate_seconds(ctx)
     db.reset()
