@@ -8,12 +8,12 @@ import traceback
 
 from benchmarks import harness, report
 
-ORDER = ("noop", "limit", "io", "latency", "enqueue", "notify", "bigtable", "dashboard", "scheduler")
+ORDER = ("noop", "limit", "io", "latency", "enqueue", "notify", "bigtable", "dashboard", "scheduler", "flow")
 ALIASES = {"memory": "io", "throughput": "noop", "bare": "limit", "notification": "notify", "big": "bigtable"}
 # Seconds each scenario may take (full mode); a scenario past its budget starts no further run, reports what
 # it got and the suite moves on. --quick scales them down.
 BUDGETS = {"noop": 120, "limit": 90, "io": 45, "latency": 60, "enqueue": 50, "notify": 30, "bigtable": 180,
-           "dashboard": 150, "scheduler": 160}
+           "dashboard": 150, "scheduler": 160, "flow": 360}
 DEFAULT_THREADS = "25,50,100,200"
 
 
@@ -65,12 +65,13 @@ class Context:
 
 
 def _scenario(name):
-    from benchmarks import dashboard, enqueue, latency, limit, scheduler, throughput
+    from benchmarks import dashboard, enqueue, flow, latency, limit, scheduler, throughput
 
     return {"noop": throughput.scenario_noop, "io": throughput.scenario_io, "bigtable": throughput.scenario_bigtable,
             "limit": limit.scenario_limit, "latency": latency.scenario_latency,
             "enqueue": enqueue.scenario_enqueue, "notify": enqueue.scenario_notify,
-            "dashboard": dashboard.scenario_dashboard, "scheduler": scheduler.scenario_scheduler}[name]
+            "dashboard": dashboard.scenario_dashboard, "scheduler": scheduler.scenario_scheduler,
+            "flow": flow.scenario_flow}[name]
 
 
 def parse_args(argv):

@@ -114,7 +114,9 @@ class BenchDatabase:
     # Table states the scenarios start from.
 
     def reset(self):
-        self.execute("TRUNCATE exekutor_job_errors, exekutor_jobs, exekutor_workers")
+        # exekutor_limits too: a rate limit's start times or a concurrency limit left by a run must not hold back
+        # the next one's jobs.
+        self.execute("TRUNCATE exekutor_job_errors, exekutor_jobs, exekutor_workers, exekutor_limits")
 
     def insert_pending(self, count, payload, queue="default"):
         """`count` pending jobs in one INSERT ... SELECT (no client-side cost), then VACUUM ANALYZE so that

@@ -29,3 +29,30 @@ def sleep_payload(seconds):
 def fails():
     """Fails at once, no retry: the soak's failing share (an error record per job)."""
     raise RuntimeError("bench.fails: failing on purpose")
+
+
+# Flow control (benchmarks/flow.py, DESIGN §13). Each limit key is the job's name (no key rule): one key per job.
+
+FLOW_CONCURRENCY = 5
+FLOW_RATE = 200  # per second
+
+
+@exekutor.job(name="bench.flow_limited", concurrency=FLOW_CONCURRENCY)
+def flow_limited(seconds=0.01):
+    """A cooperative sleep at most FLOW_CONCURRENCY at a time across all workers: the limited-job figure."""
+    import gevent
+
+    gevent.sleep(seconds)
+
+
+@exekutor.job(name="bench.flow_rate", rate_limit=f"{FLOW_RATE}/s")
+def flow_rate(*args):
+    """Does nothing, at most FLOW_RATE starts in any second: the rate-limit figure."""
+
+
+@exekutor.job(name="bench.flow_hold", concurrency=1)
+def flow_hold(seconds=60.0):
+    """One at a time, each running long: the held-back backlog figure (one runs, the others wait)."""
+    import gevent
+
+    gevent.sleep(seconds)
