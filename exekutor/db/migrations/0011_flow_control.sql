@@ -95,12 +95,16 @@ CREATE FUNCTION exekutor_job_limits(job_queue text, job_concurrency_key text, jo
 $$;
 
 -- Lock the limit rows of `keys` in key order (creating the missing ones), with their max and period as given.
+-- A paused queue has its row too (max 0, period 0, never counted): a reservation that holds jobs back on the
+-- pause holds that row's lock until it commits, and the resume's release (exekutor_unblock) takes it before it
+-- looks for them. Without it, a resume committing while such a reservation was still open read the jobs before
+-- the reservation committed, found none held back, and they waited for a worker's poll sweep (a minute by
+-- default; found by tests/test_flow_properties.py, reduced in tests/test_flow_races.py).
 CREATE FUNCTION exekutor_lock_limits(keys text[], maxes integer[], periods integer[]) RETURNS void
     LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO exekutor_limits AS l (key, max, period)
     SELECT DISTINCT ON (k.key) k.key, k.max, k.period FROM unnest(keys, maxes, periods) AS k(key, max, period)
-    WHERE k.key NOT LIKE 'paused %'
     ORDER BY k.key
     ON CONFLICT (key) DO NOTHING;
     PERFORM 1 FROM exekutor_limits WHERE key = ANY(keys) ORDER BY key FOR UPDATE;
@@ -330,11 +334,17 @@ BEGIN
                 FROM blocked b WHERE b.key IS NOT NULL)
             SELECT key FROM blocked WHERE key IS NOT NULL);
     END IF;
+    -- The locks first (a paused queue's row created if missing, as exekutor_lock_limits does: an insert waits
+    -- for a reservation inserting it), then the jobs held back on a pause that is over, read after the locks: so
+    -- a reservation that held jobs back on the pause before a resume committed is waited for, and its jobs seen.
+    INSERT INTO exekutor_limits (key, max, period)
+    SELECT k, 0, 0 FROM unnest(keys) AS k WHERE k LIKE 'paused queue %' ORDER BY k
+    ON CONFLICT (key) DO NOTHING;
+    PERFORM 1 FROM exekutor_limits WHERE key = ANY(keys) ORDER BY key FOR UPDATE;
     resumed := exekutor_resume_held(ARRAY(
         SELECT k FROM unnest(keys) AS k
         WHERE k LIKE 'paused queue %' AND NOT EXISTS (
             SELECT 1 FROM exekutor_queues q WHERE 'paused queue ' || q.name = k AND q.paused_at IS NOT NULL)));
-    PERFORM 1 FROM exekutor_limits WHERE key = ANY(keys) ORDER BY key FOR UPDATE;
     RETURN resumed + exekutor_unblock_locked(keys);
 END
 $$;
