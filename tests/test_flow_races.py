@@ -36,3 +36,44 @@ def test_a_resume_racing_a_reservation_that_holds_jobs_back_on_the_pause_lets_th
     finally:
         reservation.close()
     assert scalar(db, "SELECT blocked_on FROM exekutor_jobs WHERE id = %s", (job_id,)) is None
+
+
+def _limited(tag):
+    return flow_app.prop.set(concurrency=1, concurrency_key="k").perform_later(tag).id
+
+
+def _start(conn, job_id):
+    """What a reservation does with a limited candidate: lock it, admit it or hold it back. True if admitted."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT id FROM exekutor_jobs WHERE id = %s FOR UPDATE", (job_id,))
+        cursor.execute("SELECT id FROM exekutor_start_limited(ARRAY[%s]::uuid[], %s)", (job_id, str(uuid.uuid4())))
+        return any(row[0] for row in cursor.fetchall())
+
+
+def test_an_operator_retry_of_a_finished_limited_job_does_not_bring_its_old_slot_back(db):
+    """A finished job keeps the `holds` of its last run; retried by an operator it was pending with them, so it
+    counted as holding a slot already and started over the limit. (Now the retry drops them.)"""
+    from exekutor import operations
+
+    first, second = _limited("first"), _limited("second")
+    assert _start(db, first)
+    scalar(db, "UPDATE exekutor_jobs SET status = 'f', finished_at = now() WHERE id = %s RETURNING 1", (first,))
+    assert _start(db, second)
+    assert operations.retry(db, [first]).retried == [first]
+    assert not _start(db, first), "started while the limit's only slot is taken"
+    assert scalar(db, "SELECT count(*) FROM exekutor_jobs WHERE status = 'e'") == 1
+
+
+def test_cancelling_a_promoted_job_lets_the_next_held_back_job_go(db):
+    """A job promoted into a free slot (pending, holding it) and cancelled gives the slot up; the next job held back
+    on the limit must get it at once, not at a worker's next poll sweep (a minute by default)."""
+    from exekutor import operations
+
+    running, promoted, waiting = _limited("running"), _limited("promoted"), _limited("waiting")
+    assert _start(db, running)
+    assert not _start(db, promoted) and not _start(db, waiting)
+    scalar(db, "UPDATE exekutor_jobs SET status = 'c', finished_at = now() WHERE id = %s RETURNING 1", (running,))
+    scalar(db, "SELECT exekutor_unblock(ARRAY['concurrency job flow.prop:k'])")  # the completer's, after the outcome
+    assert scalar(db, "SELECT blocked_on IS NULL FROM exekutor_jobs WHERE id = %s", (promoted,))
+    assert operations.cancel(db, [promoted]).cancelled == [promoted]
+    assert scalar(db, "SELECT blocked_on FROM exekutor_jobs WHERE id = %s", (waiting,)) is None
