@@ -309,7 +309,7 @@ def cancel(conn, job_ids=None, job_filter=None):
         pending, executing, _ = _run_action(conn, statement, params)
         result.cancelled += pending
         result.interrupting += executing
-        if pending:
+        if pending and conn.autocommit:
             _run_action(conn, _UNBLOCK_CANCELLED, {"ids": pending})
         if len(pending) + len(executing) < ACTION_BATCH or job_ids is not None:
             break
@@ -318,7 +318,9 @@ def cancel(conn, job_ids=None, job_filter=None):
 
 # Flow control (0011): a pending job promoted into a free slot holds it (`holds`); discarded by a cancel, it gives
 # the slot up, and the next job its limit holds back gets it now (else it waited for a worker's poll sweep, a minute
-# by default). After the cancel's statement, so that the promotion sees the slot free.
+# by default). After the cancel's statement, so that the promotion sees the slot free; not in a caller's
+# transaction, which would hold the limits' locks (and stall every reservation of them) until it commits, and in
+# which the slot is not free for anyone else yet: there the workers' poll sweep promotes.
 _UNBLOCK_CANCELLED = """
 SELECT exekutor_unblock(ARRAY(SELECT DISTINCT k FROM exekutor_jobs, unnest(holds) AS k
                               WHERE id = ANY(%(ids)s::uuid[]) AND holds IS NOT NULL ORDER BY k))

@@ -349,7 +349,9 @@ BEGIN
 END
 $$;
 
--- The jobs a pause held back go back to the reservation index once their queue is no longer paused.
+-- The jobs a pause held back go back to the reservation index once their queue is no longer paused. Called with
+-- the limits' locks held (exekutor_unblock), so it skips job rows another transaction locks rather than wait for
+-- them (lock order: job rows, then limit rows); one that is locked is being cancelled, or let go by another call.
 CREATE FUNCTION exekutor_resume_held(keys text[]) RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     moved integer;
@@ -357,7 +359,8 @@ DECLARE
 BEGIN
     WITH resumed AS (
         UPDATE exekutor_jobs j SET blocked_on = NULL
-        WHERE j.status = 'p' AND j.blocked_on = ANY(keys)
+        WHERE j.id IN (SELECT b.id FROM exekutor_jobs b WHERE b.status = 'p' AND b.blocked_on = ANY(keys)
+                       FOR UPDATE SKIP LOCKED)
         RETURNING j.queue, j.priority, j.scheduled_at
     )
     SELECT count(*), exekutor_notify_pending(array_agg(queue::text), array_agg(priority::integer),
