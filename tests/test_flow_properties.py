@@ -248,7 +248,7 @@ def check_every_job_ends_once(db, run):
         assert ran == attempts, (handle.id, spec, ran, attempts)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(120 + 30 * EXAMPLES)  # the long profile's hundreds of examples too
 def test_property_limits_hold_and_every_job_ends_once(slots, start_worker):
     # A poll far away: the sweep at each poll is a safety net that would hide a job a limit forgot to let go.
     env = {"EXEKUTOR_POLLING_INTERVAL": "600"}
