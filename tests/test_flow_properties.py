@@ -1,6 +1,6 @@
 """Flow control as a property (issue 26, "Checked by"): generated limits, jobs, failures, cancels and pauses, run by
-three real worker processes; whatever happens, the database's own record of every admission and end of a run
-(flow_app's flow_slots trigger) never shows a limit exceeded, and every job ends exactly once.
+three real worker processes (1, 4 and 10 greenlets); whatever happens, the database's own record of every admission
+and end of a run (flow_app's flow_slots trigger) never shows a limit exceeded, and every job ends exactly once.
 
 - concurrency (per key, per queue): at no moment more runs holding the limit than it allows, counting each run from
   its admission to its end as the database timed them inside the writing statements (so each interval contains
@@ -69,7 +69,7 @@ def scenarios(draw):
         "rkey": st.none() | st.sampled_from(sorted(rates)) if rates else st.none(),
         "seconds": st.sampled_from([0.0, 0.0, 0.02, 0.1, 0.3, 0.6]),
         "failures": st.sampled_from([0, 0, 0, 1, 2, 3]),
-    })
+    }, optional={"wait": st.sampled_from([0.1, 0.4])})  # scheduled a little later
     jobs = draw(st.lists(job, min_size=6, max_size=16))
     action = st.one_of(
         st.tuples(st.just("enqueue"), st.integers(1, 5)),
@@ -103,6 +103,8 @@ def _request(spec, tag, concurrency, rates):
         options.update(concurrency=concurrency[spec["ckey"]], concurrency_key=spec["ckey"])
     if spec["rkey"] is not None:
         options.update(rate_limit=f"{rates[spec['rkey']]}/s", rate_key=spec["rkey"])
+    if spec.get("wait"):
+        options["wait"] = spec["wait"]
     return flow_app.prop.set(**options).job(tag, seconds=spec["seconds"], failures=spec["failures"])
 
 
@@ -166,7 +168,7 @@ def drain_bound(scenario):
     """Seconds the jobs may take at worst once played: every attempt one after the other, at the slowest rate,
     and a margin for a loaded machine; far below the workers' poll (their sweep would hide a job a limit forgot)."""
     attempts = [min(spec["failures"] + 1, 3) for spec in scenario["jobs"]]
-    serial = sum(n * (spec["seconds"] + 0.1) for n, spec in zip(attempts, scenario["jobs"]))
+    serial = sum(n * (spec["seconds"] + 0.1) + spec.get("wait", 0) for n, spec in zip(attempts, scenario["jobs"]))
     return 20 + serial + sum(attempts) / 2
 
 
@@ -252,7 +254,9 @@ def check_every_job_ends_once(db, run):
 def test_property_limits_hold_and_every_job_ends_once(slots, start_worker):
     # A poll far away: the sweep at each poll is a safety net that would hide a job a limit forgot to let go.
     env = {"EXEKUTOR_POLLING_INTERVAL": "600"}
-    workers = [start_worker("--threads", "4", env=env, apps=("tests.flow_app",)) for _ in range(3)]
+    # One greenlet (a reservation of one job at a time), a few, and more than any limit (many candidates of one key
+    # in one reservation).
+    workers = [start_worker("--threads", threads, env=env, apps=("tests.flow_app",)) for threads in (1, 4, 10)]
     counter = iter(range(10**9))
 
     @settings(max_examples=EXAMPLES)
