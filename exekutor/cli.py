@@ -692,12 +692,14 @@ production:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# jobs, dashboard, schedules: modules of their own, registered last since they use the helpers above
+# jobs, queues, dashboard, schedules: modules of their own, registered last since they use the helpers above
 
 from exekutor.dashboard.command import dashboard as _dashboard_command  # noqa: E402
 from exekutor.jobs_command import jobs as _jobs_group  # noqa: E402
+from exekutor.queues_command import queues as _queues_group  # noqa: E402
 from exekutor.schedules_command import schedules as _schedules_command  # noqa: E402
 
 main.add_command(_jobs_group, "jobs")
+main.add_command(_queues_group, "queues")
 main.add_command(_dashboard_command, "dashboard")
 main.add_command(_schedules_command, "schedules")

@@ -145,12 +145,15 @@ def check_queue_settings(name, settings):
         raise ValueError(f"queue {name}: {error}") from None
 
 
-def describe(blocked_on):
-    """Why a pending job waits, in words, from its limit key ('concurrency job Import:42' ...)."""
+def describe(blocked_on, hide_key_of=None):
+    """Why a pending job waits, in words, from its limit key ('concurrency job Import:42' ...). `hide_key_of`: the
+    job's name, when the key (derived from its arguments) must not be shown; the words then say it is per key."""
     if not blocked_on:
         return None
     kind, _, subject = blocked_on.partition(" ")
     scope, _, name = subject.partition(" ")
     if kind == "paused":
         return f"queue {name} is paused"
+    if hide_key_of and scope == "job" and name.startswith(hide_key_of + ":"):
+        return f"{kind} limit of job {hide_key_of} (for one of its keys)"
     return f"{kind} limit of {scope} {name}"

@@ -13,7 +13,8 @@ import click
 from exekutor import config
 from exekutor.display import printable
 from exekutor.operations import error_headline, failure_summary, job_arguments
-from exekutor.queue_stats import executing_by_queue, no_pending, pending_by_queue
+from exekutor.queue_control import flow_fields, queue_settings
+from exekutor.queue_stats import executing_by_queue, held_back_by_queue, no_pending, pending_by_queue
 
 _WORKER_COLUMNS = """
 SELECT w.id::text, w.hostname, w.pid, w.identifier, w.status, w.queues, w.min_priority, w.max_priority,
@@ -40,7 +41,7 @@ def collect(conn, failures_since=FAILURES_SINCE):
     overdue = config.get("polling_interval")
     with conn.cursor() as cursor:
         cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")  # one snapshot for all
-        workers, queues = _fetch(cursor, _WORKERS), _queues(cursor)
+        workers, queues = _fetch(cursor, _WORKERS), queue_overview(cursor)
     failures = failure_summary(conn, failures_since)
     conn.rollback()
     schedules = collect_schedules(conn)
@@ -51,8 +52,9 @@ def collect(conn, failures_since=FAILURES_SINCE):
     for queue in queues:
         queue["overdue"] = (queue["overdue_for"] or 0) > overdue
     totals = {"workers": len(workers), "hosts": len({w["hostname"] for w in workers}),
-              **{key: sum(q[key] for q in queues) for key in ("pending", "due", "executing")},
-              **{key: any(q[key] for q in queues) for key in ("estimated", "due_estimated")}}
+              **{key: sum(q[key] for q in queues) for key in ("pending", "due", "executing", "held_back_total")},
+              **{key: any(q[key] for q in queues) for key in ("estimated", "due_estimated", "held_back_estimated")},
+              "paused_queues": sum(q["paused"] for q in queues)}
     totals.update({key: sum(q[key] for q in failures["queues"]) for key in ("failed", "discarded", "cancelled")})
     return {"workers": workers, "queues": queues, "totals": totals, "failures": failures, "schedules": schedules}
 
@@ -82,12 +84,16 @@ def render_schedules(entries):
     return table(SCHEDULE_COLUMNS, rows) + warnings
 
 
-def _queues(cursor):
-    """The queues with pending or executing jobs (exekutor.queue_stats: big counts are estimates)."""
+def queue_overview(cursor):
+    """The queues with pending or executing jobs or a row in exekutor_queues (paused, limited, or once so), with
+    their flow control: paused, limits, held-back jobs by reason (exekutor.queue_stats: big counts are
+    estimates). What `info` and `queues list` show."""
     pending = {queue["queue"]: queue for queue in pending_by_queue(cursor)}
     executing = executing_by_queue(cursor)
-    return [{**(pending.get(name) or no_pending(name)), "executing": executing.get(name, 0)}
-            for name in sorted(set(pending) | set(executing))]
+    states, held = queue_settings(cursor), held_back_by_queue(cursor)
+    return [{**(pending.get(name) or no_pending(name)), "executing": executing.get(name, 0),
+             **flow_fields(states.get(name), held.get(name))}
+            for name in sorted(set(pending) | set(executing) | set(states) | set(held))]
 
 
 def _fetch(cursor, sql):
@@ -123,8 +129,11 @@ def render(data, database):
         lines += table(WORKER_COLUMNS, _worker_rows(workers))
     lines.append("")
     pending, due = ("~" if totals.get(key) else "" for key in ("estimated", "due_estimated"))
-    summary = (f"Jobs: {pending}{totals['pending']} pending ({due}{totals['due']} due), "
-               f"{totals['executing']} executing")
+    held = "~" if totals.get("held_back_estimated") else ""
+    summary = (f"Jobs: {pending}{totals['pending']} pending ({due}{totals['due']} due"
+               + (f", {held}{totals['held_back_total']} held back" if totals.get("held_back_total") else "")
+               + f"), {totals['executing']} executing"
+               + (f"; {totals['paused_queues']} queue(s) paused" if totals.get("paused_queues") else ""))
     lines.append(click.style(summary if queues else "Jobs: none pending or executing", bold=True))
     if queues:
         lines += table(QUEUE_COLUMNS, [_queue_row(queue) for queue in queues])
@@ -170,6 +179,7 @@ def _error_summary(job):
 # `exekutor-gevent jobs list` and `jobs show`
 
 _FINISHED = ("completed", "failed", "discarded", "cancelled")
+_MAY_WAIT = (None, "pending", "scheduled")  # the listings that may hold pending jobs
 
 
 def render_jobs(jobs, status):
@@ -179,14 +189,20 @@ def render_jobs(jobs, status):
                      else ("ENQUEUED", "enqueued_at"))
     columns = [("ID", "<"), ("JOB", "<"), ("QUEUE", "<"), ("PRIORITY", ">"), ("STATUS", "<"), ("ATTEMPTS", ">"),
                (title, "<"), ("ERROR", "<")]
-    return table(columns, [[job["id"], job["job"] or "-", job["queue"], str(job["priority"]), job["status"],
-                            str(job["attempts"]), timestamp(job[column]) if job[column] else "-",
-                            _error_summary(job)] for job in jobs])
+    rows = [[job["id"], job["job"] or "-", job["queue"], str(job["priority"]), job["status"], str(job["attempts"]),
+             timestamp(job[column]) if job[column] else "-", _error_summary(job)] for job in jobs]
+    if status in _MAY_WAIT:  # pending jobs may be listed: why each waits (a limit holds it back), before ERROR
+        columns.insert(-1, ("WAITING", "<"))
+        for row, job in zip(rows, jobs):
+            row.insert(-1, job["waiting"] or "-")
+    return table(columns, rows)
 
 
 def render_job(job):
     """The lines of `jobs show`: the job's fields, then each error record with its traceback."""
-    fields = [("job", job["job"] or "-"), ("status", job["status"]), ("queue", job["queue"]),
+    # "waiting" only for a job a limit holds back: why it has not started (flow control).
+    waiting = [("waiting", job["waiting"])] if job.get("waiting") else []
+    fields = [("job", job["job"] or "-"), ("status", job["status"]), *waiting, ("queue", job["queue"]),
               ("priority", job["priority"]), ("attempts", _attempts(job)),
               ("enqueued", _when(job["enqueued_at"])), ("scheduled", _when(job["scheduled_at"])),
               ("started", _when(job["started_at"])), ("finished", _when(job["finished_at"])),
@@ -225,7 +241,7 @@ WORKER_COLUMNS = [("HOST", "<"), ("ID", "<"), ("IDENTIFIER", "<"), ("PID", ">"),
                   ("QUEUES", "<"), ("PRIORITIES", "<"), ("THREADS", ">"), ("EXECUTING", ">"), ("STARTED", "<"),
                   ("LAST HEARTBEAT", "<")]
 QUEUE_COLUMNS = [("QUEUE", "<"), ("PENDING", ">"), ("DUE", ">"), ("EXECUTING", ">"), ("NEXT SCHEDULED", "<"),
-                 ("OLDEST OVERDUE", "<")]
+                 ("OLDEST OVERDUE", "<"), ("HELD BACK", "<"), ("FLOW CONTROL", "<")]
 
 
 def _worker_rows(workers):
@@ -251,7 +267,24 @@ def _queue_row(queue):
     overdue = duration(queue["overdue_for"]) if queue["oldest_due_at"] else "-"
     pending, due = ("~" if estimated else "" for estimated in (queue["estimated"], queue["due_estimated"]))
     return [(queue["queue"], style), f"{pending}{queue['pending']}", f"{due}{queue['due']}", str(queue["executing"]),
-            next_scheduled, (overdue, style)]
+            next_scheduled, (overdue, style), held_back_text(queue), flow_text(queue)]
+
+
+def held_back_text(queue):
+    """'12 (10 concurrency, 2 paused)': a queue's pending jobs that limits hold back, by reason; '-' for none."""
+    if not queue["held_back_total"]:
+        return "-"
+    mark = "~" if queue["held_back_estimated"] else ""
+    reasons = ", ".join(f"{count} {reason}" for reason, count in queue["held_back"].items() if count)
+    return f"{mark}{queue['held_back_total']} ({reasons})"
+
+
+def flow_text(queue):
+    """'paused since 2026-12-06 08:00:00, concurrency 5, rate 100/m' (a warning while paused); '-' for none."""
+    parts = [f"paused since {timestamp(queue['paused_at'])}"] if queue["paused"] else []
+    parts += [f"concurrency {queue['concurrency']}"] if queue["concurrency"] else []
+    parts += [f"rate {queue['rate_limit']}"] if queue["rate_limit"] else []
+    return (", ".join(parts), WARN if queue["paused"] else None) if parts else "-"
 
 
 def table(columns, rows):

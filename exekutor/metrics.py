@@ -19,7 +19,8 @@ import psycopg2
 from exekutor.errors import ConfigError, DatabaseTimeout, JobTimeoutError, QueueTimeoutError
 from exekutor.eventloop import SingleFlight
 from exekutor.execution import COMPLETED, DISCARDED, FAILED, RELEASE, RETRY, error_record
-from exekutor.queue_stats import EstimateCache, pending_by_queue
+from exekutor.queue_control import queue_settings
+from exekutor.queue_stats import HELD_REASONS, EstimateCache, held_back_by_queue, pending_by_queue
 
 # Seconds a scrape waits for the queue query; without an answer the queue gauges are left out of that scrape.
 QUEUE_QUERY_TIMEOUT = 5.0
@@ -272,6 +273,7 @@ class _WorkerCollector:
         self._database_errors = database_errors
         self._queue_stats = SingleFlight(self._query_queues, max_age=QUEUE_STATS_MAX_AGE, slow=QUEUE_STATS_SLOW)
         self._estimates = EstimateCache()
+        self._held_estimates = EstimateCache()
         self._other_seen = False  # once a queue was under OTHER_QUEUES, its series stays (reading 0 when empty)
 
     def describe(self):
@@ -346,15 +348,22 @@ class _WorkerCollector:
                 CounterMetricFamily("exekutor_operator_actions", "Jobs operators retried or cancelled (exekutor-gevent "
                                     "jobs, JobRequest.retry/cancel), counted in the database: every worker reports "
                                     "the same totals.", labels=["action"]),
+                GaugeMetricFamily("exekutor_queue_paused", "1 while the queue is paused (exekutor-gevent queues "
+                                  "pause), 0 once resumed or only limited: for the queues with a row in "
+                                  "exekutor_queues.",
+                                  labels=["queue"]),
+                GaugeMetricFamily("exekutor_jobs_held_back", "Pending jobs a limit holds back, by queue and reason: "
+                                  "concurrency, rate (a limit of their job or queue) or paused (their queue).",
+                                  labels=["queue", "reason"]),
                 GaugeMetricFamily("exekutor_jobs_table_dead_rows", "Dead row versions in exekutor_jobs that VACUUM "
                                   "has not removed yet (PostgreSQL's statistics): growing without end means "
                                   "autovacuum is off or a long-held snapshot keeps it from cleaning."),
             ]
         return families
 
-    def _add_queue_stats(self, worker, pending, scheduled, age, operator_actions, dead_rows):
+    def _add_queue_stats(self, worker, pending, scheduled, age, operator_actions, paused, held_back, dead_rows):
         try:
-            rows, actions, dead = self._queue_stats(QUEUE_QUERY_TIMEOUT, worker)
+            rows, actions, flow, dead = self._queue_stats(QUEUE_QUERY_TIMEOUT, worker)
         except Exception as error:  # noqa: BLE001 - a scrape without queue gauges beats a failed scrape
             if isinstance(error, _DATABASE_ERRORS):
                 self._database_errors.labels("metrics").inc()
@@ -365,6 +374,11 @@ class _WorkerCollector:
             age.add_metric([queue], float(oldest))
         for action, jobs in sorted(actions):
             operator_actions.add_metric([action], jobs)
+        states, held = self._flow_gauges(*flow)
+        for queue, value in sorted(states.items()):
+            paused.add_metric([queue], value)
+        for (queue, reason), jobs in sorted(held.items()):
+            held_back.add_metric([queue, reason], jobs)
         dead_rows.add_metric([], float(dead))
         return True
 
@@ -381,11 +395,28 @@ class _WorkerCollector:
             stats[label] = (total_ready + ready, total_later + later, max(total_oldest, float(oldest)))
         return stats
 
+    def _flow_gauges(self, states, held):
+        """({label: 1 if paused else 0} for the queues with a row, {(label, reason): held-back jobs}): every queue
+        with series of its own reads 0 rather than nothing once its jobs go, and queues under OTHER_QUEUES add up
+        (it reads paused while any of them is)."""
+        paused = {}
+        for queue, state in states.items():
+            label = self._queue_labels.label(queue)
+            paused[label] = max(paused.get(label, 0), int(state["paused"]))
+        labels = [(self._queue_labels.label(queue), figures) for queue, figures in held.items()]
+        own = list(self._queue_labels.own) + ([OTHER_QUEUES] if self._other_seen else [])
+        jobs = {(queue, reason): 0 for queue in own for reason in HELD_REASONS}
+        for label, figures in labels:
+            for reason in HELD_REASONS:
+                jobs[label, reason] = jobs.get((label, reason), 0) + figures[reason]
+        return paused, jobs
+
     def _query_queues(self, worker):
         with worker.db() as conn, conn.cursor() as cursor:
             rows = [(queue["queue"], queue["due"], queue["scheduled"], queue["overdue_for"] or 0.0)
                     for queue in pending_by_queue(cursor, estimates=self._estimates)]
             cursor.execute(OPERATOR_ACTIONS)
             actions = cursor.fetchall()
+            flow = (queue_settings(cursor), held_back_by_queue(cursor, estimates=self._held_estimates))
             cursor.execute(DEAD_ROWS)
-            return rows, actions, cursor.fetchone()[0]
+            return rows, actions, flow, cursor.fetchone()[0]

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 import psycopg2.errors
 
-from exekutor.db.queries import CANCEL_CHANNEL
+from exekutor.db.queries import CANCEL_CHANNEL, UNBLOCK
+from exekutor.flow import describe
 from exekutor.jobs import check_job_name, check_queue
 
 STATUS_LETTERS = {"p": "pending", "e": "executing", "c": "completed", "f": "failed", "d": "discarded"}
@@ -68,7 +69,7 @@ _KEY_TYPES = {"priority": "int", "scheduled_at": "time", "enqueued_at": "time", 
 _COLUMNS = """
 j.id::text AS id, j.payload->>'job' AS job, j.queue, j.priority, j.status, j.attempts, j.releases, j.enqueued_at,
 j.scheduled_at, j.started_at, j.finished_at, j.runtime, j.worker_id::text AS worker_id, j.cancel_requested_at,
-j.unique_key"""
+j.unique_key, j.blocked_on"""
 # In a one-element array, so that a record stored as JSON null stays apart from "no record"; only an object has a
 # traceback to leave out (`-` on a string or number raises "cannot delete from scalar").
 _LAST_ERROR = """
@@ -313,6 +314,12 @@ def cancel(conn, job_ids=None, job_filter=None):
             _run_action(conn, _UNBLOCK_CANCELLED, {"ids": pending})
         if len(pending) + len(executing) < ACTION_BATCH or job_ids is not None:
             break
+    if result.cancelled and conn.autocommit:
+        # A cancelled job a limit had promoted gave its slot up: the next held-back job takes it now, not at the
+        # workers' next sweep. (Inside the caller's transaction the sweep does it: this would hold the limits'
+        # locks until the caller commits.)
+        with conn.cursor() as cursor:
+            cursor.execute(UNBLOCK, (None,))
     return result
 
 
@@ -424,6 +431,8 @@ def _fetch(conn, sql, params):
 
 def _job(row):
     row["status"] = status_name(row)
+    # Why a pending job waits: the limit that holds it back (flow control), in words; None when nothing does.
+    row["waiting"] = describe(row["blocked_on"]) if row["status"] == "pending" else None
     if "last_error" in row:  # type and message (a listing leaves the traceback to get_job)
         error = row["last_error"]
         row["last_error"] = ({key: _error_fields(error[0])[key] for key in ("type", "message")}

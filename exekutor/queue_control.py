@@ -6,11 +6,14 @@ once and wakes the workers. Both survive restarts: the state is a row, not a wor
 """
 from exekutor.flow import RateLimit, check_concurrency, check_rate_limit
 from exekutor.jobs import check_queue
+from exekutor.queue_stats import HELD_REASONS, no_held
 
+# A row comes back only when this statement paused the queue (inserted it, or set paused_at on a row without one):
+# a queue paused already keeps the time of its first pause, whichever transaction paused it.
 _PAUSE = """
 INSERT INTO exekutor_queues AS q (name, paused_at) VALUES (%s, now())
-ON CONFLICT (name) DO UPDATE SET paused_at = coalesce(q.paused_at, now()), updated_at = now()
-RETURNING q.paused_at = now()
+ON CONFLICT (name) DO UPDATE SET paused_at = now(), updated_at = now() WHERE q.paused_at IS NULL
+RETURNING 1
 """
 # The jobs the pause held back go (exekutor_unblock, which also tells the workers about them), and the workers
 # hear that the queue has jobs (those the pause never touched because no reservation reached them).
@@ -37,6 +40,12 @@ SELECT name::text, paused_at, concurrency, rate_limit, rate_period, updated_at F
 WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL OR rate_limit IS NOT NULL
 ORDER BY name
 """
+# Every queue row (a resumed queue without limits keeps its row): what `queues list`, `info` and the dashboard show.
+QUEUE_ROWS = """
+SELECT name::text, paused_at, concurrency, rate_limit, rate_period, updated_at FROM exekutor_queues
+WHERE %(names)s::text[] IS NULL OR name = ANY(%(names)s::text[])
+ORDER BY name
+"""
 
 
 def pause_queue(name, connection=None):
@@ -49,7 +58,7 @@ def pause_queue(name, connection=None):
     def run(conn):
         with conn.cursor() as cursor:
             cursor.execute(_PAUSE, (name,))
-            return bool(cursor.fetchone()[0])
+            return cursor.fetchone() is not None
 
     return on_connection(connection, run)
 
@@ -97,3 +106,21 @@ def publish_queue_limits(cursor, limits):
         rate = check_rate_limit(settings.get("rate_limit"))
         cursor.execute(_SET_LIMITS, (name, check_concurrency(settings.get("concurrency")),
                                      rate.count if rate else None, rate.period if rate else None))
+
+
+def queue_settings(cursor, names=None):
+    """{name: state_of(row)} of every row of exekutor_queues, or of the rows of `names` only."""
+    cursor.execute(QUEUE_ROWS, {"names": list(names) if names is not None else None})
+    return {row[0]: state_of(row) for row in cursor.fetchall()}
+
+
+def flow_fields(state, held):
+    """A queue's flow-control fields as `queues list`, `info` and the dashboard show them, from its state_of() (None:
+    no row) and its queue_stats.held_back_by_queue() figures (None: nothing held back)."""
+    held = held or no_held()
+    return {"paused": bool(state and state["paused"]), "paused_at": state["paused_at"] if state else None,
+            "concurrency": state["concurrency"] if state else None,
+            "rate_limit": state["rate_limit"] if state else None,
+            "held_back": {reason: held[reason] for reason in HELD_REASONS},
+            "held_back_total": sum(held[reason] for reason in HELD_REASONS),
+            "held_back_estimated": held["estimated"]}

@@ -203,3 +203,76 @@ def _plan(cursor, sql, params=None):
     if isinstance(plan, str):  # a connection without psycopg2's json typecaster
         plan = json.loads(plan)
     return plan[0]["Plan"]
+
+
+# --- held-back jobs (flow control, migration 0011) ---------------------------------------------------------------
+# A job a limit holds back stays pending with `blocked_on` naming the limit, in the held-back index (blocked_on,
+# priority, scheduled_at, enqueued_at). Its figures are by queue and reason (the limit key's first word:
+# concurrency, rate or paused), never by key: keys may be one per customer. The limits that hold jobs back come
+# from a loose scan of that index (one descent per limit, as the workers' own sweep does at every poll), stopped
+# after HELD_KEYS_LIMIT limits; each limit's jobs are then walked in the index's order, at most
+# HELD_EXACT_LIMIT + 1 of them, reading each one's queue (a job-level limit, "concurrency job NAME:KEY", may hold
+# jobs of several queues). A limit past the walk gets the planner's estimate of its jobs, shared between its
+# queues as in the walk; a queue's figure that holds an estimate, or that may miss limits past HELD_KEYS_LIMIT, is
+# `estimated` ("~"). The walk reads each entry's row (its queue; and held-back rows change too often for the
+# visibility map to spare the heap): 150 limits of 500 jobs took 50 ms with 500 per limit, hence 100, so the
+# worst case (every limit past its walk) is about 50,000 entries.
+HELD_KEYS_LIMIT = 500
+HELD_EXACT_LIMIT = 100
+# Limits past their walk whose count the planner is asked for (about 0.2 ms of planning each); any further one
+# counts as its walk's floor, HELD_EXACT_LIMIT + 1, and is marked estimated like the others.
+HELD_PLANNED_LIMIT = 100
+HELD_REASONS = ("concurrency", "rate", "paused")
+HELD_BACK = """
+WITH RECURSIVE limits(key, n) AS (
+    (SELECT blocked_on, 1 FROM exekutor_jobs WHERE status = 'p' AND blocked_on IS NOT NULL
+     ORDER BY blocked_on LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.blocked_on FROM exekutor_jobs j WHERE j.status = 'p' AND j.blocked_on IS NOT NULL
+            AND j.blocked_on > l.key ORDER BY j.blocked_on LIMIT 1), n + 1
+    FROM limits l WHERE l.key IS NOT NULL AND n <= %(keys)s)
+SELECT l.key, l.n, h.queue, h.held
+FROM limits l CROSS JOIN LATERAL (
+    SELECT w.queue::text AS queue, count(*)::int AS held
+    FROM (SELECT j.queue FROM exekutor_jobs j WHERE j.status = 'p' AND j.blocked_on = l.key
+          ORDER BY j.blocked_on, j.priority, j.scheduled_at, j.enqueued_at LIMIT %(limit)s) AS w
+    GROUP BY w.queue) AS h
+WHERE l.key IS NOT NULL
+"""
+_HELD_QUESTION = "SELECT FROM exekutor_jobs WHERE status = 'p' AND blocked_on = %s"
+
+
+def held_back_by_queue(cursor, exact_up_to=HELD_EXACT_LIMIT, estimates=None, keys_limit=HELD_KEYS_LIMIT):
+    """{queue: {"concurrency": n, "rate": n, "paused": n, "estimated": bool}} for every queue with held-back jobs
+    (see HELD_BACK). `estimates`: an EstimateCache of its own, for a caller that asks every few seconds."""
+    cursor.execute(HELD_BACK, {"keys": keys_limit, "limit": exact_up_to + 1})
+    walked, truncated = {}, False
+    for key, n, queue, held in cursor.fetchall():
+        if n > keys_limit:  # the limit after the last one walked: there are more than keys_limit
+            truncated = True
+            continue
+        walked.setdefault(key, {})[queue] = held
+    over = [key for key, queues in walked.items() if sum(queues.values()) > exact_up_to]
+    asked = over[:HELD_PLANNED_LIMIT]
+    ask = functools.partial(_planned_held, cursor)
+    planned = dict.fromkeys(over[HELD_PLANNED_LIMIT:], 0)  # the floor below
+    planned.update(zip(asked, estimates.get(asked, ask) if estimates is not None else ask(asked)))
+    result = {}
+    for key, queues in walked.items():
+        reason = key.partition(" ")[0]
+        sample = sum(queues.values())
+        total = max(exact_up_to + 1, planned[key]) if key in planned else sample
+        for queue, held in queues.items():
+            figures = result.setdefault(queue, no_held())
+            figures[reason] = figures.get(reason, 0) + round(held * total / sample)
+            figures["estimated"] = figures["estimated"] or key in planned or truncated
+    return result
+
+
+def no_held():
+    """The held-back figures of a queue without held-back jobs."""
+    return {**dict.fromkeys(HELD_REASONS, 0), "estimated": False}
+
+
+def _planned_held(cursor, keys):
+    return [int(_plan(cursor, _HELD_QUESTION, [key])["Plan Rows"]) for key in keys]

@@ -14,9 +14,11 @@ CREATE TABLE IF NOT EXISTS flow_runs (
     id bigserial PRIMARY KEY, tag text NOT NULL, key text NOT NULL,
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(), finished_at timestamptz);
 -- What the database says, whatever the jobs record: every admission (status to 'e') and every end of a run (status
--- from 'e'), timed by clock_timestamp() inside the writing statement (after the admission's count, before the
--- release's commit: so an interval here contains the real one), and the admission's started_at (the rate limit's
--- clock). A test-only trigger.
+-- from 'e'), timed by clock_timestamp() when the row is written (after the admission's count, before the release's
+-- commit: so an interval here contains the real one), and the admission's started_at (the rate limit's clock). A
+-- test-only trigger, BEFORE so that it logs when each row is written: AFTER triggers fire at the end of their
+-- statement, and a completion that hands its slot on (exekutor_handoff) writes the finished row first and starts
+-- the next job inside the same statement.
 CREATE TABLE IF NOT EXISTS flow_slots (
     job_id uuid NOT NULL, attempt integer NOT NULL, queue text NOT NULL, concurrency_key text, rate_key text,
     admitted_at timestamptz NOT NULL, started_at timestamptz NOT NULL, ended_at timestamptz);
@@ -28,11 +30,11 @@ BEGIN
     ELSIF OLD.status = 'e' AND NEW.status IS DISTINCT FROM 'e' THEN
         UPDATE flow_slots SET ended_at = clock_timestamp() WHERE job_id = OLD.id AND attempt = OLD.attempts;
     END IF;
-    RETURN NULL;
+    RETURN NEW;
 END
 $$;
 DROP TRIGGER IF EXISTS flow_slots_log ON exekutor_jobs;
-CREATE TRIGGER flow_slots_log AFTER UPDATE OF status ON exekutor_jobs FOR EACH ROW EXECUTE FUNCTION flow_slots_log();
+CREATE TRIGGER flow_slots_log BEFORE UPDATE OF status ON exekutor_jobs FOR EACH ROW EXECUTE FUNCTION flow_slots_log();
 """
 RUNS_TEARDOWN = """
 DROP TRIGGER IF EXISTS flow_slots_log ON exekutor_jobs;

@@ -405,7 +405,8 @@ def test_info_shows_workers_and_pending_jobs_as_tables_and_json(start_worker, db
     assert (queues["backlog"]["pending"], queues["backlog"]["due"], queues["backlog"]["overdue"]) == (3, 3, True)
     assert (queues["later"]["pending"], queues["later"]["due"], queues["later"]["overdue"]) == (2, 0, False)
     assert data["totals"] == {"workers": 1, "hosts": 1, "pending": 5, "due": 3, "executing": 0, "failed": 0,
-                              "discarded": 0, "cancelled": 0, "estimated": False, "due_estimated": False}
+                              "discarded": 0, "cancelled": 0, "estimated": False, "due_estimated": False,
+                              "held_back_total": 0, "held_back_estimated": False, "paused_queues": 0}
 
 
 def _run_on_terminal(*args):

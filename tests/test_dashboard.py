@@ -113,7 +113,7 @@ def test_overview_counts_each_queue_and_charts_the_last_hour(client, db):
               "WHERE id = (SELECT id FROM exekutor_jobs WHERE status = 'p' LIMIT 1)")
     _, html = get(client, "/")
     row = re.search(r"<tr>\s*<td><a href=\"/admin/jobs/queues/mail\">mail</a></td>(.*?)</tr>", html, re.S).group(1)
-    assert re.findall(r'<td class="num[^"]*">(?:<a[^>]*>)?([^<]+)', row)[:6] == ["2", "1", "0", "2", "1", "0s"]
+    assert re.findall(r'<td class="num[^"]*">(?:<a[^>]*>)?([^<]+)', row)[:7] == ["2", "0", "1", "0", "2", "1", "0s"]
     assert row.count('<rect class="bar"') == 1  # all 7 finished jobs in the current minute
     assert "<title>7 (1 min ago)</title>" in row
 
@@ -521,3 +521,129 @@ def test_schedules_page_lists_the_schedules_with_their_runs_escaped(client, db):
         assert "cron 0 3 * * * (Europe/Amsterdam)" in html and "every 1m" in html
     finally:
         query(db, "DELETE FROM exekutor_schedules")
+
+
+# --- flow control: paused queues, limits, held-back jobs (DESIGN §13) -------------------------------------------
+
+ODD_QUEUE = 'we"ird %s q ü<b>x</b>'  # a quote, %, spaces, non-ASCII, markup: one queue name
+
+
+def hold_back(conn, job_id, key):
+    query(conn, "UPDATE exekutor_jobs SET blocked_on = %s WHERE id = %s", (key, job_id))
+
+
+def queue_path(name):
+    return "/queues/" + urllib.parse.quote(name, safe="")
+
+
+def pause_form(html):
+    """{action: the hex name its form posts} of every Pause/Resume form on the page."""
+    return dict(re.findall(r'action="[^"]*/queue-actions/(pause|resume)" class="queue-action">\s*'
+                           r'<input type="hidden" name="csrf_token" value="[0-9a-f]+">\s*'
+                           r'<input type="hidden" name="queue" value="([0-9a-f]+)">', html))
+
+
+def test_a_paused_queue_its_limits_and_held_back_jobs_are_shown_without_buttons_when_read_only(client, db):
+    from exekutor import pause_queue, queue_control
+
+    job_id = make_job(db, status="p", queue=ODD_QUEUE)
+    limited = [make_job(db, status="p", queue="imports", job="flow.limited") for _ in range(3)]
+    hold_back(db, job_id, f"paused queue {ODD_QUEUE}")
+    for other in limited[:2]:
+        hold_back(db, other, "concurrency job flow.limited:42")
+    pause_queue(ODD_QUEUE)
+    with db.cursor() as cursor:
+        queue_control.publish_queue_limits(cursor, {"imports": {"concurrency": 5, "rate_limit": "100/m"}})
+    shown = printable_html(ODD_QUEUE)
+    for path in ("/", "/queues", queue_path(ODD_QUEUE), queue_path("imports")):
+        _, html = get(client, path)
+        assert "/queue-actions/" not in html and "<form method=\"post\"" not in html, path
+    _, html = get(client, "/queues")
+    odd_row = re.search(r'<tr class="paused">(.*?)</tr>', html, re.S).group(1)
+    assert shown in odd_row and '<span class="status status-paused"' in odd_row
+    assert re.search(r'<td class="num">1<div class="reasons">1 paused</div></td>', odd_row)
+    imports = re.search(r'<tr>\s*<td><a href="[^"]*/queues/imports">(.*?)</tr>', html, re.S).group(1)
+    assert "concurrency 5" in imports and "rate 100/m" in imports and "2 concurrency" in imports
+    _, html = get(client, queue_path(ODD_QUEUE))
+    assert 'id="paused-note"' in html and "Limits: concurrency none, rate none" in html
+    _, html = get(client, f"/jobs/{job_id}")
+    assert re.search(r'<dd class="waiting" id="waiting">queue ' + re.escape(shown) + ' is paused</dd>', html)
+    _, html = get(client, "/jobs?status=pending&queue=imports")
+    # The key comes from the job's arguments: shown only where arguments are (dashboard_show_arguments).
+    assert html.count('<div class="waiting">concurrency limit of job flow.limited (for one of its keys)</div>') == 2
+    assert html.count('<div class="waiting">') == 2 and "flow.limited:42" not in html  # the third waits for nothing
+    config.configure(dashboard_show_arguments=True)
+    _, html = get(client, "/jobs?status=pending&queue=imports")
+    assert html.count('<div class="waiting">concurrency limit of job flow.limited:42</div>') == 2
+
+
+def printable_html(text):
+    from markupsafe import escape
+
+    from exekutor.display import printable
+
+    return str(escape(printable(text)))
+
+
+def test_a_forged_or_read_only_pause_is_refused_and_changes_nothing(app, db):
+    from exekutor import queue_states
+
+    client = logged_in(app)
+    make_job(db, status="p", queue="mail")
+    name = "mail".encode().hex()
+    assert client.post(PREFIX + "/queue-actions/pause", data={"queue": name}).status_code == 403  # read-only
+    config.configure(dashboard_allow_actions=True)
+    _, html = get(client, "/queues")
+    token = csrf_token(html)
+    assert pause_form(html) == {"pause": name}
+    for form, headers in (({"queue": name}, {}),  # no token
+                          ({"queue": name, "csrf_token": "0" * 64}, {}),
+                          ({"queue": name, "csrf_token": token}, {"Origin": "https://evil.example"})):
+        assert client.post(PREFIX + "/queue-actions/pause", data=form, headers=headers).status_code == 403
+    assert logged_in(app).post(PREFIX + "/queue-actions/pause",  # another browser: the token without its cookie
+                               data={"queue": name, "csrf_token": token}).status_code == 403
+    assert client.get(PREFIX + "/queue-actions/pause").status_code == 405
+    for bad in ("", "zz", "ff", "x".encode().hex() * 64):  # empty, not hex, not UTF-8, too long
+        assert client.post(PREFIX + "/queue-actions/pause", data={"queue": bad, "csrf_token": token}).status_code == 400
+    assert client.post(PREFIX + "/queue-actions/explode", data={"queue": name, "csrf_token": token}).status_code == 404
+    assert queue_states() == []
+
+
+def test_pause_and_resume_an_odd_queue_by_its_buttons(client, db):
+    from exekutor import queue_states
+
+    config.configure(dashboard_allow_actions=True)
+    make_job(db, status="p", queue=ODD_QUEUE)
+    _, html = get(client, queue_path(ODD_QUEUE))
+    assert pause_form(html) == {"pause": ODD_QUEUE.encode().hex()}
+    response = client.post(PREFIX + "/queue-actions/pause", data={"queue": ODD_QUEUE.encode().hex(),
+                                                                   "csrf_token": csrf_token(html)})
+    assert response.status_code == 303 and response.headers["Location"].endswith("?queue_action=paused")
+    assert [(state["name"], state["paused"]) for state in queue_states()] == [(ODD_QUEUE, True)]
+    html = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Paused this queue" in html and 'id="paused-note"' in html
+    assert pause_form(html) == {"resume": ODD_QUEUE.encode().hex()}
+    again = client.post(PREFIX + "/queue-actions/pause", data={"queue": ODD_QUEUE.encode().hex(),
+                                                                "csrf_token": csrf_token(html)})
+    assert again.headers["Location"].endswith("?queue_action=already-paused")
+    resumed = client.post(PREFIX + "/queue-actions/resume", data={"queue": ODD_QUEUE.encode().hex(),
+                                                                   "csrf_token": csrf_token(html)})
+    assert resumed.headers["Location"].endswith("?queue_action=resumed")
+    assert queue_states() == []
+    _, html = get(client, queue_path(ODD_QUEUE) + "?queue_action=resumed")
+    assert "Resumed this queue" in html and pause_form(html) == {"pause": ODD_QUEUE.encode().hex()}
+    _, html = get(client, queue_path(ODD_QUEUE) + "?queue_action=<script>")
+    assert 'id="notice"' not in html
+
+
+def test_a_paused_queue_without_jobs_is_listed_so_that_it_can_be_resumed(client, db):
+    from exekutor import pause_queue, queue_states
+
+    config.configure(dashboard_allow_actions=True)
+    name = "idle\r\n\u202e"  # a CR and LF (a form would turn either alone into CRLF) and a bidi override
+    pause_queue(name)
+    _, html = get(client, "/queues")
+    assert pause_form(html) == {"resume": name.encode().hex()}
+    response = client.post(PREFIX + "/queue-actions/resume", data={"queue": name.encode().hex(),
+                                                                   "csrf_token": csrf_token(html)})
+    assert response.status_code == 303 and queue_states() == []

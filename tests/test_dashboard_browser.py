@@ -224,3 +224,101 @@ def test_invisible_characters_are_shown_as_escapes(browser, server, db):
         assert not hidden_characters(text) and "gnp\\u202e.exe\\u200e" in text
     finally:
         query(db, "DELETE FROM exekutor_schedules")
+
+
+# --- flow control: paused queues, limits, held-back jobs, Pause/Resume ------------------------------------------
+
+FLOW_QUEUE = 'mail "eu" 100% ü'  # a quote, a %, spaces and a non-ASCII letter
+
+
+def flow_jobs(db):
+    """A queue paused with a held-back job, a limited one with jobs held back by a job's concurrency limit, a free
+    one; the held-back job's id."""
+    from exekutor import pause_queue, queue_control
+
+    held = make_job(db, status="p", queue=FLOW_QUEUE, job="myapp.jobs:send_receipt")
+    query(db, "UPDATE exekutor_jobs SET blocked_on = %s WHERE id = %s", (f"paused queue {FLOW_QUEUE}", held))
+    for i in range(5):
+        job_id = make_job(db, status="p", queue="imports", job="myapp.jobs:import_feed")
+        if i < 3:
+            query(db, "UPDATE exekutor_jobs SET blocked_on = 'concurrency job myapp.jobs:import_feed:acme' "
+                      "WHERE id = %s", (job_id,))
+    for _ in range(2):
+        make_job(db, status="p", queue="default", job="myapp.jobs:resize_image")
+    pause_queue(FLOW_QUEUE)
+    with db.cursor() as cursor:
+        queue_control.publish_queue_limits(cursor, {"imports": {"concurrency": 5, "rate_limit": "100/m"}})
+    return held
+
+
+def queue_row(browser, name):
+    for row in browser.find_elements(By.CSS_SELECTOR, "table.queues tbody tr"):
+        if row.find_element(By.CSS_SELECTOR, "td a").text == name:
+            return row
+    raise AssertionError(f"no row of queue {name!r}")
+
+
+def paused_names(db):
+    return [row[0] for row in query(db, "SELECT name FROM exekutor_queues WHERE paused_at IS NOT NULL ORDER BY 1")]
+
+
+def test_pause_and_resume_a_queue_by_clicking_and_see_why_jobs_wait(browser, server, db):
+    held = flow_jobs(db)
+    visit(browser, server, "/queues", shot="queues-flow")
+    row = queue_row(browser, FLOW_QUEUE)
+    assert "paused" in row.find_element(By.CSS_SELECTOR, "td.flow").text
+    assert "1 paused" in row.text
+    imports = queue_row(browser, "imports")
+    assert "concurrency 5" in imports.text and "rate 100/m" in imports.text and "3 concurrency" in imports.text
+
+    queue_row(browser, "default").find_element(By.CSS_SELECTOR, "button[data-queue-action=pause]").click()
+    notice = wait_for(lambda: browser.find_elements(By.ID, "notice"), 10, "the notice")[0]
+    assert notice.text.startswith("Paused this queue")
+    assert paused_names(db) == ["default", FLOW_QUEUE]
+    assert browser.find_element(By.ID, "paused-note").text.startswith("Paused since")
+    save(browser, "queue-paused")
+    assert_nothing_ran(browser)
+
+    visit(browser, server, "/queues")
+    queue_row(browser, FLOW_QUEUE).find_element(By.CSS_SELECTOR, "button[data-queue-action=resume]").click()
+    notice = wait_for(lambda: browser.find_elements(By.ID, "notice"), 10, "the notice")[0]
+    assert notice.text == "Resumed this queue: its held-back jobs start again."
+    assert paused_names(db) == ["default"]
+    assert browser.find_element(By.CSS_SELECTOR, "h1 .name").text == FLOW_QUEUE
+    assert browser.find_elements(By.ID, "paused-note") == []
+    assert browser.find_element(By.CSS_SELECTOR, "button[data-queue-action=pause]")
+    assert_nothing_ran(browser)
+
+    # The resume let the held-back job go (it waits for nothing now); the limited ones still say why they wait.
+    visit(browser, server, f"/jobs/{held}")
+    assert browser.find_elements(By.ID, "waiting") == []
+    visit(browser, server, "/jobs?status=pending&queue=imports", shot="jobs-waiting")
+    waiting = [element.text for element in browser.find_elements(By.CSS_SELECTOR, "table.jobs .waiting")]
+    assert waiting == ["concurrency limit of job myapp.jobs:import_feed:acme"] * 3
+    first = browser.find_element(By.CSS_SELECTOR, "table.jobs tbody tr .job-link").get_attribute("href")
+    browser.get(first)
+    assert browser.find_element(By.ID, "waiting").text == "concurrency limit of job myapp.jobs:import_feed:acme"
+    save(browser, "job-waiting")
+
+
+@pytest.fixture(scope="module")
+def readonly_server(database_url):
+    with standalone(database_url) as dashboard:
+        yield dashboard.base
+
+
+def test_read_only_has_no_pause_button_and_refuses_a_forged_post(browser, readonly_server, db):
+    flow_jobs(db)
+    for path in ("/", "/queues", "/queues/imports"):
+        visit(browser, readonly_server, path)
+        assert browser.find_elements(By.CSS_SELECTOR, "form, button, .queue-action") == []
+    visit(browser, readonly_server, "/queues", shot="queues-flow-readonly")
+    assert "paused" in queue_row(browser, FLOW_QUEUE).text
+    # A POST from the dashboard's own origin (so only the read-only mode can refuse it): 403, nothing changes.
+    status = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch('/queue-actions/resume', {method: 'POST', body: new URLSearchParams({queue: arguments[0]})})
+            .then(response => done(response.status), error => done(String(error)));
+    """, FLOW_QUEUE.encode().hex())
+    assert status == 403
+    assert paused_names(db) == [FLOW_QUEUE]

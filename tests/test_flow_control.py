@@ -81,3 +81,22 @@ def test_pause_and_resume(runs, start_worker):
     assert [s["name"] for s in exekutor.queue_states() if s["paused"]] == ["default"]
     assert exekutor.resume_queue("default") is True
     wait_for(lambda: scalar(runs, "SELECT count(*) FROM flow_runs") == 3, 5, "the jobs to run after the resume")
+
+
+def test_a_retried_finished_job_takes_a_new_slot(runs, start_worker):
+    """A finished row keeps the holds it ran with; an operator's retry must not make it look promoted (it would
+    then start without counting against its limit)."""
+    first = flow_app.limited.perform_later("x0", "x", seconds=0.0)
+    start_worker("--threads", "10", apps=("tests.flow_app",))
+    wait_for(lambda: all_done(runs), 30, "the first run")
+    assert first.retry() is False  # completed: not retried; make it failed to retry it
+    with runs.cursor() as cursor:
+        cursor.execute("UPDATE exekutor_jobs SET status = 'f' WHERE id = %s", (first.id,))
+    for i in range(2):
+        flow_app.limited.perform_later(f"x{i + 1}", "x", seconds=1.0)
+    wait_for(lambda: scalar(runs, "SELECT count(*) FROM exekutor_jobs WHERE status = 'e'") == 2, 20,
+             "the two long runs to take both slots")
+    assert first.retry() is True
+    assert scalar(runs, "SELECT holds FROM exekutor_jobs WHERE id = %s", (first.id,)) is None
+    wait_for(lambda: all_done(runs), 30, "every job to finish")
+    assert most_at_once(runs, "concurrency_key", "flow.limited:x") == 2

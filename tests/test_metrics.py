@@ -231,3 +231,43 @@ def test_a_workers_own_queue_keeps_its_series_among_many(health_worker, db):
     assert len(queue_labels(values)["exekutor_jobs_pending"]) <= MAX_QUEUE_SERIES + 1
     assert metric(values, "exekutor_jobs_pending", queue=OTHER_QUEUES) >= many - MAX_QUEUE_SERIES
     assert sum(value for (name, _), value in values.items() if name == "exekutor_jobs_pending") == many
+
+
+@pytest.mark.timeout(90)
+def test_paused_queues_and_held_back_jobs_are_gauges_by_queue_and_reason(health_worker, db):
+    """A paused queue reads 1, a resumed one 0; held-back jobs are counted by queue and reason, never by limit key
+    (here two keys of one job, in one queue)."""
+    from tests import flow_app
+
+    odd = 'we"ird %s q ü'
+    worker = health_worker("--threads", "10", "--poll-interval", "1", "--app", "tests.flow_app")
+    query(db, flow_app.RUNS_DDL)
+    try:
+        exekutor.pause_queue(odd)
+        exekutor.pause_queue("resumed")
+        exekutor.resume_queue("resumed")
+        for key in ("a", "b"):
+            for i in range(3):
+                flow_app.limited.set(queue="imports").perform_later(f"{key}{i}", key, seconds=30)
+        for i in range(2):
+            flow_app.free.set(queue=odd).perform_later(f"p{i}")
+
+        def settled(values):
+            return (metric(values, "exekutor_jobs_held_back", queue="imports", reason="concurrency") == 2
+                    and metric(values, "exekutor_jobs_held_back", queue=odd, reason="paused") == 2 and values)
+
+        values = wait_for(lambda: settled(metric_values(worker.port)), 30, message="the held-back jobs in the gauges")
+        assert metric(values, "exekutor_queue_paused", queue=odd) == 1
+        assert values[("exekutor_queue_paused", frozenset({("queue", "resumed")}))] == 0
+        assert ("exekutor_queue_paused", frozenset({("queue", "imports")})) not in values  # no row: no series
+        assert metric(values, "exekutor_jobs_held_back", queue="imports", reason="paused") == 0
+        assert metric(values, "exekutor_jobs_held_back", queue="imports", reason="rate") == 0
+        held = {labels for name, labels in values if name == "exekutor_jobs_held_back"}
+        assert all(set(dict(labels)) == {"queue", "reason"} for labels in held)
+        assert {dict(labels)["reason"] for labels in held} == {"concurrency", "rate", "paused"}
+        exekutor.resume_queue(odd)
+        wait_for(lambda: metric(metric_values(worker.port), "exekutor_queue_paused", queue=odd) == 0, 30,
+                 message="the resumed queue's gauge")
+    finally:
+        query(db, "UPDATE exekutor_jobs SET cancel_requested_at = now() WHERE status IN ('p', 'e')")
+        query(db, flow_app.RUNS_TEARDOWN)

@@ -22,8 +22,11 @@ import psycopg2
 
 from exekutor import config, info, operations
 from exekutor.db.pool import default_pool
+from exekutor.queue_control import flow_fields, queue_settings
 from exekutor.queue_stats import (
+    EstimateCache,
     executing_by_queue,
+    held_back_by_queue,
     longest_waiting,
     no_pending,
     pending_by_queue,
@@ -117,9 +120,12 @@ def worker_count(conn, queue=None):
 
 def queue_rows(conn, names, series, failures, executing):
     """Per queue of `names`: pending (due), scheduled, executing, failed, discarded, oldest pending age, its
-    chart. The pending figures are looked up for these queues only."""
+    chart, and its flow control (paused, limits, held-back jobs by reason: queue_control.flow_fields). The pending
+    figures and the queue rows are looked up for these queues only; the held-back figures walk the limits that
+    hold jobs back (queue_stats.held_back_by_queue: bounded, whatever the backlog)."""
     with conn.cursor() as cursor:
         pending = {row["queue"]: row for row in pending_by_queue(cursor, queues=names)}
+        states, held = queue_settings(cursor, names), held_back_by_queue(cursor, estimates=_held_estimates)
     overdue = config.get("polling_interval")
     rows = []
     for name in names:
@@ -131,8 +137,13 @@ def queue_rows(conn, names, series, failures, executing):
                      "discarded": failed.get("discarded", 0) + failed.get("cancelled", 0),
                      "oldest_pending": waiting["overdue_for"],
                      "overdue": (waiting["overdue_for"] or 0) > overdue,
-                     "per_minute": series.of(name)})
+                     "per_minute": series.of(name), **flow_fields(states.get(name), held.get(name))})
     return rows
+
+
+# The planner's estimates of the held-back counts past their walk, shared by the requests of a process (each page
+# refreshes every few seconds; the estimates change only as fast as the table's statistics).
+_held_estimates = EstimateCache()
 
 
 def busiest(waiting, executing, finished, limit=PAGE_QUEUES):
@@ -257,12 +268,14 @@ def overview(conn):
 
 
 def queue_list(conn, after=""):
-    """Every queue with jobs, by name, PAGE_QUEUES a page after `after`; and the name the next page starts after."""
+    """Every queue with jobs or a row in exekutor_queues (paused, limited), by name, PAGE_QUEUES a page after
+    `after`; and the name the next page starts after."""
     series, executing = throughput(conn), _executing(conn)
     failures, _ = _failures(conn, newest=1)
     with conn.cursor() as cursor:
         pending = pending_queue_names(cursor, after, PAGE_QUEUES + 1)
-    known = (name for name in set(executing) | set(failures) | set(series.finished()) if name > after)
+        rows = queue_settings(cursor)  # a paused queue without jobs is listed too: it can be resumed from here
+    known = (name for name in set(executing) | set(failures) | set(series.finished()) | set(rows) if name > after)
     names = sorted(set(pending) | set(known))[:PAGE_QUEUES + 1]
     more = len(names) > PAGE_QUEUES
     names = names[:PAGE_QUEUES]

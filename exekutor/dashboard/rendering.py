@@ -8,7 +8,7 @@ escapes, so a name cannot reorder or hide the text around it. Tracebacks and JSO
 """
 import json
 
-from exekutor import config, operations
+from exekutor import config, flow, operations
 from exekutor.dashboard import charts, csrf
 from exekutor.display import printable
 from exekutor.info import duration, timestamp
@@ -34,10 +34,22 @@ def error_summary(job):
     return operations.error_headline(job) or ""
 
 
+def waiting(job):
+    """Why a pending job waits; a limit key derived from its arguments only where arguments are shown."""
+    if config.get("dashboard_show_arguments"):
+        return job.get("waiting")
+    return flow.describe(job.get("blocked_on"), hide_key_of=job.get("job")) if job.get("waiting") else None
+
+
+def form_name(name):
+    """A name as a form field carries it: hex of its UTF-8, read back by views.form_name."""
+    return name.encode("utf-8").hex()
+
+
 def install(blueprint):
     @blueprint.context_processor
     def helpers():
         return {"when": when, "age": age, "as_json": as_json, "chart": charts.bar_chart, "csrf_token": csrf.token,
                 "csrf_field": csrf.FIELD, "printable": printable, "error_summary": error_summary,
-                "job_arguments": operations.job_arguments,
+                "job_arguments": operations.job_arguments, "form_name": form_name, "waiting": waiting,
                 "actions_enabled": bool(config.get("dashboard_allow_actions"))}

@@ -1,7 +1,9 @@
 """The dashboard's pages and actions: a Flask blueprint over exekutor.operations (DESIGN §10, §12).
 
 Read-only unless `dashboard_allow_actions` is on: then retry and cancel (one job, or every job of a filter) are
-a GET that shows what would be touched and a form, and a POST of that form with a CSRF token (see csrf.py).
+a GET that shows what would be touched and a form, and a POST of that form with a CSRF token (see csrf.py); pause
+and resume of a queue are a button each, a POST with a CSRF token as well (no confirmation: each undoes the other,
+and neither touches a job).
 Every page can also be fetched as a fragment (`?fragment=1`, the content without the layout), which
 dashboard.js swaps in every few seconds.
 """
@@ -13,15 +15,22 @@ import psycopg2.errors
 from flask import Blueprint, Flask, abort, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from exekutor import config, operations
+from exekutor import config, operations, queue_control
 from exekutor.dashboard import csrf, data, hosts, rendering
 from exekutor.display import printable, redact
+from exekutor.jobs import check_queue
 
 blueprint = Blueprint("exekutor_dashboard", __name__, template_folder="templates", static_folder="static",
                       static_url_path="/static")
 PAGE_SIZE = 50
 REFRESH_SECONDS = 5
 ACTIONS = {"retry": operations.RETRYABLE, "cancel": operations.CANCELLABLE}
+QUEUE_ACTIONS = {"pause": queue_control.pause_queue, "resume": queue_control.resume_queue}
+# What a queue action did, as the queue page says it (keyed by the redirect's `queue_action`: the words are ours).
+QUEUE_NOTICES = {"paused": "Paused this queue: its running jobs finish, no other starts until it is resumed.",
+                 "already-paused": "This queue was already paused.",
+                 "resumed": "Resumed this queue: its held-back jobs start again.",
+                 "not-paused": "This queue was not paused."}
 rendering.install(blueprint)
 blueprint.before_request(hosts.check)
 logger = logging.getLogger("exekutor.dashboard")
@@ -41,6 +50,8 @@ def _page(template, refresh=True, status=200, **context):
 def _notice():
     """What the action redirected here did; only a known verb and a number are taken from the query string, so a
     link cannot put words of its own on the page."""
+    if request.args.get("queue_action") in QUEUE_NOTICES:
+        return QUEUE_NOTICES[request.args["queue_action"]]
     action, done = request.args.get("action"), request.args.get("done", "")
     # ASCII digits, and few: str.isdigit() takes "²", and int() refuses more than 4,300 digits.
     if action not in ACTIONS or not re.fullmatch(r"[0-9]{1,12}", done):
@@ -143,6 +154,25 @@ def act(action):
         count = operations.count_jobs(conn, target["filter"], action, target["ids"])
     return _page("confirm.html", page="jobs", refresh=False, action=action, target=target, count=count,
                  back=_return_url(target))
+
+
+@blueprint.route("/queue-actions/<action>", methods=["POST"])
+def queue_act(action):
+    """Pause or resume the queue named in the form (CSRF-checked), then back to its page, which says what changed."""
+    if action not in QUEUE_ACTIONS:
+        abort(404)
+    if not actions_enabled():
+        abort(403, "actions are disabled: this dashboard is read-only (dashboard_allow_actions)")
+    csrf.check()
+    try:
+        name = check_queue(bytes.fromhex(request.form.get("queue", "")).decode("utf-8"))
+    except ValueError as error:  # not hex, not UTF-8 (both ValueErrors), or not a queue name
+        abort(400, f"invalid queue: {error}")
+    with data.connection() as conn:
+        changed = QUEUE_ACTIONS[action](name, connection=conn)
+    outcome = {("pause", True): "paused", ("pause", False): "already-paused", ("resume", True): "resumed",
+               ("resume", False): "not-paused"}[action, changed]
+    return redirect(url_for(".queue", name=name, queue_action=outcome), code=303)
 
 
 def _target(action, source):

@@ -94,7 +94,7 @@ _COMPLETE_PARTS = {
     FROM unnest(%(finished_ids)s::uuid[], %(finished_statuses)s::text[], %(finished_runtimes)s::float8[],
                 %(finished_attempts)s::int[]) AS o(id, status, runtime, attempts)
     WHERE j.id = o.id AND {FENCE}
-    RETURNING j.id, j.attempts)""",
+    RETURNING j.id, j.attempts, j.holds)""",
     # Retried and released jobs: pending again, later, announced to the listeners. A release is counted (the
     # attempt it spent stays: attempts is the fence).
     "requeued": f"""requeued AS (
@@ -120,17 +120,27 @@ _NOTIFY_REQUEUED = ("(SELECT exekutor_notify_pending(array_agg(queue::text), arr
                     "array_agg(scheduled_at)) FROM requeued)")
 
 
+# Slot handoff (flow control, migration 0011): a finished job that held one concurrency slot passes it straight to
+# the next job its limit holds back, started for this worker in the same statement (exekutor_handoff: a function,
+# so that its statements' plans are cached per connection instead of planned with every completion). The finished
+# rows' holds come from the `finished` part, so a fenced-off outcome passes nothing on.
+_HANDOFF = """(SELECT exekutor_handoff(ARRAY(SELECT holds[1] FROM finished WHERE cardinality(holds) = 1),
+                            %(worker_id)s, %(queues)s, %(min_priority)s, %(max_priority)s, %(handoff_limit)s))"""
+
+
 @functools.lru_cache(maxsize=None)
-def complete_jobs(parts, with_errors):
+def complete_jobs(parts, with_errors, handoff=False):
     """The completion statement for a batch with outcomes of the given `parts` (a tuple of "finished",
-    "requeued", "deleted"); it returns how many rows were written."""
+    "requeued", "deleted"); it returns how many rows were written, and with `handoff` (finished outcomes of jobs
+    holding a concurrency slot) the jobs it started for this worker, as a JSON array of reservation rows."""
     ctes = [_COMPLETE_PARTS[part] for part in parts]
     if with_errors:
         written = " UNION ALL ".join(f"SELECT id, attempts FROM {part}" for part in parts if part != "deleted")
         ctes.append(_ERRORS_PART.format(written=written))
     count = " + ".join(f"(SELECT count(*) FROM {part})" for part in parts)
     notify = f", {_NOTIFY_REQUEUED}" if "requeued" in parts else ""
-    return f"WITH {', '.join(ctes)}\nSELECT {count}{notify}"
+    started = f", {_HANDOFF}" if handoff else ""
+    return f"WITH {', '.join(ctes)}\nSELECT {count}{started}{notify}"
 
 
 REGISTER_WORKER = """

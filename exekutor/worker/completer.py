@@ -11,8 +11,10 @@ written (exekutor.error_records); if a batch is refused all the same, it is spli
 that is refused is alone, and that one is written with a minimal error record, then without one. No outcome is
 retried for its content.
 """
+import datetime as _dt
 import logging
 import time
+from collections import Counter
 
 import psycopg2
 from gevent.event import Event
@@ -23,6 +25,7 @@ from exekutor.error_records import codec_for, fit_record, minimal_record
 from exekutor.execution import RELEASE, RETRY, Outcome
 from exekutor.jobs import clamp_delay
 from exekutor.worker.component import Component
+from exekutor.worker.provider import job_info
 
 logger = logging.getLogger("exekutor")
 
@@ -37,6 +40,7 @@ class Completer(Component):
         self.dumps = json_dumps
         self._delete_statuses = list(delete_statuses)
         self._pending = []
+        self._handed_off = Counter()  # per limit key: slots of the batch being written passed on (see _write)
         self._wake = Event()
         self.written = 0
         self.fenced_off = 0
@@ -67,9 +71,12 @@ class Completer(Component):
 
     def flush(self):
         batch = self._pending[:MAX_BATCH]
+        self._handed_off = Counter()
         written = self._write_splitting(batch)
         self.written += written
-        self._unblock({key for outcome in batch if outcome.holds for key in outcome.holds})
+        # Slots the batch freed that no handed-off job took (a retry, a job with several limits, nothing waiting).
+        freed = Counter(key for outcome in batch if outcome.holds for key in outcome.holds)
+        self._unblock({key for key, count in freed.items() if count > self._handed_off[key]})
         # Written outcomes free capacity the provider held back while they piled up.
         self.worker.capacity_freed()
         if written < len(batch):
@@ -105,15 +112,42 @@ class Completer(Component):
         return written
 
     def _write(self, batch):
+        handoff = self._handoff_params(batch)
+        if handoff is None:
+            return self._execute(batch, None)[0]
+        # Jobs handed off to this worker are reserved by this statement: the reconciler must know, as for the
+        # provider's reservations (see Reconciler), and the executor gets them at once.
+        provider = self.worker.provider
+        with provider.reservation_lock:
+            provider.reservations_begun += 1
+            written, started = self._execute(batch, handoff)
+            for row in started or ():
+                info = job_info(_reservation_row(row), provider._loads)
+                self._handed_off.update(info["holds"] or ())
+                self.worker.executor.submit(info)
+        return written
+
+    def _execute(self, batch, handoff):
         with self.worker.db() as conn, conn.cursor() as cursor:
             codec = codec_for(conn.info.parameter_status("server_encoding"))
-            sql, params = completion(batch, self.worker.id, self.dumps, self._delete_statuses, codec)
+            sql, params = completion(batch, self.worker.id, self.dumps, self._delete_statuses, codec, handoff)
             started = time.monotonic()
             cursor.execute(sql, params)
-            written = cursor.fetchone()[0]
+            row = cursor.fetchone()
         self.statements += 1
         self.statement_seconds += time.monotonic() - started
-        return written
+        return row[0], (row[1] if "handoff_limit" in params else None)
+
+    def _handoff_params(self, batch):
+        """The worker's filters and free greenlets, when finished outcomes of the batch held a slot to pass on."""
+        if self.worker.stopping or not any(o.holds and o.status not in _REQUEUED for o in batch):
+            return None
+        limit = self.worker.executor.free()
+        if limit <= 0:
+            return None
+        params = self.worker.reserve_params(limit)
+        params["handoff_limit"] = params.pop("limit")
+        return params
 
     def _write_refused(self, outcome, error):
         """One outcome the database refused: written with a minimal error record, else without one, else dropped
@@ -139,11 +173,12 @@ class Completer(Component):
         self._wake.set()
 
 
-def completion(batch, worker_id, dumps, delete_statuses=(), codec=None):
+def completion(batch, worker_id, dumps, delete_statuses=(), codec=None, handoff=None):
     """(sql, params) writing a batch of outcomes in one statement, with only the parts the batch needs.
 
     Each column goes as one array literal (see exekutor.db.arrays). `codec` is the Python codec of a database
-    whose encoding is not UTF-8: error records are fitted to it.
+    whose encoding is not UTF-8: error records are fitted to it. `handoff`: the worker's reservation parameters,
+    to pass the slots of finished jobs on to the jobs their limits hold back (see queries._HANDOFF).
     """
     finished, requeued, deleted, errors = ([], [], [], []), ([], [], [], [], []), ([], []), ([], [])
     for outcome in batch:
@@ -182,10 +217,21 @@ def completion(batch, worker_id, dumps, delete_statuses=(), codec=None):
     with_errors = bool(errors[0]) and parts != ["deleted"]
     if with_errors:
         params.update(error_ids=array(errors[0]), errors=array(errors[1]))
+    if handoff is not None and finished[0]:
+        params.update(handoff)
+        return complete_jobs(tuple(parts), with_errors, True), params
     return complete_jobs(tuple(parts), with_errors), params
 
 
 _REQUEUED = (RETRY, RELEASE)
+
+
+def _reservation_row(row):
+    """A handed-off job's JSON row as a reservation row: times from epoch seconds to datetimes."""
+    row = list(row)
+    for index in (5, 6):
+        row[index] = _dt.datetime.fromtimestamp(row[index], _dt.timezone.utc)
+    return row
 
 # Errors a statement gets for what it contains, the same however often it is retried. ValueError: psycopg2
 # refuses a NUL in a string; UnicodeError: a text the connection's encoding lacks; TypeError, OverflowError: what

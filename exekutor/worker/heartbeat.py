@@ -27,7 +27,7 @@ import gevent
 
 from exekutor import hooks
 from exekutor.db.pool import ConnectionPool
-from exekutor.db.queries import FAIL_OVER_RESCUED, HEARTBEAT, RESCUE_ORPHANS
+from exekutor.db.queries import FAIL_OVER_RESCUED, HEARTBEAT, RESCUE_ORPHANS, UNBLOCK
 from exekutor.error_records import type_name
 from exekutor.errors import WorkerLost
 from exekutor.worker.component import ErrorStreak
@@ -162,4 +162,7 @@ def rescue_orphans(cursor, worker_id, worker_timeout, max_rescues):
     cursor.execute(RESCUE_ORPHANS, dict(params, dead=dead_ids))
     dead, ownerless, _, released = cursor.fetchone()
     cursor.execute("COMMIT")
+    if released or ownerless or failed:
+        # Their concurrency slots came free with them (migration 0011): the jobs the limits hold back go next.
+        cursor.execute(UNBLOCK, (None,))
     return dead, ownerless, released, failed

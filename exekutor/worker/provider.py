@@ -155,14 +155,8 @@ class Provider(Component):
             if len(rows) >= limit:
                 self._maybe_more = True
             rows.sort(key=lambda row: (row[2], row[6], row[5]))
-            loads = self._loads
-            for (job_id, queue, priority, payload, options, enqueued_at, scheduled_at, attempts, releases,
-                 waited, holds) in rows:
-                self.executor.submit({
-                    "id": job_id, "queue": queue, "priority": priority, "payload": _load_payload(loads, payload),
-                    "options": options or {}, "enqueued_at": enqueued_at, "scheduled_at": scheduled_at,
-                    "attempts": attempts, "releases": releases, "waited": waited, "holds": holds,
-                })
+            for row in rows:
+                self.executor.submit(job_info(row, self._loads))
 
     def _await_batch(self):
         # Greenlets finishing in this loop iteration free up first.
@@ -191,6 +185,15 @@ class Provider(Component):
         received = time.time()
         self.clock_offset = float(database_now) - (sent + received) / 2
         self._next_due = received + float(seconds) if seconds is not None else None
+
+
+def job_info(row, loads):
+    """The job info mapping the executor runs, from a reservation row (RESERVE_JOBS' columns)."""
+    (job_id, queue, priority, payload, options, enqueued_at, scheduled_at, attempts, releases, waited,
+     holds) = row
+    return {"id": job_id, "queue": queue, "priority": priority, "payload": _load_payload(loads, payload),
+            "options": options or {}, "enqueued_at": enqueued_at, "scheduled_at": scheduled_at,
+            "attempts": attempts, "releases": releases, "waited": waited, "holds": holds}
 
 
 def _load_payload(loads, text):

@@ -11,7 +11,7 @@ import logging
 import gevent
 
 from exekutor.db.arrays import array
-from exekutor.db.queries import OWNED_JOBS, RELEASE_UNHELD
+from exekutor.db.queries import OWNED_JOBS, RELEASE_UNHELD, UNBLOCK
 from exekutor.worker.component import Component
 
 logger = logging.getLogger("exekutor")
@@ -76,4 +76,7 @@ class Reconciler(Component):
             ids, attempts = zip(*stray)
             cursor.execute(RELEASE_UNHELD, {"ids": array(ids), "attempts": array(attempts),
                                             "worker_id": self.worker.id})
-            return cursor.fetchone()[0]
+            released = cursor.fetchone()[0]
+            if released:
+                cursor.execute(UNBLOCK, (None,))  # the slots of limited jobs among them came free
+            return released

@@ -28,6 +28,7 @@ import traceback
 
 import gevent
 
+from exekutor.db.queries import UNBLOCK
 from exekutor.error_records import error_record
 from exekutor.errors import JobBlockedError, LoopBlocked
 from exekutor.execution import FAILED, Outcome
@@ -198,6 +199,8 @@ class Watchdog:
         try:
             with self.worker.db(self.worker.heartbeat.own_pool()) as conn, conn.cursor() as cursor:
                 cursor.execute(*completion([outcome], self.worker.id, self.worker.completer.dumps))
+                if info.get("holds"):
+                    cursor.execute(UNBLOCK, (info["holds"],))  # its concurrency slot goes to the next job
         except Exception as failure:  # noqa: BLE001 - then the job runs again elsewhere once the heartbeat stops
             logger.error("exekutor worker %s: could not record the failure of job %s: %s", self.worker.id,
                          info["id"], failure)

@@ -15,7 +15,7 @@ from gevent.event import Event
 from exekutor import config, hooks, log, metrics
 from exekutor.db.green import server_of
 from exekutor.db.pool import ConnectionPool
-from exekutor.db.queries import DELETE_WORKER, REGISTER_WORKER, SET_WORKER_STATUS
+from exekutor.db.queries import DELETE_WORKER, REGISTER_WORKER, SET_WORKER_STATUS, UNBLOCK
 from exekutor.display import configured_database
 from exekutor.errors import ConfigError, DatabaseTimeout, SchemaError
 from exekutor.execution import COMPLETED, DISCARDED, FAILED
@@ -417,6 +417,8 @@ class Worker:
                 try:
                     with self.db() as conn, conn.cursor() as cursor:
                         cursor.execute(DELETE_WORKER, (self.id,))
+                        # Jobs it released may have held concurrency slots: the jobs their limits hold back go next.
+                        cursor.execute(UNBLOCK, (None,))
                     return
                 except Exception as error:  # noqa: BLE001
                     logger.warning("exekutor worker %s: could not delete its row (%s); retrying", self.id, error)

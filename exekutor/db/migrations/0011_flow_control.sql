@@ -58,12 +58,20 @@ ALTER INDEX exekutor_jobs_ready_idx RENAME TO exekutor_jobs_pending_idx;
 -- Held-back jobs, in dequeue order per limit.
 CREATE INDEX exekutor_jobs_blocked_idx ON exekutor_jobs (blocked_on, priority, scheduled_at, enqueued_at)
     WHERE status = 'p' AND blocked_on IS NOT NULL;
+-- The ready jobs of a job-level limit, so that the first refusal holds back the limit's whole due backlog at once
+-- (exekutor_hold_back) instead of a reservation's worth at a time in front of the queue's other jobs.
+CREATE INDEX exekutor_jobs_concurrency_ready_idx ON exekutor_jobs (concurrency_key)
+    WHERE status = 'p' AND blocked_on IS NULL AND concurrency_key IS NOT NULL;
+CREATE INDEX exekutor_jobs_rate_ready_idx ON exekutor_jobs (rate_key)
+    WHERE status = 'p' AND blocked_on IS NULL AND rate_key IS NOT NULL;
 -- Slots: the executing and promoted jobs holding each limit (only limited jobs have entries).
 CREATE INDEX exekutor_jobs_holds_idx ON exekutor_jobs USING gin (holds) WITH (fastupdate = off)
     WHERE status IN ('p', 'e') AND holds IS NOT NULL;
 
--- A job that goes from executing back to pending (retried, released, rescued) gives its slots up: it runs again
--- only through a new admission. Evaluated in C for every update; unlimited jobs never call the function.
+-- A job that becomes pending again (retried, released, rescued; an operator's retry of a finished one) gives its
+-- slots up (a finished row keeps the holds it ran with): it runs again only through a new admission, never as if
+-- it had been promoted. Only a promotion sets holds on a pending row (pending to pending). Evaluated in C for
+-- every update; unlimited jobs never call the function.
 CREATE FUNCTION exekutor_jobs_drop_holds() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     NEW.holds := NULL;
@@ -72,7 +80,7 @@ END
 $$;
 CREATE TRIGGER exekutor_jobs_drop_holds
     BEFORE UPDATE ON exekutor_jobs
-    FOR EACH ROW WHEN (OLD.status = 'e' AND NEW.status = 'p' AND NEW.holds IS NOT NULL)
+    FOR EACH ROW WHEN (OLD.status <> 'p' AND NEW.status = 'p' AND NEW.holds IS NOT NULL)
     EXECUTE FUNCTION exekutor_jobs_drop_holds();
 
 -- The limits of a job, as (key, max, period) rows: period NULL for a concurrency limit, 0 for a pause.
@@ -214,6 +222,12 @@ BEGIN
             -- Slots it was promoted with that it no longer needs (its limits changed meanwhile) come free.
             freed := freed || ARRAY(SELECT unnest(job.holds) EXCEPT SELECT unnest(needed));
             started := started || job.id;
+        ELSIF refusal LIKE 'rate %' THEN
+            -- It keeps the concurrency slots it was promoted with while it waits for its start time (the rate
+            -- limit promotes it then): dropping them would promote the next job of those limits, which the rate
+            -- limit would refuse in turn, round after round.
+            held := held || job.id;
+            held_on := held_on || refusal;
         ELSE
             held := held || job.id;
             held_on := held_on || refusal;
@@ -232,8 +246,9 @@ BEGIN
     RETURNING j.id::text, j.queue::text, j.priority, j.payload::text, j.options, j.enqueued_at, j.scheduled_at,
         j.attempts, j.releases, extract(epoch FROM now() - j.scheduled_at)::float8, j.holds;
 
-    UPDATE exekutor_jobs j SET blocked_on = h.key, holds = NULL
+    UPDATE exekutor_jobs j SET blocked_on = h.key, holds = CASE WHEN h.key LIKE 'rate %' THEN j.holds END
     FROM unnest(held, held_on) AS h(id, key) WHERE j.id = h.id;
+    PERFORM exekutor_hold_back(ARRAY(SELECT DISTINCT k FROM unnest(held_on) AS k));
     -- Slots that came free, limits that just refused a job, and rate limits that just admitted one (their next
     -- start times moved): promote what they have room for now, or schedule it for when they have.
     PERFORM exekutor_unblock_locked(ARRAY(
@@ -272,7 +287,7 @@ BEGIN
                 SELECT b.id FROM exekutor_jobs b WHERE b.status = 'p' AND b.blocked_on = lim.key
                 ORDER BY b.priority, b.scheduled_at, b.enqueued_at LIMIT free FOR UPDATE SKIP LOCKED
             ), moved AS (
-                UPDATE exekutor_jobs j SET blocked_on = NULL, holds = ARRAY[lim.key]
+                UPDATE exekutor_jobs j SET blocked_on = NULL, holds = coalesce(j.holds, '{}') || lim.key
                 FROM next WHERE j.id = next.id
                 RETURNING j.queue, j.priority, j.scheduled_at
             )
@@ -299,7 +314,7 @@ BEGIN
                       ORDER BY b.priority, b.scheduled_at, b.enqueued_at LIMIT cardinality(times)
                       FOR UPDATE SKIP LOCKED) AS b
             ), moved AS (
-                UPDATE exekutor_jobs j SET blocked_on = NULL, holds = ARRAY[lim.key],
+                UPDATE exekutor_jobs j SET blocked_on = NULL, holds = coalesce(j.holds, '{}') || lim.key,
                     scheduled_at = greatest(j.scheduled_at, times[next.n])
                 FROM next WHERE j.id = next.id
                 RETURNING j.queue, j.priority, j.scheduled_at
@@ -311,6 +326,101 @@ BEGIN
         total := total + promoted;
     END LOOP;
     RETURN total;
+END
+$$;
+
+-- The limits `keys` just refused a job (their rows locked by the caller): the rest of their due backlog in the
+-- reservation index is held back too, up to HOLD_BACK_BATCH rows per limit and call, so that the queue's other jobs
+-- behind it are reached by the next reservation instead of after the limit's whole backlog has been walked a
+-- reservation at a time. Jobs promoted with a slot, and rows other reservations hold, are left alone.
+CREATE FUNCTION exekutor_hold_back(keys text[]) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    key text;
+    kind text;
+    subject text;
+    moved integer;
+    total integer := 0;
+BEGIN
+    FOREACH key IN ARRAY keys LOOP
+        kind := split_part(key, ' ', 1) || ' ' || split_part(key, ' ', 2);
+        subject := substr(key, length(kind) + 2);
+        -- One statement per kind, each with a condition its index serves.
+        IF kind = 'concurrency job' THEN
+            UPDATE exekutor_jobs j SET blocked_on = key WHERE j.id IN (
+                SELECT b.id FROM exekutor_jobs b
+                WHERE b.status = 'p' AND b.blocked_on IS NULL AND b.concurrency_key = subject AND b.holds IS NULL
+                  AND b.scheduled_at <= now()
+                LIMIT 5000 FOR UPDATE SKIP LOCKED);
+        ELSIF kind = 'rate job' THEN
+            UPDATE exekutor_jobs j SET blocked_on = key WHERE j.id IN (
+                SELECT b.id FROM exekutor_jobs b
+                WHERE b.status = 'p' AND b.blocked_on IS NULL AND b.rate_key = subject AND b.holds IS NULL
+                  AND b.scheduled_at <= now()
+                LIMIT 5000 FOR UPDATE SKIP LOCKED);
+        ELSE
+            UPDATE exekutor_jobs j SET blocked_on = key WHERE j.id IN (
+                SELECT b.id FROM exekutor_jobs b
+                WHERE b.status = 'p' AND b.queue = subject AND b.scheduled_at <= now() AND b.blocked_on IS NULL
+                  AND b.holds IS NULL
+                LIMIT 5000 FOR UPDATE SKIP LOCKED);
+        END IF;
+        GET DIAGNOSTICS moved = ROW_COUNT;
+        total := total + moved;
+    END LOOP;
+    RETURN total;
+END
+$$;
+
+-- Slot handoff: the finished jobs of one completion statement freed one slot each of `keys` (repeated per slot);
+-- each slot goes straight to the next job that limit holds back, started for `worker` in the same statement, so a
+-- limit stays full without a promotion, a notification and a reservation between two runs. The number of slots
+-- taken does not change (one job leaves executing and one enters, in one commit), so no limit row is locked. Only
+-- jobs whose one limit is that slot qualify (no rate limit, no second concurrency limit, queue not paused); other
+-- slots are promoted the usual way. At most `max_jobs` (the worker's free greenlets), of the worker's queues and
+-- priorities. Returns the started jobs as a JSON array of reservation rows (times as epoch seconds), or NULL.
+CREATE FUNCTION exekutor_handoff(keys text[], worker uuid, queues text[], min_priority integer,
+                                 max_priority integer, max_jobs integer) RETURNS json LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    slot record;
+    taken integer := 0;
+    started json;
+    chosen uuid[] := '{}';
+    chosen_keys text[] := '{}';
+BEGIN
+    FOR slot IN SELECT k.key, count(*)::integer AS n FROM unnest(keys) AS k(key) GROUP BY k.key ORDER BY k.key LOOP
+        EXIT WHEN taken >= max_jobs;
+        WITH next AS (
+            SELECT j.id FROM exekutor_jobs j
+            WHERE j.status = 'p' AND j.blocked_on = slot.key AND j.scheduled_at <= now() AND j.rate_key IS NULL
+              AND (queues IS NULL OR j.queue = ANY(queues)) AND j.priority BETWEEN min_priority AND max_priority
+              AND CASE WHEN slot.key LIKE 'concurrency job %'
+                       THEN NOT EXISTS (SELECT 1 FROM exekutor_queues q WHERE q.name = j.queue
+                                        AND (q.paused_at IS NOT NULL OR q.concurrency IS NOT NULL
+                                             OR q.rate_limit IS NOT NULL))
+                       ELSE j.concurrency_key IS NULL AND NOT EXISTS (
+                           SELECT 1 FROM exekutor_queues q WHERE q.name = j.queue
+                           AND (q.paused_at IS NOT NULL OR q.rate_limit IS NOT NULL)) END
+            ORDER BY j.priority, j.scheduled_at, j.enqueued_at
+            LIMIT least(slot.n, max_jobs - taken)
+            FOR UPDATE SKIP LOCKED)
+        SELECT chosen || array_agg(id), chosen_keys || array_agg(slot.key) INTO chosen, chosen_keys FROM next;
+        chosen := coalesce(chosen, '{}');
+        chosen_keys := coalesce(chosen_keys, '{}');
+        taken := cardinality(chosen);
+    END LOOP;
+    IF taken = 0 THEN
+        RETURN NULL;
+    END IF;
+    WITH moved AS (
+        UPDATE exekutor_jobs j SET status = 'e', worker_id = worker, attempts = j.attempts + 1, started_at = now(),
+            blocked_on = NULL, holds = ARRAY[c.key]
+        FROM unnest(chosen, chosen_keys) AS c(id, key) WHERE j.id = c.id
+        RETURNING json_build_array(j.id::text, j.queue, j.priority, j.payload::text, j.options,
+            extract(epoch FROM j.enqueued_at), extract(epoch FROM j.scheduled_at), j.attempts, j.releases,
+            extract(epoch FROM now() - j.scheduled_at), j.holds) AS job)
+    SELECT json_agg(job) INTO started FROM moved;
+    RETURN started;
 END
 $$;
 
