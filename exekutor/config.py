@@ -120,6 +120,7 @@ def _parse_queues(value, unit=None):
     """A list of queue names, or a mapping of queue names to their limits (JSON in env/INI):
     {name: {concurrency: N, rate_limit: '100/m'} or none}. Limits are checked here, so a bad one stops `start`."""
     from exekutor.flow import check_queue_settings
+    from exekutor.jobs import check_queue
 
     if isinstance(value, str) and value.strip().startswith("{"):
         try:
@@ -129,7 +130,9 @@ def _parse_queues(value, unit=None):
                 from None
     if isinstance(value, dict):
         try:
-            return {str(name): check_queue_settings(str(name), settings) for name, settings in value.items()}
+            # Names checked as enqueue checks them (NUL, lone surrogates): the worker writes them at its start.
+            return {check_queue(str(name)): check_queue_settings(str(name), settings)
+                    for name, settings in value.items()}
         except ValueError as error:
             raise ValueProblem(str(error)) from None
     return _parse_list(value)

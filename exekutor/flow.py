@@ -43,11 +43,12 @@ def check_rate_limit(value):
         return value
     match = _RATE.fullmatch(value.lower()) if isinstance(value, str) else None
     if match is None or match.group(2) not in PERIODS:
-        raise ValueError(f"invalid rate_limit {value!r}: expected N per second, minute or hour, like '10/s', "
+        raise ValueError(f"invalid rate_limit {shown(value)}: expected N per second, minute or hour, like '10/s', "
                          f"'100/m' or '5000/h'")
-    count = int(match.group(1))
+    # Past 6 digits it is out of range anyway, and int() of 4,301 digits raises Python's own error, not ours.
+    count = int(match.group(1)) if len(match.group(1)) <= 6 else MAX_LIMIT + 1
     if not 1 <= count <= MAX_LIMIT:
-        raise ValueError(f"invalid rate_limit {value!r}: the count must be from 1 to {MAX_LIMIT:,}")
+        raise ValueError(f"invalid rate_limit {shown(value)}: the count must be from 1 to {MAX_LIMIT:,}")
     return RateLimit(count, PERIODS[match.group(2)])
 
 
@@ -56,7 +57,7 @@ def check_concurrency(value):
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_LIMIT:
-        raise ValueError(f"invalid concurrency {value!r}: expected an integer from 1 to {MAX_LIMIT:,}")
+        raise ValueError(f"invalid concurrency {shown(value)}: expected an integer from 1 to {MAX_LIMIT:,}")
     return value
 
 
@@ -68,14 +69,25 @@ def check_key_rule(what):
             return value
         if isinstance(value, str):
             return check_key(what, value)
-        raise ValueError(f"invalid {what} {value!r}: expected a callable (*args, **kwargs) -> str, or a str")
+        raise ValueError(f"invalid {what} {shown(value)}: expected a callable (*args, **kwargs) -> str, or a str")
 
     return check
 
 
+def shown(value, limit=80):
+    """A user's value in an error message: its repr on one line, cut at `limit` characters, and never an error of
+    its own (a repr may raise, span lines or run to megabytes, and an int past 4,300 digits has none)."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - whatever a user's __repr__ raises
+        text = f"<{type(value).__name__} object>"
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit + 1])
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def check_key(what, value):
     if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH:
-        raise ValueError(f"invalid {what} {str(value)[:80]!r}: expected a non-empty str of at most "
+        raise ValueError(f"invalid {what} {shown(value)}: expected a non-empty str of at most "
                          f"{MAX_KEY_LENGTH} characters")
     problem = text_problem(value)
     if problem:
@@ -110,20 +122,22 @@ def _key(name, what, rule, args, kwargs):
         return name
     derived = rule(*(args or ()), **(kwargs or {})) if callable(rule) else rule
     if not isinstance(derived, str):
-        raise TypeError(f"the {what}= callable of job {name} returned {derived!r}: expected a str")
+        raise TypeError(f"the {what}= callable of job {name} returned {shown(derived)}: expected a str")
     return check_key(what, f"{name}:{derived}")
 
 
 def check_queue_settings(name, settings):
     """The limits of one queue from config (`queues: {NAME: {concurrency: N, rate_limit: '100/m'}}`):
     {'concurrency': int or None, 'rate_limit': RateLimit or None}."""
+    name = name if name.isprintable() else shown(name)  # a name with a line break must not break the message
     if settings is None:
         settings = {}
     if not isinstance(settings, dict):
-        raise ValueError(f"queue {name}: expected a mapping with concurrency and/or rate_limit, got {settings!r}")
+        raise ValueError(f"queue {name}: expected a mapping with concurrency and/or rate_limit, got {shown(settings)}")
     unknown = sorted(set(settings) - {"concurrency", "rate_limit"})
     if unknown:
-        raise ValueError(f"queue {name}: unknown setting {unknown[0]!r} (a queue takes concurrency and rate_limit)")
+        raise ValueError(f"queue {name}: unknown setting {shown(unknown[0])} (a queue takes concurrency and "
+                         f"rate_limit)")
     try:
         return {"concurrency": check_concurrency(settings.get("concurrency")),
                 "rate_limit": check_rate_limit(settings.get("rate_limit"))}

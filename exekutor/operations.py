@@ -224,6 +224,9 @@ WITH picked AS (
 ), retried AS (
     UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL, started_at = NULL, finished_at = NULL,
         runtime = NULL, cancel_requested_at = NULL, enqueued_at = now(),
+        -- Flow control (0011): a finished row keeps the slots of its last run in `holds`; pending with them it
+        -- would count as holding them already and start over the limit. It goes through a new admission.
+        holds = NULL, blocked_on = NULL,
         unique_key = CASE WHEN %(keep_keys)s THEN j.unique_key END,
         scheduled_at = coalesce(%(at)s::timestamptz, now()),
         options = coalesce(j.options, '{{}}'::jsonb) || jsonb_build_object('retry_base', j.attempts), releases = 0
@@ -307,6 +310,8 @@ def cancel(conn, job_ids=None, job_filter=None):
         pending, executing, _ = _run_action(conn, statement, params)
         result.cancelled += pending
         result.interrupting += executing
+        if pending and conn.autocommit:
+            _run_action(conn, _UNBLOCK_CANCELLED, {"ids": pending})
         if len(pending) + len(executing) < ACTION_BATCH or job_ids is not None:
             break
     if result.cancelled and conn.autocommit:
@@ -316,6 +321,17 @@ def cancel(conn, job_ids=None, job_filter=None):
         with conn.cursor() as cursor:
             cursor.execute(UNBLOCK, (None,))
     return result
+
+
+# Flow control (0011): a pending job promoted into a free slot holds it (`holds`); discarded by a cancel, it gives
+# the slot up, and the next job its limit holds back gets it now (else it waited for a worker's poll sweep, a minute
+# by default). After the cancel's statement, so that the promotion sees the slot free; not in a caller's
+# transaction, which would hold the limits' locks (and stall every reservation of them) until it commits, and in
+# which the slot is not free for anyone else yet: there the workers' poll sweep promotes.
+_UNBLOCK_CANCELLED = """
+SELECT exekutor_unblock(ARRAY(SELECT DISTINCT k FROM exekutor_jobs, unnest(holds) AS k
+                              WHERE id = ANY(%(ids)s::uuid[]) AND holds IS NOT NULL ORDER BY k))
+"""
 
 
 def _action_batches(template, scope, job_ids, job_filter):

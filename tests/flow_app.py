@@ -67,3 +67,11 @@ def rated(tag, key="rate", seconds=0.0):
 @exekutor.job(name="flow.free")
 def free(tag, key="free", seconds=0.0):
     _run(tag, key, seconds)
+
+
+@exekutor.job(name="flow.prop", retry=exekutor.Retry(attempts=3, backoff="fixed", wait=0.05))
+def prop(tag, seconds=0.0, failures=0):
+    """The property tests' job (limits given per enqueue with .set()): runs `seconds`, and raises in its first
+    `failures` runs (3 attempts: failures >= 3 ends it failed)."""
+    earlier = _execute("SELECT count(*) FROM flow_runs WHERE tag = %s", (tag,))[0]
+    _run(tag, "prop", seconds, fail=earlier < failures)
