@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import psycopg2.errors
 
-from exekutor.db.queries import CANCEL_CHANNEL, UNBLOCK
+from exekutor.db.queries import CANCEL_CHANNEL
 from exekutor.flow import describe
 from exekutor.jobs import check_job_name, check_queue
 
@@ -224,9 +224,6 @@ WITH picked AS (
 ), retried AS (
     UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL, started_at = NULL, finished_at = NULL,
         runtime = NULL, cancel_requested_at = NULL, enqueued_at = now(),
-        -- Flow control (0011): a finished row keeps the slots of its last run in `holds`; pending with them it
-        -- would count as holding them already and start over the limit. It goes through a new admission.
-        holds = NULL, blocked_on = NULL,
         unique_key = CASE WHEN %(keep_keys)s THEN j.unique_key END,
         scheduled_at = coalesce(%(at)s::timestamptz, now()),
         options = coalesce(j.options, '{{}}'::jsonb) || jsonb_build_object('retry_base', j.attempts), releases = 0
@@ -314,12 +311,6 @@ def cancel(conn, job_ids=None, job_filter=None):
             _run_action(conn, _UNBLOCK_CANCELLED, {"ids": pending})
         if len(pending) + len(executing) < ACTION_BATCH or job_ids is not None:
             break
-    if result.cancelled and conn.autocommit:
-        # A cancelled job a limit had promoted gave its slot up: the next held-back job takes it now, not at the
-        # workers' next sweep. (Inside the caller's transaction the sweep does it: this would hold the limits'
-        # locks until the caller commits.)
-        with conn.cursor() as cursor:
-            cursor.execute(UNBLOCK, (None,))
     return result
 
 
