@@ -42,6 +42,12 @@ def _limited(tag):
     return flow_app.prop.set(concurrency=1, concurrency_key="k").perform_later(tag).id
 
 
+def _worker_row(conn, queues=None):
+    """A live worker's row (promotions go only to jobs of queues a live worker takes)."""
+    scalar(conn, "INSERT INTO exekutor_workers (hostname, pid, status, queues) VALUES ('test', 1, 'r', %s) "
+                 "RETURNING 1", (queues,))
+
+
 def _start(conn, job_id):
     """What a reservation does with a limited candidate: lock it, admit it or hold it back. True if admitted."""
     with conn.cursor() as cursor:
@@ -69,6 +75,7 @@ def test_cancelling_a_promoted_job_lets_the_next_held_back_job_go(db):
     on the limit must get it at once, not at a worker's next poll sweep (a minute by default)."""
     from exekutor import operations
 
+    _worker_row(db)
     running, promoted, waiting = _limited("running"), _limited("promoted"), _limited("waiting")
     assert _start(db, running)
     assert not _start(db, promoted) and not _start(db, waiting)
@@ -79,27 +86,33 @@ def test_cancelling_a_promoted_job_lets_the_next_held_back_job_go(db):
     assert scalar(db, "SELECT blocked_on FROM exekutor_jobs WHERE id = %s", (waiting,)) is None
 
 
-@pytest.mark.xfail(strict=True, reason="open: a promoted job keeps its slot for as long as no worker reserves it "
-                                       "(see the test's docstring); it needs a design decision, not a local fix")
 def test_a_promoted_job_of_a_queue_no_worker_serves_does_not_starve_its_key_in_other_queues(db):
-    """A concurrency key shared by jobs of two queues: the job promoted into the free slot is in a queue whose workers
-    are gone (stopped, scaled down, or never started for it), so nobody reserves it, and it holds the slot while it
-    is pending, for as long as that lasts. The key's jobs in the queue that has workers then never run, though none
-    of the key runs: the limit admits 0 instead of N. (The poll sweep cannot help: it counts the promoted job.)"""
+    """A concurrency key shared by jobs of two queues. A job promoted into the free slot holds it while it is pending:
+    one of a queue whose workers are gone (stopped, scaled down, or never started for it) would hold it for as long
+    as that lasts, and the key's jobs in the queue that has workers would never run. So promotions go only to jobs
+    some live worker takes, and a promoted job whose workers left is held back again by the next promotion."""
     def limited(tag, queue):
         return flow_app.prop.set(concurrency=1, concurrency_key="shared", queue=queue).perform_later(tag).id
 
+    _worker_row(db, ["fast"])
     running = limited("running", "fast")
     assert _start(db, running)
     orphaned, served = limited("orphaned", "slow"), limited("served", "fast")  # dequeue order: orphaned first
     assert not _start(db, orphaned) and not _start(db, served)
     scalar(db, "UPDATE exekutor_jobs SET status = 'c', finished_at = now() WHERE id = %s RETURNING 1", (running,))
     scalar(db, "SELECT exekutor_unblock(ARRAY['concurrency job flow.prop:shared'])")
-    holds = scalar(db, "SELECT holds FROM exekutor_jobs WHERE id = %s", (orphaned,))
-    assert holds == ["concurrency job flow.prop:shared"]
-    # A long time later, with only workers of queue "fast", and their poll sweeps:
-    scalar(db, "UPDATE exekutor_jobs SET scheduled_at = now() - interval '1 hour', enqueued_at = now() - interval "
-               "'1 hour' WHERE id = %s RETURNING 1", (orphaned,))
+    assert scalar(db, "SELECT blocked_on IS NULL FROM exekutor_jobs WHERE id = %s", (served,))
+    assert scalar(db, "SELECT holds FROM exekutor_jobs WHERE id = %s", (orphaned,)) is None
+    # A job promoted while its queue had a worker, whose worker then left: the sweep holds it back again.
+    assert _start(db, served)
+    scalar(db, "UPDATE exekutor_jobs SET status = 'c', finished_at = now() WHERE id = %s RETURNING 1", (served,))
+    scalar(db, "UPDATE exekutor_workers SET queues = ARRAY['fast', 'slow'] RETURNING 1")
     scalar(db, "SELECT exekutor_unblock(NULL)")
-    assert scalar(db, "SELECT blocked_on IS NULL FROM exekutor_jobs WHERE id = %s", (served,)), \
-        "the job of the served queue is still held back by the slot of a job nobody reserves"
+    assert scalar(db, "SELECT holds FROM exekutor_jobs WHERE id = %s", (orphaned,)) == \
+        ["concurrency job flow.prop:shared"]
+    scalar(db, "UPDATE exekutor_workers SET queues = ARRAY['fast'] RETURNING 1")
+    later = limited("later", "fast")
+    assert not _start(db, later)
+    scalar(db, "SELECT exekutor_unblock(NULL)")
+    assert scalar(db, "SELECT blocked_on FROM exekutor_jobs WHERE id = %s", (orphaned,)) is not None
+    assert scalar(db, "SELECT blocked_on IS NULL FROM exekutor_jobs WHERE id = %s", (later,))

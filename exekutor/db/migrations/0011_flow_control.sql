@@ -261,9 +261,16 @@ BEGIN
 END
 $$;
 
--- Promote held-back jobs of `keys` (their limit rows locked by the caller) into the reservation index, as many as
--- each limit has room for: free concurrency slots (the promoted job takes its slot now), or, for a rate limit, the
--- start times its window allows within one period, each job scheduled at its own (jobs already promoted and not
+-- Whether a live worker takes jobs of this queue and priority: promotions go only to jobs some worker will reserve.
+CREATE FUNCTION exekutor_served(job_queue text, job_priority integer) RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM exekutor_workers w
+                   WHERE w.status IN ('i', 'r') AND (w.queues IS NULL OR job_queue = ANY(w.queues))
+                     AND job_priority BETWEEN coalesce(w.min_priority, 1) AND coalesce(w.max_priority, 32767))
+$$;
+
+-- Promote held-back jobs of `keys` (their limit rows locked by the caller) into the reservation index, jobs of queues
+-- a live worker takes, as many as each limit has room for: free concurrency slots (the promoted job takes its slot
+-- now), or, for a rate limit, the start times its window allows within one period, each job scheduled at its own (jobs already promoted and not
 -- started keep theirs). Paused-queue keys are promoted whole when the queue is no longer paused. Returns how many
 -- jobs were promoted, and tells the workers.
 CREATE FUNCTION exekutor_unblock_locked(keys text[]) RETURNS integer LANGUAGE plpgsql AS $$
@@ -278,6 +285,11 @@ BEGIN
     FOR lim IN SELECT l.key, l.max, l.period, l.starts FROM exekutor_limits l
                WHERE l.key = ANY(keys) AND l.key NOT LIKE 'paused %' ORDER BY l.key
     LOOP
+        -- A promoted job that no live worker takes (its queue's workers stopped) would keep its slot for as long as
+        -- that lasts, and the limit's jobs of served queues would wait with it: it is held back again.
+        UPDATE exekutor_jobs j SET blocked_on = lim.key, holds = NULL
+        WHERE j.status = 'p' AND j.blocked_on IS NULL AND j.holds @> ARRAY[lim.key]
+          AND NOT exekutor_served(j.queue, j.priority);
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM exekutor_jobs b WHERE b.status = 'p' AND b.blocked_on = lim.key);
         IF lim.period IS NULL THEN
             free := lim.max - (SELECT count(*) FROM exekutor_jobs h
@@ -285,6 +297,7 @@ BEGIN
             CONTINUE WHEN free <= 0;
             WITH next AS (
                 SELECT b.id FROM exekutor_jobs b WHERE b.status = 'p' AND b.blocked_on = lim.key
+                  AND exekutor_served(b.queue, b.priority)
                 ORDER BY b.priority, b.scheduled_at, b.enqueued_at LIMIT free FOR UPDATE SKIP LOCKED
             ), moved AS (
                 UPDATE exekutor_jobs j SET blocked_on = NULL, holds = coalesce(j.holds, '{}') || lim.key
@@ -310,7 +323,7 @@ BEGIN
             WITH next AS (
                 SELECT b.id, row_number() OVER (ORDER BY b.priority, b.scheduled_at, b.enqueued_at) AS n
                 FROM (SELECT b.id, b.priority, b.scheduled_at, b.enqueued_at FROM exekutor_jobs b
-                      WHERE b.status = 'p' AND b.blocked_on = lim.key
+                      WHERE b.status = 'p' AND b.blocked_on = lim.key AND exekutor_served(b.queue, b.priority)
                       ORDER BY b.priority, b.scheduled_at, b.enqueued_at LIMIT cardinality(times)
                       FOR UPDATE SKIP LOCKED) AS b
             ), moved AS (
