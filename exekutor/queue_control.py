@@ -28,6 +28,7 @@ _RELEASE_PAUSED = """
 SELECT exekutor_unblock(ARRAY['paused queue ' || %(name)s]),
        exekutor_notify_pending(ARRAY[%(name)s::text], ARRAY[1], ARRAY[now()])
 """
+_WAKE_WORKERS = "SELECT exekutor_notify_pending(ARRAY[%(name)s::text], ARRAY[1], ARRAY[now()])"
 _SET_LIMITS = """
 INSERT INTO exekutor_queues AS q (name, concurrency, rate_limit, rate_period) VALUES (%s, %s, %s, %s)
 ON CONFLICT (name) DO UPDATE SET concurrency = EXCLUDED.concurrency, rate_limit = EXCLUDED.rate_limit,
@@ -64,7 +65,9 @@ def pause_queue(name, connection=None):
 
 
 def resume_queue(name, connection=None):
-    """Resume a paused queue: its jobs start again at once. True if it was paused, False if it was not."""
+    """Resume a paused queue: its jobs start again at once. True if it was paused, False if it was not. With
+    `connection`, inside its transaction, the jobs the pause held back go at the workers' next poll (their sweep),
+    the others at its commit."""
     from exekutor.enqueue import on_connection
 
     check_queue(name)
@@ -73,7 +76,10 @@ def resume_queue(name, connection=None):
         with conn.cursor() as cursor:
             cursor.execute(_RESUME, {"name": name})
             resumed = bool(cursor.fetchone()[0])
-            cursor.execute(_RELEASE_PAUSED, {"name": name})
+            # In a caller's transaction only the workers' wake-up (sent at its commit): letting the held-back jobs go
+            # takes the pause's limit row, which every reservation meeting a job of the queue waits for, until the
+            # caller commits. The workers' poll sweep lets them go then.
+            cursor.execute(_RELEASE_PAUSED if conn.autocommit else _WAKE_WORKERS, {"name": name})
             return resumed
 
     return on_connection(connection, run)

@@ -79,3 +79,28 @@ def test_pause_and_resume_apply_within_a_second_and_survive_a_worker_restart(slo
     _check_paused(slots, paused_at, seconds=3.0)
     assert [s["name"] for s in exekutor.queue_states() if s["paused"]] == ["default"]
     _check_resumed(slots, _resume(slots))
+
+
+def test_a_resume_inside_a_callers_transaction_does_not_make_reservations_wait_for_it(db, database_url):
+    """The pause's limit row is what a reservation meeting a job of a paused queue locks; a resume in a caller's
+    transaction must not hold it until the caller commits (every worker's reservations would wait)."""
+    import uuid
+
+    import psycopg2
+
+    import exekutor
+
+    exekutor.pause_queue("default")
+    job_id = flow_app.free.perform_later("held").id
+    caller = psycopg2.connect(database_url)
+    try:
+        assert exekutor.resume_queue("default", connection=caller) is True
+        with psycopg2.connect(database_url) as reservation, reservation.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")
+            cursor.execute("SELECT id FROM exekutor_jobs WHERE id = %s FOR UPDATE", (job_id,))
+            cursor.execute("SELECT count(*) FROM exekutor_start_limited(ARRAY[%s]::uuid[], %s)",
+                           (job_id, str(uuid.uuid4())))  # the queue is still paused for it: held back, no wait
+        caller.commit()
+    finally:
+        caller.close()
+    assert scalar(db, "SELECT paused_at FROM exekutor_queues WHERE name = 'default'") is None
