@@ -24,6 +24,14 @@ WITH resumed AS (
 )
 SELECT (SELECT count(*) FROM resumed)
 """
+# Between the two, in transactions of their own: wait for the reservations that read the queue as paused before
+# the resume committed (they hold the lock of the pause's limit row, migration 0011, until they commit), so that
+# the release sees the jobs they held back. The insert waits for one that is creating the row.
+_AWAIT_RESERVATIONS = (
+    "INSERT INTO exekutor_limits (key, max, period) VALUES ('paused queue ' || %(name)s, 0, 0) "
+    "ON CONFLICT (key) DO NOTHING",
+    "SELECT 1 FROM exekutor_limits WHERE key = 'paused queue ' || %(name)s FOR UPDATE",
+)
 _RELEASE_PAUSED = """
 SELECT exekutor_unblock(ARRAY['paused queue ' || %(name)s]),
        exekutor_notify_pending(ARRAY[%(name)s::text], ARRAY[1], ARRAY[now()])
@@ -73,6 +81,11 @@ def resume_queue(name, connection=None):
         with conn.cursor() as cursor:
             cursor.execute(_RESUME, {"name": name})
             resumed = bool(cursor.fetchone()[0])
+            if conn.autocommit:
+                # In a caller's transaction the lock would stall those reservations until it commits (and the
+                # resume is not visible to them before): there the workers' poll sweep catches what they hold back.
+                for statement in _AWAIT_RESERVATIONS:
+                    cursor.execute(statement, {"name": name})
             cursor.execute(_RELEASE_PAUSED, {"name": name})
             return resumed
 
