@@ -24,11 +24,18 @@ WITH resumed AS (
 )
 SELECT (SELECT count(*) FROM resumed)
 """
+# Between the two, in transactions of their own: wait for the reservations that read the queue as paused before
+# the resume committed (they hold the lock of the pause's limit row, migration 0011, until they commit), so that
+# the release sees the jobs they held back. The insert waits for one that is creating the row.
+_AWAIT_RESERVATIONS = (
+    "INSERT INTO exekutor_limits (key, max, period) VALUES ('paused queue ' || %(name)s, 0, 0) "
+    "ON CONFLICT (key) DO NOTHING",
+    "SELECT 1 FROM exekutor_limits WHERE key = 'paused queue ' || %(name)s FOR UPDATE",
+)
 _RELEASE_PAUSED = """
 SELECT exekutor_unblock(ARRAY['paused queue ' || %(name)s]),
        exekutor_notify_pending(ARRAY[%(name)s::text], ARRAY[1], ARRAY[now()])
 """
-_WAKE_WORKERS = "SELECT exekutor_notify_pending(ARRAY[%(name)s::text], ARRAY[1], ARRAY[now()])"
 _SET_LIMITS = """
 INSERT INTO exekutor_queues AS q (name, concurrency, rate_limit, rate_period) VALUES (%s, %s, %s, %s)
 ON CONFLICT (name) DO UPDATE SET concurrency = EXCLUDED.concurrency, rate_limit = EXCLUDED.rate_limit,
@@ -66,8 +73,8 @@ def pause_queue(name, connection=None):
 
 def resume_queue(name, connection=None):
     """Resume a paused queue: its jobs start again at once. True if it was paused, False if it was not. With
-    `connection`, inside its transaction, the jobs the pause held back go at the workers' next poll (their sweep),
-    the others at its commit."""
+    `connection`, inside its transaction: at its commit (jobs a reservation was holding back on the pause at that
+    moment go at the workers' next poll)."""
     from exekutor.enqueue import on_connection
 
     check_queue(name)
@@ -76,10 +83,12 @@ def resume_queue(name, connection=None):
         with conn.cursor() as cursor:
             cursor.execute(_RESUME, {"name": name})
             resumed = bool(cursor.fetchone()[0])
-            # In a caller's transaction only the workers' wake-up (sent at its commit): letting the held-back jobs go
-            # takes the pause's limit row, which every reservation meeting a job of the queue waits for, until the
-            # caller commits. The workers' poll sweep lets them go then.
-            cursor.execute(_RELEASE_PAUSED if conn.autocommit else _WAKE_WORKERS, {"name": name})
+            if conn.autocommit:
+                # In a caller's transaction the lock would stall those reservations until it commits (and the
+                # resume is not visible to them before): there the workers' poll sweep catches what they hold back.
+                for statement in _AWAIT_RESERVATIONS:
+                    cursor.execute(statement, {"name": name})
+            cursor.execute(_RELEASE_PAUSED, {"name": name})
             return resumed
 
     return on_connection(connection, run)

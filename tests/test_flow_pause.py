@@ -47,6 +47,7 @@ def _check_paused(db, paused_at, seconds=2.0):
              "the paused window to pass")
     late = scalar(db, "SELECT max(admitted_at) - %s FROM flow_slots WHERE queue = 'default' AND admitted_at > %s",
                   (paused_at, paused_at))
+    print(f"last admission after the pause: {late}")
     assert late is None or late <= GUARANTEE, f"a job of the paused queue started {late} after the pause"
     assert scalar(db, "SELECT count(*) FROM exekutor_jobs WHERE status = 'p'") > 0, "no backlog: proves nothing"
 
@@ -55,6 +56,7 @@ def _check_resumed(db, resumed_at):
     wait_for(lambda: _admissions_since(db, resumed_at), 10, "a job to start after the resume")
     first = scalar(db, "SELECT min(admitted_at) - %s FROM flow_slots WHERE queue = 'default' AND admitted_at > %s",
                    (resumed_at, resumed_at))
+    print(f"first admission after the resume: {first}")
     assert first <= GUARANTEE, f"the first job started {first} after the resume"
 
 

@@ -38,6 +38,33 @@ def test_a_resume_racing_a_reservation_that_holds_jobs_back_on_the_pause_lets_th
     assert scalar(db, "SELECT blocked_on FROM exekutor_jobs WHERE id = %s", (job_id,)) is None
 
 
+def test_a_resume_lets_go_a_held_job_whose_row_another_transaction_locks_for_a_moment(db, database_url):
+    """A reservation's candidate scan that met the job just as it was held back keeps the row locked until the
+    reservation ends (PostgreSQL keeps a lock taken for a row that then fails its re-check). A resume's release
+    that skipped locked rows left such a job held back after the resume, until a worker's poll sweep (found by the
+    long profile of tests/test_flow_properties.py). It waits for the row instead."""
+    exekutor.pause_queue("default")
+    job_id = flow_app.free.perform_later("held").id
+    with db.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM exekutor_start_limited(ARRAY[%s]::uuid[], %s)",
+                       (job_id, str(uuid.uuid4())))
+    assert scalar(db, "SELECT blocked_on FROM exekutor_jobs WHERE id = %s", (job_id,)) == "paused queue default"
+    locker = psycopg2.connect(database_url)
+    try:
+        with locker.cursor() as cursor:
+            cursor.execute("SELECT id FROM exekutor_jobs WHERE id = %s FOR UPDATE", (job_id,))
+        resumed = []
+        resume = threading.Thread(target=lambda: resumed.append(exekutor.resume_queue("default")))
+        resume.start()
+        resume.join(1.0)
+        locker.commit()
+        resume.join(30)
+        assert resumed == [True]
+    finally:
+        locker.close()
+    assert scalar(db, "SELECT blocked_on FROM exekutor_jobs WHERE id = %s", (job_id,)) is None
+
+
 def _limited(tag):
     return flow_app.prop.set(concurrency=1, concurrency_key="k").perform_later(tag).id
 

@@ -124,10 +124,11 @@ $$;
 
 -- Lock the limit rows of `keys` in key order (creating the missing ones), with their max and period as given.
 -- A paused queue has its row too (max 0, period 0, never counted): a reservation that holds jobs back on the
--- pause holds that row's lock until it commits, and the resume's release (exekutor_unblock) takes it before it
--- looks for them. Without it, a resume committing while such a reservation was still open read the jobs before
--- the reservation committed, found none held back, and they waited for a worker's poll sweep (a minute by
--- default; found by tests/test_flow_properties.py, reduced in tests/test_flow_races.py).
+-- pause holds that row's lock until it commits, and a resume takes it (in a transaction of its own, after its
+-- update committed: queue_control.resume_queue) before its release looks for them. Without it, a resume
+-- committing while such a reservation was still open read the jobs before the reservation committed, found none
+-- held back, and they waited for a worker's poll sweep (a minute by default; found by
+-- tests/test_flow_properties.py, reduced in tests/test_flow_races.py).
 CREATE FUNCTION exekutor_lock_limits(keys text[], maxes integer[], periods integer[]) RETURNS void
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -477,24 +478,20 @@ BEGIN
                 FROM blocked b WHERE b.key IS NOT NULL)
             SELECT key FROM blocked WHERE key IS NOT NULL);
     END IF;
-    -- The locks first (a paused queue's row created if missing, as exekutor_lock_limits does: an insert waits
-    -- for a reservation inserting it), then the jobs held back on a pause that is over, read after the locks: so
-    -- a reservation that held jobs back on the pause before a resume committed is waited for, and its jobs seen.
-    INSERT INTO exekutor_limits (key, max, period)
-    SELECT k, 0, 0 FROM unnest(keys) AS k WHERE k LIKE 'paused queue %' ORDER BY k
-    ON CONFLICT (key) DO NOTHING;
-    PERFORM 1 FROM exekutor_limits WHERE key = ANY(keys) ORDER BY key FOR UPDATE;
+    -- The jobs of pauses that are over first, waiting for their rows (lock order: job rows, then limit rows; a
+    -- reservation whose candidate scan met a held job keeps its row locked until it ends, and a release that
+    -- skipped it left it held back). A resume waits for the reservations that saw the pause before it calls
+    -- this (queue_control.resume_queue). Paused-queue rows are not locked here: unblock_locked skips them.
     resumed := exekutor_resume_held(ARRAY(
         SELECT k FROM unnest(keys) AS k
         WHERE k LIKE 'paused queue %' AND NOT EXISTS (
             SELECT 1 FROM exekutor_queues q WHERE 'paused queue ' || q.name = k AND q.paused_at IS NOT NULL)));
+    PERFORM 1 FROM exekutor_limits WHERE key = ANY(keys) AND key NOT LIKE 'paused %' ORDER BY key FOR UPDATE;
     RETURN resumed + exekutor_unblock_locked(keys);
 END
 $$;
 
--- The jobs a pause held back go back to the reservation index once their queue is no longer paused. Called with
--- the limits' locks held (exekutor_unblock), so it skips job rows another transaction locks rather than wait for
--- them (lock order: job rows, then limit rows); one that is locked is being cancelled, or let go by another call.
+-- The jobs a pause held back go back to the reservation index once their queue is no longer paused.
 CREATE FUNCTION exekutor_resume_held(keys text[]) RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     moved integer;
@@ -502,8 +499,7 @@ DECLARE
 BEGIN
     WITH resumed AS (
         UPDATE exekutor_jobs j SET blocked_on = NULL
-        WHERE j.id IN (SELECT b.id FROM exekutor_jobs b WHERE b.status = 'p' AND b.blocked_on = ANY(keys)
-                       FOR UPDATE SKIP LOCKED)
+        WHERE j.status = 'p' AND j.blocked_on = ANY(keys)
         RETURNING j.queue, j.priority, j.scheduled_at
     )
     SELECT count(*), exekutor_notify_pending(array_agg(queue::text), array_agg(priority::integer),
