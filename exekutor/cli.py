@@ -406,7 +406,7 @@ def restart(shutdown_timeout, **params):
 
     plan = _prepare_start(dict(params, daemonize=True))
     timeout = _shutdown_timeout(shutdown_timeout)
-    if daemon.stop([plan.pidfile], timeout, click.echo):
+    if daemon.stop([plan.pidfile], timeout, click.echo, missing_ok=True):
         _fail("the running worker could not be stopped; not starting a new one", EXIT_FAILURE)
     sys.exit(_launch(plan))
 

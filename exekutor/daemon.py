@@ -370,7 +370,7 @@ def _not_the_holder(target, echo):
          f"holds the lock); not signalling anything", err=True)
 
 
-def _targets(paths, echo):
+def _targets(paths, echo, missing_ok=False):
     """The running workers of these pidfiles; stale pidfiles are removed on the way."""
     targets, failures = [], 0
     for path in paths:
@@ -401,6 +401,8 @@ def _targets(paths, echo):
         elif state == "stale":
             remove_stale(path)
             echo(f"{path}: the worker (pid {pid}) was not running; removed the stale pidfile")
+        elif missing_ok:
+            echo(f"{os.path.abspath(path)}: no worker running (no pidfile there)")
         else:
             # A miss is not a success: the worker may run with its pidfile somewhere else (another directory).
             failures += 1
@@ -408,8 +410,9 @@ def _targets(paths, echo):
     return targets, failures
 
 
-def stop(paths, timeout, echo):
-    """Stop the workers of these pidfiles, all at once; returns how many could not be stopped.
+def stop(paths, timeout, echo, missing_ok=False):
+    """Stop the workers of these pidfiles, all at once; returns how many could not be stopped (a pidfile that does
+    not exist counts, unless `missing_ok`: a restart starts a worker whether one ran or not).
 
     SIGTERM lets a worker finish its jobs (within its wait_for_termination). A worker still running `timeout`
     seconds later (None: never) gets a second SIGTERM, on which it cancels its jobs and puts them back to
@@ -418,7 +421,7 @@ def stop(paths, timeout, echo):
     the pid in the file has exited while another process still holds the lock, nothing is sent and that
     pidfile counts as a failure.
     """
-    targets, failures = _targets(paths, echo)
+    targets, failures = _targets(paths, echo, missing_ok)
     orphaned = []
     for target in targets:
         target.send(signal.SIGTERM)

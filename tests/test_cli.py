@@ -275,6 +275,15 @@ def test_restart_replaces_the_process_with_the_new_options(workdir, db):
     assert (pid, identifier, status, queues, max_threads) == (new_pid, "r", "r", ["from-default-file"], 7)
 
 
+def test_restart_with_no_worker_running_starts_one(workdir, db):
+    result = run_cli("restart", "--identifier", "fresh", "--app", "tests.jobs_app", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "no worker running (no pidfile there)" in result.stdout
+    pid = read_pid(workdir / "tmp" / "pids" / "exekutor.fresh.pid")
+    wait_for(lambda: [row[1] for row in worker_rows(db)] == [pid], 30, message="the new worker to register")
+    assert run_cli("stop", "--identifier", "fresh", cwd=workdir).returncode == 0
+
+
 def test_a_stale_pidfile_is_cleaned_up(workdir, db):
     dead = subprocess.Popen(["true"])
     dead.wait()
