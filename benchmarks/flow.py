@@ -170,12 +170,13 @@ def max_starts_per_window(db):
         "PRECEDING AND CURRENT ROW) AS n FROM exekutor_jobs WHERE started_at IS NOT NULL) AS w")
 
 
-def _wait_first_start(db, procs, timeout=30):
+def _wait_for(db, procs, sql, what, timeout=30):
+    """Until `sql` gives a true value, the workers alive meanwhile."""
     deadline = time.monotonic() + timeout
-    while not db.scalar("SELECT EXISTS (SELECT 1 FROM exekutor_jobs WHERE started_at IS NOT NULL)"):
+    while not db.scalar(sql):
         _check_alive(procs)
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no job started within {timeout}s")
+            raise RuntimeError(f"{what} within {timeout}s")
         time.sleep(0.05)
 
 
@@ -186,7 +187,8 @@ def _rate(ctx):
     insert_like(db, jobs.flow_rate.job(), jobs.FLOW_RATE * (seconds + 5))
     procs = start_workers(db)
     try:
-        _wait_first_start(db, procs)
+        _wait_for(db, procs, "SELECT EXISTS (SELECT 1 FROM exekutor_jobs WHERE started_at IS NOT NULL)",
+                  "no job started")
         time.sleep(seconds + 0.5)
         _check_alive(procs)
     finally:
@@ -244,16 +246,6 @@ def reservation_times(db, worker_id, tries=20):
     return times, plan
 
 
-def _wait_holding(db, procs, timeout=30):
-    """Until the one long job runs (and holds the limit's only slot)."""
-    deadline = time.monotonic() + timeout
-    while not db.scalar("SELECT count(*) FROM exekutor_jobs WHERE status = 'e'"):
-        _check_alive(procs)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the long job did not start within {timeout}s")
-        time.sleep(0.05)
-
-
 def _produce(db, count, interval, budget):
     """The latency scenario's producer (another process): [job id, before, after] of each perform_later."""
     out = tempfile.NamedTemporaryFile(prefix="exekutor-bench-flow-", suffix=".json", delete=False)
@@ -302,7 +294,8 @@ def _backlog(ctx, budget):
         insert_like(db, hold, HELD, blocked_on="concurrency job " + hold.limits[0])
         insert_s = time.monotonic() - started
         jobs.flow_hold.perform_later(max(60.0, budget.remaining()))  # the one that runs and holds the slot
-        _wait_holding(db, procs)
+        # The one long job runs, and holds the limit's only slot.
+        _wait_for(db, procs, "SELECT count(*) FROM exekutor_jobs WHERE status = 'e'", "the long job did not start")
         time.sleep(1.5)  # past a poll: its sweep of the held-back limits has run and found no free slot
         backlog_times, plan = reservation_times(db, worker_id)
         records = _produce(db, tries, 0.02, budget)
