@@ -56,7 +56,7 @@ def main(argv):
             look(f"fresh table ({args.pending} pending, {args.filler} filler, after VACUUM ANALYZE)")
             for _ in range(args.rounds):
                 cursor.execute(RESERVE_JOBS, reserve)
-                ids = [row[0] for row in cursor.fetchall()]
+                ids = [row[0] for row in cursor.fetchall() if row[0] is not None]  # the last row is the walk's
                 if not ids:
                     break
                 cursor.execute(*complete_statement(worker_id, ids))

@@ -18,6 +18,7 @@ from benchmarks.jobs import NOOP_PAYLOAD
 from exekutor.db.queries import REGISTER_WORKER, RESERVE_JOBS
 from exekutor.execution import COMPLETED, Outcome
 from exekutor.worker.completer import completion
+from exekutor.worker.floors import ReservationFloors
 
 
 def statement_params(sql, available):
@@ -31,9 +32,19 @@ def statement_params(sql, available):
     return {name: available[name] for name in names}
 
 
-def reserve_params(worker_id, batch):
+def reserve_params(worker_id, batch, floors=None):
+    """RESERVE_JOBS' parameters; without `floors`, the walk starts at the index's start (as after a reset)."""
+    floors = floors or ReservationFloors(1, 32767)
     return statement_params(RESERVE_JOBS, {"worker_id": worker_id, "queues": None, "min_priority": 1,
-                                           "max_priority": 32767, "limit": batch})
+                                           "max_priority": 32767, "limit": batch, **floors.params()})
+
+
+def reserve(cursor, worker_id, batch, floors):
+    """One reservation as the worker's provider makes it: from its floors, which the walk's account raises (no
+    notification can come here, and none is needed: every job was inserted before the loop began)."""
+    floors.begin()
+    cursor.execute(RESERVE_JOBS, reserve_params(worker_id, batch, floors))
+    return floors.settle(cursor.fetchall(), batch)
 
 
 def _array(items):
@@ -62,7 +73,7 @@ def bare_loop(db, batch, count, timeout):
     try:
         with conn.cursor() as cursor:
             register(cursor, worker_id, batch, "bare-loop")
-            reserve = reserve_params(worker_id, batch)
+            floors = ReservationFloors(1, 32767)
             cursor.execute("SELECT pg_backend_pid()")
             backend = cursor.fetchone()[0]
             backend_cpu0, cpu0 = harness.cpu_seconds(backend), time.process_time()
@@ -73,8 +84,7 @@ def bare_loop(db, batch, count, timeout):
             deadline = started + timeout
             while True:
                 t0 = clock()
-                cursor.execute(RESERVE_JOBS, reserve)
-                rows = cursor.fetchall()
+                rows = reserve(cursor, worker_id, batch, floors)
                 t1 = clock()
                 reserve_s += t1 - t0
                 if not rows:
@@ -131,13 +141,12 @@ def pipelined_loop(db, batch, count, timeout):
     try:
         with reserver.cursor() as cursor:
             register(cursor, worker_id, batch, "bare-loop-pipelined")
-            reserve = reserve_params(worker_id, batch)
+            floors = ReservationFloors(1, 32767)
             thread.start()
             started = time.perf_counter()
             deadline = started + timeout
             while not errors:
-                cursor.execute(RESERVE_JOBS, reserve)
-                rows = cursor.fetchall()
+                rows = reserve(cursor, worker_id, batch, floors)
                 if not rows:
                     break
                 batches.put([row[0] for row in rows])

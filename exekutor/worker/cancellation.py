@@ -11,6 +11,7 @@ import logging
 
 from gevent.event import Event
 
+from exekutor.db.arrays import array
 from exekutor.db.queries import CANCEL_REQUESTED
 from exekutor.worker.component import Component
 
@@ -42,10 +43,11 @@ class Cancellation(Component):
         # it, so that a check made for it (see notified) finds them.
         with self.worker.provider.reservation_lock:
             pass
-        if not self.executor.held:
+        held = list(self.executor.held)
+        if not held:
             return  # nothing of ours can be cancelled: no query for an idle worker
         with self.worker.db() as conn, conn.cursor() as cursor:
-            cursor.execute(CANCEL_REQUESTED, (self.worker.id,))
+            cursor.execute(CANCEL_REQUESTED, {"ids": array(held), "worker_id": self.worker.id})
             rows = cursor.fetchall()
         for (job_id,) in rows:
             self.executor.cancel(job_id)

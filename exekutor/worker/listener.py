@@ -44,7 +44,7 @@ class Listener(Component):
             self.connected = True
             self.succeeded()
             # Notifications sent while we were not listening are lost: poll once to catch up.
-            self.provider.poll_now()
+            self.provider.notifications_lost()
             self.worker.cancellation.check_now()
             self._listen()
         finally:
@@ -91,7 +91,7 @@ class Listener(Component):
             return
         queue, lowest, highest, earliest, latest = parsed
         if self.worker.accepts(queue, lowest, highest):
-            self.provider.job_available(earliest, latest)
+            self.provider.job_available(earliest, latest, lowest, highest)
 
     def stop(self):
         """Wake the listener out of its wait so it sees the worker stopping."""

@@ -17,8 +17,9 @@ import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from exekutor.db.queries import NEXT_SCHEDULED, RESERVE_JOBS, UNBLOCK
+from exekutor.db.queries import BELOW_FLOORS, NEXT_SCHEDULED, RESERVE_JOBS, UNBLOCK
 from exekutor.worker.component import Component
+from exekutor.worker.floors import ReservationFloors
 
 BATCH_WAIT = 0.002
 
@@ -54,11 +55,18 @@ class Provider(Component):
         self.statements = 0
         self.statement_seconds = 0.0
         self.held_back = 0  # reservations in which a limit held candidates back
+        # Where reservations start their walk (see exekutor.worker.floors); raised only while notifications arrive.
+        self.floors = ReservationFloors(worker.min_priority, worker.max_priority)
+        self.below_floors = 0  # ready jobs the check at a poll found below the floors
+        self._floor_check = None
 
     # --- signals from the other components ------------------------------------------------------------
 
-    def job_available(self, earliest, latest=None):
-        """Jobs became pending, scheduled from `earliest` to `latest` (epoch seconds on the database's clock)."""
+    def job_available(self, earliest, latest=None, lowest=None, highest=None):
+        """Jobs of priorities `lowest`..`highest` became pending, scheduled from `earliest` to `latest` (epoch
+        seconds on the database's clock)."""
+        self.floors.lower(self.worker.min_priority if lowest is None else lowest,
+                          self.worker.max_priority if highest is None else highest, earliest)
         now = time.time() + self.clock_offset
         if earliest <= now:
             self._maybe_more = True
@@ -76,6 +84,11 @@ class Provider(Component):
     def poll_now(self):
         self._poll_due = True
         self._wake.set()
+
+    def notifications_lost(self):
+        """The listener (re)connected: what was announced meanwhile is unknown, so walk from the start once."""
+        self.floors.reset()
+        self.poll_now()
 
     def capacity_freed(self):
         if self._maybe_more:
@@ -101,6 +114,7 @@ class Provider(Component):
                 next_poll = time.monotonic() + self.poll_delay()
                 self._poll_due = False
                 self._sweep_due = True
+                self._check_floors()
             if self._next_due is not None and self._next_due <= time.time():
                 self._next_due = None
                 self._maybe_more = self._refresh_due = True
@@ -135,10 +149,11 @@ class Provider(Component):
         self._maybe_more = False
         with self.reservation_lock:
             self.reservations_begun += 1
+            self.floors.begin()
             try:
                 with self.worker.db() as conn, conn.cursor() as cursor:
                     started = time.monotonic()
-                    cursor.execute(RESERVE_JOBS, self.worker.reserve_params(limit))
+                    cursor.execute(RESERVE_JOBS, dict(self.worker.reserve_params(limit), **self.floors.params()))
                     rows = cursor.fetchall()
                 self.statements += 1
                 self.statement_seconds += time.monotonic() - started
@@ -146,7 +161,10 @@ class Provider(Component):
                 # The jobs this reservation was for are still waiting: retry after the backoff, not at the next
                 # poll. (If it committed all the same, the heartbeat's reconciliation releases what it reserved.)
                 self._maybe_more = True
+                self.floors.abort()
                 raise
+            self.floors.enabled = self._listening()
+            self.floors.settle(rows, limit)
             if rows and rows[-1][0] is None:
                 # Candidates a limit held back (they left the reservation index): the next ones may be ready.
                 rows.pop()
@@ -176,6 +194,31 @@ class Provider(Component):
         cancel, a resumed queue)."""
         with self.worker.db() as conn, conn.cursor() as cursor:
             cursor.execute(UNBLOCK, (None,))
+
+    def _listening(self):
+        """Floors rise only while notifications can lower them again."""
+        listener = self.worker.listener
+        return listener is not None and listener.connected
+
+    def _check_floors(self):
+        """Look below the floors for ready jobs, in a greenlet of its own: under a long-held snapshot this walks
+        every dead entry the reservations skip, and must not hold them up."""
+        if self._floor_check is None or self._floor_check.dead:
+            self._floor_check = gevent.spawn(self._below_floors)
+
+    def _below_floors(self):
+        params = dict(self.worker.reserve_params(0), **self.floors.params())
+        try:
+            with self.worker.db() as conn, conn.cursor() as cursor:
+                cursor.execute(BELOW_FLOORS, params)
+                found = cursor.fetchall()
+        except Exception:  # noqa: BLE001 - the next poll asks again; a failing database shows elsewhere
+            return
+        for priority, scheduled in found:
+            self.below_floors += 1
+            self.floors.lower(priority, priority, scheduled)
+            self._maybe_more = True
+            self._wake.set()
 
     def _refresh_next_scheduled(self):
         sent = time.time()

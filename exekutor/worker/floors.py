@@ -1,0 +1,175 @@
+"""Where each reservation starts its walk of the pending index: past the entries of the jobs already reserved.
+
+A reservation walks the pending index `(priority, scheduled_at, enqueued_at)` in order. The entry of every job
+reserved since the last VACUUM is still there, dead, and PostgreSQL can neither remove it nor mark it skippable
+while any session holds a snapshot older than the reservation that ended it: a walk from the index's start then
+visits every job reserved during the whole held period (a soak: 9 ms -> 200 ms pickup p99 after 15 minutes, and
+behind the load after 18). So each walk starts at a *floor* per priority, below which this worker knows no ready job
+of its own can be, and those entries are never visited again.
+
+The invariant: **a ready job (pending, not held back, due) of this worker's queues and priorities whose key is below
+its priority's floor has been announced to this worker by a notification that has not yet been applied, or by
+nothing at all only in the cases that reset the floors.** Floors move as follows, all on the database's clock:
+
+- **Raised only by this worker's own reservation, from what its walk proved.** A walk that returned fewer rows than
+  its limit reserved every ready job it could see: every floor becomes the statement's now(). One that filled its
+  limit stopped at the last candidate's (priority, scheduled_at): priorities below it rise to now(), that priority
+  to the candidate's scheduled time, the ones above keep theirs. Rows other workers held locked (SKIP LOCKED) were
+  passed over: they are being reserved by them, and come back only if that reservation rolls back (below).
+- **Lowered by every notification** of jobs that became ready (inserted, retried, released, rescued, promoted by
+  a limit, resumed): exekutor sends one from each such statement, delivered when its transaction commits, with the
+  lowest scheduled time per queue and the range of priorities. A job whose transaction commits after a walk's
+  snapshot is lowered for when its notification arrives; one that arrives while a reservation is in flight is
+  applied again after that reservation has raised the floors.
+- **Reset** (to minus infinity: walk from the start once) when notifications may have been missed: at every
+  (re)connection of the listener, and after a reservation of this worker failed (its reply, and what it proved, are
+  unknown). A worker without a listener never raises its floors.
+- **Checked** at every poll by a query below the floors (off the reservation path, on its own connection): a
+  reservation of another worker that rolled back after this one passed over its locked rows, or any path that made
+  a job ready without a notification, is found there and lowers the floor. This is the only walk over the dead
+  entries, once per poll interval and never in a reservation's way.
+
+Lowering is always safe (a longer walk, never a lost job): so notifications, which any role may send, are trusted
+only to lower, and every raise errs low by SLACK (the times travel as epoch floats).
+
+Priorities are kept as ranges `[low, high]` with one floor each. A priority this worker has seen (a job it
+reserved, a notification naming it) gets a range of its own, so its walk starts with an index seek at (priority,
+floor); between known priorities, a range's walk filters the other entries in the index without visiting the table.
+"""
+import bisect
+
+from exekutor.db.arrays import array
+
+NEG_INF = float("-inf")
+SLACK = 0.001  # seconds a raised floor stays below what the walk proved (float rounding of epoch microseconds)
+MAX_KNOWN = 64  # priorities with a range of their own; past that, the least recently seen go back into the gaps
+
+
+class ReservationFloors:
+    def __init__(self, lowest, highest, enabled=True):
+        self.lowest, self.highest = lowest, highest
+        self.enabled = enabled
+        self.resets = 0
+        self._starts = [lowest]  # start of each range (sorted); a range ends where the next starts
+        self._floors = [NEG_INF]
+        self._known = {}  # priority -> a counter of when it was last seen (for MAX_KNOWN)
+        self._seen = 0
+        self._lowered = None  # while a reservation is in flight: the lowerings to apply again after it
+
+    # --- what a reservation walks ---------------------------------------------------------------------
+
+    def ranges(self):
+        """[(low, high, floor)] covering the worker's priorities in order; floor in epoch seconds (or -inf)."""
+        ends = self._starts[1:] + [self.highest + 1]
+        return [(start, end - 1, floor) for start, end, floor in zip(self._starts, ends, self._floors)]
+
+    def params(self):
+        """The ranges as the array literals RESERVE_JOBS and BELOW_FLOORS take."""
+        ranges = self.ranges()
+        return {"floor_from": array(str(low) for low, _, _ in ranges),
+                "floor_to": array(str(high) for _, high, _ in ranges),
+                "floor_at": array("-Infinity" if at == NEG_INF else repr(at) for _, _, at in ranges)}
+
+    # --- moves --------------------------------------------------------------------------------------------
+
+    def lower(self, low, high, at):
+        """Jobs of priorities low..high became ready, the earliest scheduled at `at` (epoch seconds)."""
+        low, high = max(low, self.lowest), min(high, self.highest)
+        if low > high:
+            return
+        self._know(low)
+        self._know(high)
+        self._lower(low, high, at - SLACK)
+        if self._lowered is not None:
+            self._lowered.append((low, high, at - SLACK))
+
+    def reset(self):
+        self.resets += 1
+        self._starts, self._floors = [self.lowest], [NEG_INF]
+        self._known.clear()
+        if self._lowered is not None:
+            self._lowered.append((self.lowest, self.highest, NEG_INF))
+
+    def begin(self):
+        """A reservation is about to be sent: notifications from now on are applied again after it."""
+        self._lowered = []
+
+    def end(self, now, candidates, limit, last_priority, last_scheduled, priorities=()):
+        """The reservation went through at the database's `now`: it walked `candidates` rows (up to `limit`), the
+        last at (`last_priority`, `last_scheduled`); `priorities` are those of the jobs it reserved."""
+        lowered, self._lowered = self._lowered or [], None
+        if self.enabled:
+            for priority in priorities:
+                self._know(priority)
+            if candidates < limit:
+                self._set(self.lowest, self.highest, now - SLACK)
+            elif last_priority is not None:
+                self._know(last_priority)
+                if last_priority > self.lowest:
+                    self._set(self.lowest, last_priority - 1, now - SLACK)
+                self._set(last_priority, last_priority, last_scheduled - SLACK)
+        for low, high, at in lowered:
+            self._lower(low, high, at)
+
+    def settle(self, rows, limit):
+        """Take the walk's account (RESERVE_JOBS' last row) off a reservation's `rows` and raise the floors by it;
+        returns the other rows."""
+        _, _, last_priority, _, _, _, last_scheduled, candidates, _, now, _ = rows.pop()
+        self.end(now, candidates, limit, last_priority,
+                 last_scheduled.timestamp() if last_scheduled is not None else None,
+                 {row[2] for row in rows if row[0] is not None})
+        return rows
+
+    def abort(self):
+        """The reservation failed: what it proved is unknown, and so is what it may have passed over."""
+        self._lowered = None
+        self.reset()
+
+    # --- the ranges -----------------------------------------------------------------------------------------
+
+    def _know(self, priority):
+        if not self.lowest <= priority <= self.highest:
+            return
+        self._seen += 1
+        self._known[priority] = self._seen
+        self._split(priority)
+        self._split(priority + 1)
+        if len(self._known) > MAX_KNOWN:
+            self._forget(min(self._known, key=self._known.get))
+
+    def _forget(self, priority):
+        """Give a priority's range back to the gaps: a range that starts neither at a known priority nor just after
+        one merges into the range before it, with the lower of the two floors."""
+        del self._known[priority]
+        starts, floors = [self._starts[0]], [self._floors[0]]
+        for start, floor in zip(self._starts[1:], self._floors[1:]):
+            if start in self._known or start - 1 in self._known:
+                starts.append(start)
+                floors.append(floor)
+            else:
+                floors[-1] = min(floors[-1], floor)
+        self._starts, self._floors = starts, floors
+
+    def _split(self, at):
+        """Make a range start at priority `at` (same floor as the range it was in)."""
+        if at > self.highest:
+            return
+        index = bisect.bisect_right(self._starts, at) - 1
+        if self._starts[index] != at:
+            self._starts.insert(index + 1, at)
+            self._floors.insert(index + 1, self._floors[index])
+
+    def _covered(self, low, high):
+        self._split(low)
+        self._split(high + 1)
+        first = bisect.bisect_left(self._starts, low)
+        last = bisect.bisect_right(self._starts, high)
+        return range(first, last)
+
+    def _lower(self, low, high, at):
+        for index in self._covered(low, high):
+            self._floors[index] = min(self._floors[index], at)
+
+    def _set(self, low, high, at):
+        for index in self._covered(low, high):
+            self._floors[index] = at
