@@ -15,23 +15,25 @@ from exekutor.jobs import DEFAULT_QUEUE, UNIQUE_UNTIL, JobDefinition, check_uniq
 from exekutor.serialization import dump_arguments, json_backend
 
 # One statement for any batch size, each column as one array literal (see exekutor.db.arrays). COPY is not an
-# option under psycogreen.
+# option under psycogreen. A job is due from the moment its row is made (clock_timestamp(), not the transaction's
+# now()): the jobs of one batch then follow each other in the pending index instead of sharing one key, so that a
+# reservation's floor (exekutor.worker.floors) can start past those already reserved.
 INSERT_JOBS = """
 INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options)
-SELECT id, queue, priority, coalesce(scheduled_at, now() + delay * interval '1 second'), payload, options
+SELECT id, queue, priority, coalesce(scheduled_at, clock_timestamp() + delay * interval '1 second'), payload, options
 FROM unnest(%s::uuid[], %s::text[], %s::smallint[], %s::timestamptz[], %s::float8[], %s::jsonb[], %s::jsonb[])
     AS batch(id, queue, priority, scheduled_at, delay, payload, options)
 """
 INSERT_JOB = """
 INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options)
-VALUES (%s, %s, %s, coalesce(%s::timestamptz, now() + %s * interval '1 second'), %s, %s)
+VALUES (%s, %s, %s, coalesce(%s::timestamptz, clock_timestamp() + %s * interval '1 second'), %s, %s)
 """
 # Jobs with limits of their own (exekutor.flow, migration 0011): the batch insert with the limit columns.
 _LIMIT_COLUMNS = "concurrency_key, concurrency_limit, rate_key, rate_limit, rate_period"
 _LIMIT_ARRAYS = "%s::text[], %s::int[], %s::text[], %s::int[], %s::int[]"
 INSERT_LIMITED_JOBS = f"""
 INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options, {_LIMIT_COLUMNS})
-SELECT id, queue, priority, coalesce(scheduled_at, now() + delay * interval '1 second'), payload, options,
+SELECT id, queue, priority, coalesce(scheduled_at, clock_timestamp() + delay * interval '1 second'), payload, options,
        {_LIMIT_COLUMNS}
 FROM unnest(%s::uuid[], %s::text[], %s::smallint[], %s::timestamptz[], %s::float8[], %s::jsonb[], %s::jsonb[],
             {_LIMIT_ARRAYS})
@@ -44,7 +46,7 @@ _HOLDS_KEY = "unique_key IS NOT NULL AND (status = 'p' OR (status = 'e' AND uniq
 INSERT_UNIQUE_JOBS = f"""
 INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options, unique_key, unique_until,
                            {_LIMIT_COLUMNS})
-SELECT id, queue, priority, coalesce(scheduled_at, now() + delay * interval '1 second'), payload, options,
+SELECT id, queue, priority, coalesce(scheduled_at, clock_timestamp() + delay * interval '1 second'), payload, options,
        unique_key, unique_until, {_LIMIT_COLUMNS}
 FROM unnest(%s::uuid[], %s::text[], %s::smallint[], %s::timestamptz[], %s::float8[], %s::jsonb[], %s::jsonb[],
             %s::text[], %s::char(1)[], {_LIMIT_ARRAYS})

@@ -20,7 +20,9 @@ LISTEN = f'LISTEN "{NOTIFY_CHANNEL}"; LISTEN "{CANCEL_CHANNEL}"'
 # small table. The limited part's row with a NULL id has the number of candidates it held back.
 #
 # The last row (NULL id, NULL queue) is the walk's account for the floors: the number of candidates in `attempts`,
-# the last candidate's priority and scheduled_at, and the statement's now() in epoch seconds as `waited`.
+# the last candidate's priority and scheduled_at, the first limited candidate's priority in `releases` and
+# scheduled_at in `enqueued_at` (admission may leave one ready: a limit that appeared meanwhile), and the
+# statement's now() in epoch seconds as `waited`.
 RESERVE_JOBS = """
 WITH candidates AS MATERIALIZED (
     SELECT c.* FROM unnest(%(floor_from)s::int[], %(floor_to)s::int[], %(floor_at)s::float8[]) AS f(low, high, at)
@@ -45,14 +47,17 @@ WITH candidates AS MATERIALIZED (
         extract(epoch FROM now() - scheduled_at)::float8, NULL::text[]
 ), last AS (
     SELECT priority, scheduled_at FROM candidates ORDER BY priority DESC, scheduled_at DESC LIMIT 1
+), first_limited AS (
+    SELECT priority, scheduled_at FROM candidates WHERE limited ORDER BY priority, scheduled_at LIMIT 1
 )
 SELECT * FROM reserved
 UNION ALL
 SELECT * FROM exekutor_start_limited(ARRAY(SELECT id FROM candidates WHERE limited), %(worker_id)s)
 WHERE EXISTS (SELECT 1 FROM candidates WHERE limited)
 UNION ALL
-SELECT NULL, NULL, (SELECT priority FROM last), NULL, NULL, NULL, (SELECT scheduled_at FROM last),
-       (SELECT count(*) FROM candidates)::int, NULL, extract(epoch FROM now())::float8, NULL
+SELECT NULL, NULL, (SELECT priority FROM last), NULL, NULL, (SELECT scheduled_at FROM first_limited),
+       (SELECT scheduled_at FROM last), (SELECT count(*) FROM candidates)::int, (SELECT priority FROM first_limited),
+       extract(epoch FROM now())::float8, NULL
 """
 
 # Below the floors (exekutor.worker.floors): the first ready job under each range's floor, if any. A reservation

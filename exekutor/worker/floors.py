@@ -15,7 +15,9 @@ nothing at all only in the cases that reset the floors.** Floors move as follows
   its limit reserved every ready job it could see: every floor becomes the statement's now(). One that filled its
   limit stopped at the last candidate's (priority, scheduled_at): priorities below it rise to now(), that priority
   to the candidate's scheduled time, the ones above keep theirs. Rows other workers held locked (SKIP LOCKED) were
-  passed over: they are being reserved by them, and come back only if that reservation rolls back (below).
+  passed over: they are being reserved by them, and come back only if that reservation rolls back (below). A
+  candidate handed to flow control's admission is held back (it leaves the index) or started, except when a limit
+  appeared meanwhile: the floor of its priority stays below the first such candidate.
 - **Lowered by every notification** of jobs that became ready (inserted, retried, released, rescued, promoted by
   a limit, resumed): exekutor sends one from each such statement, delivered when its transaction commits, with the
   lowest scheduled time per queue and the range of priorities. A job whose transaction commits after a walk's
@@ -41,7 +43,7 @@ import bisect
 from exekutor.db.arrays import array
 
 NEG_INF = float("-inf")
-SLACK = 0.001  # seconds a raised floor stays below what the walk proved (float rounding of epoch microseconds)
+SLACK = 0.00001  # seconds a raised floor stays below what the walk proved (epoch floats round microseconds)
 MAX_KNOWN = 64  # priorities with a range of their own; past that, the least recently seen go back into the gaps
 
 
@@ -94,10 +96,14 @@ class ReservationFloors:
         """A reservation is about to be sent: notifications from now on are applied again after it."""
         self._lowered = []
 
-    def end(self, now, candidates, limit, last_priority, last_scheduled, priorities=()):
+    def end(self, now, candidates, limit, last_priority, last_scheduled, priorities=(), unproven=None):
         """The reservation went through at the database's `now`: it walked `candidates` rows (up to `limit`), the
-        last at (`last_priority`, `last_scheduled`); `priorities` are those of the jobs it reserved."""
+        last at (`last_priority`, `last_scheduled`); `priorities` are those of the jobs it reserved. `unproven`
+        (priority, scheduled) is the first candidate the walk handed to flow control's admission, which may leave
+        it ready: the floor stays below it."""
         lowered, self._lowered = self._lowered or [], None
+        if unproven is not None:
+            lowered.append((unproven[0], unproven[0], unproven[1] - SLACK))
         if self.enabled:
             for priority in priorities:
                 self._know(priority)
@@ -114,10 +120,11 @@ class ReservationFloors:
     def settle(self, rows, limit):
         """Take the walk's account (RESERVE_JOBS' last row) off a reservation's `rows` and raise the floors by it;
         returns the other rows."""
-        _, _, last_priority, _, _, _, last_scheduled, candidates, _, now, _ = rows.pop()
+        _, _, last_priority, _, _, limited_scheduled, last_scheduled, candidates, limited_priority, now, _ = rows.pop()
         self.end(now, candidates, limit, last_priority,
                  last_scheduled.timestamp() if last_scheduled is not None else None,
-                 {row[2] for row in rows if row[0] is not None})
+                 {row[2] for row in rows if row[0] is not None},
+                 (limited_priority, limited_scheduled.timestamp()) if limited_priority is not None else None)
         return rows
 
     def abort(self):
