@@ -260,6 +260,8 @@ _WORKER_VALUES = (
     lambda worker, now: worker.watchdog.interrupted,
     lambda worker, now: worker.watchdog.given_up,
     lambda worker, now: worker.heartbeat.rescue_limit_failed,
+    lambda worker, now: worker.provider.floors.resets,
+    lambda worker, now: worker.provider.below_floors,
 )
 
 
@@ -330,14 +332,18 @@ class _WorkerCollector:
                                 "by their number: the mean time of a completion, which must stay flat over hours)."),
             CounterMetricFamily("exekutor_reservation_statements", "Statements that reserved jobs."),
             CounterMetricFamily("exekutor_reservation_statement_seconds", "Seconds those statements took (divided by "
-                                "their number: the mean time of a reservation, which grows with the dead index "
-                                "entries VACUUM has not removed)."),
+                                "their number: the mean time of a reservation, which must stay flat, also while "
+                                "a snapshot is held)."),
             CounterMetricFamily("exekutor_jobs_interrupted_blocking", "Jobs the watchdog interrupted because they "
                                 "blocked the event loop past their execution_timeout or blocking_timeout."),
             CounterMetricFamily("exekutor_jobs_blocking_given_up", "Blocks that an interruption did not end: the "
                                 "worker failed the job itself and stopped its heartbeat until the loop ran again."),
             CounterMetricFamily("exekutor_jobs_failed_after_rescues", "Jobs this worker failed, instead of running "
                                 "them again, because their workers had been presumed dead max_job_rescues times."),
+            CounterMetricFamily("exekutor_reservation_floor_resets", "Times the reservation's floors went back to the "
+                                "pending index's start (the listener connected again, or a reservation failed)."),
+            CounterMetricFamily("exekutor_jobs_found_below_floors", "Ready jobs the check at a poll found below the "
+                                "reservation's floors (a reservation of another worker that rolled back)."),
         ]
         if with_queues:
             families += [

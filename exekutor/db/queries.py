@@ -80,18 +80,22 @@ WHERE f.at > '-infinity'::float8
 # jobs back): the next held-back jobs of limits that have room again go back to the reservation index.
 UNBLOCK = "SELECT exekutor_unblock(%s::text[])"
 
-# The queues that have future pending jobs, as a loose scan of the pending-by-queue index: one descent per queue,
-# whatever the number of jobs (a DISTINCT or GROUP BY reads every pending row). The last row is a NULL. The time
-# condition is checked on the index entries themselves: the entries of jobs that were due (most of them dead, left
-# by jobs reserved since the last VACUUM) are passed over without visiting the table, which under a long-held
-# snapshot cost 175,000 table visits (35 ms) per question after 5 minutes at 600 jobs/s.
-PENDING_QUEUES = """
-pending_queues(queue) AS (
-    (SELECT queue::text FROM exekutor_jobs WHERE status = 'p' AND scheduled_at > now() ORDER BY queue LIMIT 1)
+# The queues that have pending jobs, as a loose scan of the pending-by-queue index: one descent per queue,
+# whatever the number of jobs (a DISTINCT or GROUP BY reads every pending row). The last row is a NULL.
+_QUEUES_WITH = """
+{name}(queue) AS (
+    (SELECT queue::text FROM exekutor_jobs WHERE status = 'p'{condition} ORDER BY queue LIMIT 1)
     UNION ALL
-    SELECT (SELECT j.queue::text FROM exekutor_jobs j WHERE j.status = 'p' AND j.queue > p.queue
-              AND j.scheduled_at > now() ORDER BY j.queue LIMIT 1)
-    FROM pending_queues p WHERE p.queue IS NOT NULL)"""
+    SELECT (SELECT j.queue::text FROM exekutor_jobs j WHERE j.status = 'p' AND j.queue > p.queue{j_condition}
+            ORDER BY j.queue LIMIT 1)
+    FROM {name} p WHERE p.queue IS NOT NULL)"""
+PENDING_QUEUES = _QUEUES_WITH.format(name="pending_queues", condition="", j_condition="")
+# The same for the queues with future jobs only. The time condition is checked on the index entries themselves: the
+# entries of jobs that were due (most of them dead, left by jobs reserved since the last VACUUM) are passed over
+# without visiting the table, which under a long-held snapshot cost 175,000 table visits (35 ms) per question
+# after 5 minutes at 600 jobs/s.
+FUTURE_QUEUES = _QUEUES_WITH.format(name="future_queues", condition=" AND scheduled_at > now()",
+                                    j_condition=" AND j.scheduled_at > now()")
 
 # When the next future job the worker could run becomes ready, in seconds from now by the database's clock
 # (NULL: none), and the database's clock itself (epoch seconds), from which the provider keeps its estimate of
@@ -102,9 +106,9 @@ pending_queues(queue) AS (
 # function cannot bound an index scan (with it the question filtered every pending row: 216 ms at 1,000,000).
 # psycopg2 sends the queues as a literal, so the branch not taken is planned away and never runs.
 NEXT_SCHEDULED = f"""
-WITH RECURSIVE {PENDING_QUEUES}
+WITH RECURSIVE {FUTURE_QUEUES}
 SELECT extract(epoch FROM min(next.scheduled_at) - clock_timestamp()), extract(epoch FROM clock_timestamp())
-FROM (SELECT queue FROM pending_queues WHERE %(queues)s::text[] IS NULL
+FROM (SELECT queue FROM future_queues WHERE %(queues)s::text[] IS NULL
       UNION ALL SELECT unnest(%(queues)s::text[])) AS q
 CROSS JOIN LATERAL (
     SELECT j.scheduled_at FROM exekutor_jobs j
