@@ -99,6 +99,11 @@ class Provider(Component):
     def stop(self):
         self._wake.set()
 
+    def kill(self, block=True, timeout=None):
+        if self._floor_check is not None:
+            self._floor_check.kill(block=block, timeout=timeout)
+        super().kill(block=block, timeout=timeout)
+
     # --- the loop -------------------------------------------------------------------------------------
 
     def poll_delay(self):
