@@ -60,17 +60,19 @@ SELECT NULL, NULL, (SELECT priority FROM last), NULL, NULL, (SELECT scheduled_at
        extract(epoch FROM now())::float8, NULL
 """
 
-# Below the floors (exekutor.worker.floors): the first ready job under each range's floor, if any. A reservation
-# of another worker that rolled back after this one passed over its locked rows leaves such a job, as would any path
-# that made a job ready without a notification. Asked at every poll, off the reservation path: this is the walk
-# over the dead entries that reservations skip.
+# Below the floors (exekutor.worker.floors): the first ready job under each range's floor, if any, from `since`
+# (epoch seconds; -Infinity: from the index's start). A reservation of another worker that rolled back after this
+# one passed over its locked rows leaves such a job, as would any path that made a job ready without a notification.
+# Asked at every poll, off the reservation path, from the lowest floor the worker's walks started from while such a
+# lock could have been held (FloorHistory), and now and then from the start: that is the walk over the dead entries
+# that reservations skip.
 BELOW_FLOORS = """
 SELECT b.priority, extract(epoch FROM b.scheduled_at)::float8
 FROM unnest(%(floor_from)s::int[], %(floor_to)s::int[], %(floor_at)s::float8[]) AS f(low, high, at)
 CROSS JOIN LATERAL (
     SELECT priority, scheduled_at FROM exekutor_jobs
-    WHERE status = 'p' AND blocked_on IS NULL AND priority BETWEEN f.low AND f.high
-      AND scheduled_at < to_timestamp(f.at)
+    WHERE status = 'p' AND blocked_on IS NULL AND (priority, scheduled_at) >= (f.low, to_timestamp(%(since)s::float8))
+      AND priority <= f.high AND scheduled_at >= to_timestamp(%(since)s::float8) AND scheduled_at < to_timestamp(f.at)
       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
     ORDER BY priority, scheduled_at LIMIT 1) AS b
 WHERE f.at > '-infinity'::float8
@@ -98,23 +100,27 @@ FUTURE_QUEUES = _QUEUES_WITH.format(name="future_queues", condition=" AND schedu
                                     j_condition=" AND j.scheduled_at > now()")
 
 # When the next future job the worker could run becomes ready, in seconds from now by the database's clock
-# (NULL: none), and the database's clock itself (epoch seconds), from which the provider keeps its estimate of
-# how far its own clock is off. Jobs already due do not count: they are the reservation's business, and a
-# backlog of them must not hide the next timer. The question is one lookup per queue (the worker's queues, or
-# every queue with pending jobs) on the pending-by-queue index, at the start of the queue's future range:
-# `scheduled_at > now()` (the statement's start, in autocommit), not clock_timestamp(), because a volatile
-# function cannot bound an index scan (with it the question filtered every pending row: 216 ms at 1,000,000).
-# psycopg2 sends the queues as a literal, so the branch not taken is planned away and never runs.
+# (NULL: none), the database's clock itself (epoch seconds), from which the provider keeps its estimate of
+# how far its own clock is off, and the queues that have future jobs. Jobs already due do not count: they are the
+# reservation's business, and a backlog of them must not hide the next timer. The question is one lookup per queue
+# on the pending-by-queue index, at the start of the queue's future range: `scheduled_at > now()` (the statement's
+# start, in autocommit), not clock_timestamp(), because a volatile function cannot bound an index scan (with it the
+# question filtered every pending row: 216 ms at 1,000,000). The queues are the worker's own, or for a worker of
+# every queue those it knows to have future jobs (the last answer and the notifications since), or, NULL, every
+# queue found by the loose scan (at start and when notifications may have been missed): that scan checks every
+# past entry of the index, dead ones included, so it is not asked at every poll. psycopg2 sends the queues as a
+# literal, so the branch not taken is planned away and never runs.
 NEXT_SCHEDULED = f"""
 WITH RECURSIVE {FUTURE_QUEUES}
-SELECT extract(epoch FROM min(next.scheduled_at) - clock_timestamp()), extract(epoch FROM clock_timestamp())
-FROM (SELECT queue FROM future_queues WHERE %(queues)s::text[] IS NULL
+SELECT extract(epoch FROM min(next.scheduled_at) - clock_timestamp()), extract(epoch FROM clock_timestamp()),
+       coalesce(array_agg(q.queue) FILTER (WHERE next.scheduled_at IS NOT NULL), '{{}}')
+FROM (SELECT queue FROM future_queues WHERE %(queues)s::text[] IS NULL AND queue IS NOT NULL
       UNION ALL SELECT unnest(%(queues)s::text[])) AS q
-CROSS JOIN LATERAL (
+LEFT JOIN LATERAL (
     SELECT j.scheduled_at FROM exekutor_jobs j
     WHERE j.status = 'p' AND j.queue = q.queue AND j.scheduled_at > now()
       AND j.priority BETWEEN %(min_priority)s AND %(max_priority)s
-    ORDER BY j.scheduled_at LIMIT 1) AS next
+    ORDER BY j.scheduled_at LIMIT 1) AS next ON true
 """
 
 # Completion, fenced by reservation: only rows still executing, owned by this worker and at the attempt it

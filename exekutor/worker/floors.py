@@ -39,6 +39,7 @@ reserved, a notification naming it) gets a range of its own, so its walk starts 
 floor); between known priorities, a range's walk filters the other entries in the index without visiting the table.
 """
 import bisect
+import collections
 
 from exekutor.db.arrays import array
 
@@ -180,3 +181,30 @@ class ReservationFloors:
     def _set(self, low, high, at):
         for index in self._covered(low, high):
             self._floors[index] = at
+
+
+class FloorHistory:
+    """The lowest floor a reservation started from, per second of the worker's monotonic clock, for the check
+    below the floors. A job another worker's reservation held locked while this worker's walk passed over it is no
+    lower than the floor that walk started from, and it becomes ready again (if that reservation rolls back) no later
+    than the lock is held: the check only looks that far back, so that it does not walk every dead entry at every
+    poll. Now and then the check looks at everything (a reservation without statement_timeout can hold its locks
+    for any time)."""
+
+    def __init__(self):
+        self._lowest = collections.deque()  # (second, lowest floor a walk started from in that second)
+
+    def record(self, now, floors):
+        """A reservation starts from `floors` (a ReservationFloors) at monotonic time `now`."""
+        lowest, second = min(at for _, _, at in floors.ranges()), int(now)
+        if self._lowest and self._lowest[-1][0] == second:
+            self._lowest[-1] = (second, min(self._lowest[-1][1], lowest))
+        else:
+            self._lowest.append((second, lowest))
+
+    def lowest_since(self, since):
+        """The lowest floor any walk started from at or after monotonic time `since`, or None if no walk did (none
+        can have passed over a job since); older seconds are forgotten."""
+        while self._lowest and self._lowest[0][0] < int(since):
+            self._lowest.popleft()
+        return min((lowest for _, lowest in self._lowest), default=None)

@@ -91,7 +91,7 @@ class Listener(Component):
             return
         queue, lowest, highest, earliest, latest = parsed
         if self.worker.accepts(queue, lowest, highest):
-            self.provider.job_available(earliest, latest, lowest, highest)
+            self.provider.job_available(earliest, latest, lowest, highest, queue)
 
     def stop(self):
         """Wake the listener out of its wait so it sees the worker stopping."""

@@ -19,9 +19,13 @@ from gevent.lock import Semaphore
 
 from exekutor.db.queries import BELOW_FLOORS, NEXT_SCHEDULED, RESERVE_JOBS, UNBLOCK
 from exekutor.worker.component import Component
-from exekutor.worker.floors import ReservationFloors
+from exekutor.worker.floors import NEG_INF, FloorHistory, ReservationFloors
 
 BATCH_WAIT = 0.002
+# The check below the floors looks back as far as another worker's reservation may hold rows locked (its
+# statement_timeout, this long when there is none) and a poll interval, and at everything this often (seconds).
+LOCK_WINDOW = 60.0
+FULL_CHECK_EVERY = 600.0
 
 
 class Provider(Component):
@@ -59,14 +63,24 @@ class Provider(Component):
         self.floors = ReservationFloors(worker.min_priority, worker.max_priority)
         self.below_floors = 0  # ready jobs the check at a poll found below the floors
         self._floor_check = None
+        # A worker of every queue asks the timer's question for the queues it knows to have future jobs: None
+        # (unknown: at start, and when notifications may have been missed) asks the database to find them all.
+        self._future_queues = None
+        self._announced = set()  # queues announced while the question was in flight
+        self._floor_history = FloorHistory()
+        self._full_check_at = 0.0  # monotonic time of the next check from the index's start
 
     # --- signals from the other components ------------------------------------------------------------
 
-    def job_available(self, earliest, latest=None, lowest=None, highest=None):
-        """Jobs of priorities `lowest`..`highest` became pending, scheduled from `earliest` to `latest` (epoch
-        seconds on the database's clock)."""
+    def job_available(self, earliest, latest=None, lowest=None, highest=None, queue=None):
+        """Jobs of `queue`, priorities `lowest`..`highest`, became pending, scheduled from `earliest` to `latest`
+        (epoch seconds on the database's clock)."""
         self.floors.lower(self.worker.min_priority if lowest is None else lowest,
                           self.worker.max_priority if highest is None else highest, earliest)
+        if queue is not None:
+            self._announced.add(queue)
+            if self._future_queues is not None:
+                self._future_queues.add(queue)
         now = time.time() + self.clock_offset
         if earliest <= now:
             self._maybe_more = True
@@ -88,6 +102,8 @@ class Provider(Component):
     def notifications_lost(self):
         """The listener (re)connected: what was announced meanwhile is unknown, so walk from the start once."""
         self.floors.reset()
+        self._future_queues = None
+        self._refresh_due = True
         self.poll_now()
 
     def capacity_freed(self):
@@ -155,6 +171,7 @@ class Provider(Component):
         with self.reservation_lock:
             self.reservations_begun += 1
             self.floors.begin()
+            self._floor_history.record(time.monotonic(), self.floors)
             try:
                 with self.worker.db() as conn, conn.cursor() as cursor:
                     started = time.monotonic()
@@ -212,7 +229,15 @@ class Provider(Component):
             self._floor_check = gevent.spawn(self._below_floors)
 
     def _below_floors(self):
-        params = dict(self.worker.reserve_params(0), **self.floors.params())
+        now = time.monotonic()
+        if now >= self._full_check_at:
+            since, self._full_check_at = NEG_INF, now + FULL_CHECK_EVERY
+        else:
+            window = max(self.worker.statement_timeout or LOCK_WINDOW, LOCK_WINDOW) + self.worker.polling_interval
+            since = self._floor_history.lowest_since(now - window - 1.0)
+            if since is None:
+                return  # no walk passed over anything since the last checks
+        params = dict(self.worker.reserve_params(0), since=since, **self.floors.params())
         try:
             with self.worker.db() as conn, conn.cursor() as cursor:
                 cursor.execute(BELOW_FLOORS, params)
@@ -226,10 +251,17 @@ class Provider(Component):
             self._wake.set()
 
     def _refresh_next_scheduled(self):
+        params = self.worker.reserve_params(0)
+        if self.worker.queues is None and self._future_queues is not None:
+            params["queues"] = sorted(self._future_queues)
+        self._announced = set()
         sent = time.time()
         with self.worker.db() as conn, conn.cursor() as cursor:
-            cursor.execute(NEXT_SCHEDULED, self.worker.reserve_params(0))
-            seconds, database_now = cursor.fetchone()
+            cursor.execute(NEXT_SCHEDULED, params)
+            seconds, database_now, future = cursor.fetchone()
+        if self.worker.queues is None and self._listening():
+            # Those without future jobs leave the set; one announced meanwhile stays (its job may be newer).
+            self._future_queues = set(future) | self._announced
         received = time.time()
         self.clock_offset = float(database_now) - (sent + received) / 2
         self._next_due = received + float(seconds) if seconds is not None else None
