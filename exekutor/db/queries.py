@@ -250,7 +250,7 @@ DELETE_WORKER = "DELETE FROM exekutor_workers WHERE id = %s"
 # presumed dead but alive finished meanwhile, which its fenced completion wrote and the trigger then skips).
 #
 # It runs in one transaction after FAIL_OVER_RESCUED, which found (and locked) the dead workers: `dead` are those.
-RESCUE_ORPHANS = """
+_RESCUE_ORPHANS = """
 WITH dead AS (
     DELETE FROM exekutor_workers WHERE id = ANY(%(dead)s::uuid[])
     RETURNING id
@@ -258,7 +258,8 @@ WITH dead AS (
     SELECT count(*) AS jobs FROM exekutor_jobs WHERE status = 'e' AND worker_id IN (SELECT id FROM dead)
 ), ownerless AS (
     UPDATE exekutor_jobs j SET status = 'p', worker_id = NULL, releases = j.releases + 1
-    WHERE j.status = 'e' AND (j.started_at IS NULL OR j.started_at < now() - %(worker_timeout)s * interval '1 second')
+    WHERE {ownerless} AND j.status = 'e'
+      AND (j.started_at IS NULL OR j.started_at < now() - %(worker_timeout)s * interval '1 second')
       AND NOT EXISTS (SELECT 1 FROM exekutor_workers w WHERE w.id = j.worker_id)
       AND NOT EXISTS (SELECT 1 FROM dead d WHERE d.id = j.worker_id)
       AND j.worker_id <> %(worker_id)s
@@ -269,6 +270,11 @@ SELECT (SELECT count(*) FROM dead), (SELECT count(*) FROM ownerless),
         FROM ownerless),
        (SELECT jobs FROM released)
 """
+RESCUE_ORPHANS = _RESCUE_ORPHANS.format(ownerless="true")
+# The same without the ownerless jobs' part, which reads every entry of the executing index (one per run of any
+# worker until a VACUUM removes it, which a long-held snapshot prevents): a worker asks it once per worker_timeout
+# (an ownerless job is one that started more than worker_timeout ago), not at every beat.
+RESCUE_DEAD_WORKERS = _RESCUE_ORPHANS.format(ownerless="false")
 
 # Before the rescue, in its transaction: the workers presumed dead (their heartbeat older than worker_timeout),
 # locked so that no late heartbeat revives one meanwhile, and their executing jobs. Each such job gets a WorkerLost

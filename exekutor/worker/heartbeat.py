@@ -27,7 +27,7 @@ import gevent
 
 from exekutor import hooks
 from exekutor.db.pool import ConnectionPool
-from exekutor.db.queries import FAIL_OVER_RESCUED, HEARTBEAT, RESCUE_ORPHANS, UNBLOCK
+from exekutor.db.queries import FAIL_OVER_RESCUED, HEARTBEAT, RESCUE_DEAD_WORKERS, RESCUE_ORPHANS, UNBLOCK
 from exekutor.error_records import type_name
 from exekutor.errors import WorkerLost
 from exekutor.worker.component import ErrorStreak
@@ -50,6 +50,7 @@ class Heartbeat(ErrorStreak):
         # time.monotonic() when the last heartbeat that found the row was sent, and when the current run of
         # heartbeats without a gap began.
         self.last_success = self.healthy_since = time.monotonic()
+        self._ownerless_at = 0.0  # monotonic time of the next rescue that also looks for ownerless jobs
         self.gap = 2 * interval + 1.0
         self.lost = False  # the row was found deleted: the worker's jobs must stop until it registers again
         self.paused = None  # why the watchdog stopped the heartbeat (the worker's loop is wedged), or None
@@ -132,9 +133,15 @@ class Heartbeat(ErrorStreak):
     def rescue(self):
         if time.monotonic() - self.healthy_since < self.worker_timeout:
             return  # not yet beating steadily for worker_timeout: others may just be reconnecting, as we were
+        # Ownerless jobs started more than worker_timeout ago: looking for them once per worker_timeout is enough,
+        # and the question reads every entry of the executing index (see RESCUE_DEAD_WORKERS).
+        now = time.monotonic()
+        with_ownerless = now >= self._ownerless_at
         with self.worker.db(self.own_pool()) as conn, conn.cursor() as cursor:
             dead, ownerless, released, failed = rescue_orphans(cursor, self.worker.id, self.worker_timeout,
-                                                               self.max_rescues)
+                                                               self.max_rescues, with_ownerless)
+        if with_ownerless:
+            self._ownerless_at = now + self.worker_timeout
         if dead or ownerless:
             self.rescued_workers += dead
             self.rescued_jobs += released + ownerless
@@ -148,10 +155,10 @@ class Heartbeat(ErrorStreak):
                          "blocks every worker that runs it", self.worker.id, failed, self.max_rescues)
 
 
-def rescue_orphans(cursor, worker_id, worker_timeout, max_rescues):
-    """Remove the workers presumed dead and release their jobs, and the ownerless ones (on an autocommit
-    connection's cursor). Returns (dead workers, ownerless jobs released, the dead workers' jobs released, jobs
-    failed at max_rescues)."""
+def rescue_orphans(cursor, worker_id, worker_timeout, max_rescues, ownerless=True):
+    """Remove the workers presumed dead and release their jobs, and (with `ownerless`) the ownerless ones (on an
+    autocommit connection's cursor). Returns (dead workers, ownerless jobs released, the dead workers' jobs
+    released, jobs failed at max_rescues)."""
     params = {"worker_timeout": worker_timeout, "worker_id": worker_id, "max_rescues": max_rescues,
               "lost_type": WORKER_LOST}
     # One transaction: the dead workers' rows stay locked (no late heartbeat can revive them) while their jobs are
@@ -159,7 +166,7 @@ def rescue_orphans(cursor, worker_id, worker_timeout, max_rescues):
     cursor.execute("BEGIN")
     cursor.execute(FAIL_OVER_RESCUED, params)
     dead_ids, failed = cursor.fetchone()
-    cursor.execute(RESCUE_ORPHANS, dict(params, dead=dead_ids))
+    cursor.execute(RESCUE_ORPHANS if ownerless else RESCUE_DEAD_WORKERS, dict(params, dead=dead_ids))
     dead, ownerless, _, released = cursor.fetchone()
     cursor.execute("COMMIT")
     if released or ownerless or failed:
