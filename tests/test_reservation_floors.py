@@ -201,6 +201,31 @@ def test_rows_locked_by_a_reservation_that_rolled_back_run_after_the_next_poll(s
     assert scalar(fdb, "SELECT count(*) FROM test_executions WHERE tag LIKE 'locked-%%'") == 5
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: the check below the floors returns the first ready job of each range (LIMIT 1) and lowers that job's "
+    "priority only; stranded jobs of other priorities in the same range (priorities the worker has not seen share "
+    "one) wait for one more poll each"))
+@pytest.mark.timeout(120)
+def test_locked_rows_of_several_priorities_are_all_found_by_the_first_check_after_the_rollback(start_worker, fdb,
+                                                                                               database_url):
+    poll = 2
+    old = exekutor.enqueue_many([jobs_app.record.set(priority=p).job(f"locked-p{p}") for p in (3, 5, 7, 9)])
+    old_ids = [h.id for h in old]
+    locker = psycopg2.connect(database_url)
+    try:
+        query(locker, "SELECT 1 FROM exekutor_jobs WHERE id = ANY(%s::uuid[]) FOR UPDATE", (old_ids,))
+        start(start_worker, fdb, "floors-c2", poll)
+        run_and_wait(fdb, 10, "newer")  # priority 16383: the locked ones' priorities stay in one range, [1, 16382]
+        locker.rollback()
+    finally:
+        locker.close()
+    wait_for(lambda: scalar(fdb, "SELECT count(*) FROM exekutor_jobs WHERE id = ANY(%s::uuid[]) AND status = 'c'",
+                            (old_ids,)) == 4, 60, message="the jobs that were locked to run")
+    spread = scalar(fdb, "SELECT extract(epoch FROM max(started_at) - min(started_at)) FROM exekutor_jobs "
+                         "WHERE id = ANY(%s::uuid[])", (old_ids,))
+    assert spread < poll / 2, f"the four started over {spread:.1f}s: one poll ({poll}s) after another"
+
+
 # --- d. the listener's connection killed while jobs are enqueued ----------------------------------------------
 
 
