@@ -19,21 +19,23 @@ LISTEN = f'LISTEN "{NOTIFY_CHANNEL}"; LISTEN "{CANCEL_CHANNEL}"'
 # but handed to exekutor_start_limited, which admits it or holds it back; the others pay one hashed look-up of a
 # small table. The limited part's row with a NULL id has the number of candidates it held back.
 #
-# The last row (NULL id, NULL queue) is the walk's account for the floors: the number of candidates in `attempts`,
-# the last candidate's priority and scheduled_at, the first limited candidate's priority in `releases` and
-# scheduled_at in `enqueued_at` (admission may leave one ready: a limit that appeared meanwhile), and the
-# statement's now() in epoch seconds as `waited`.
+# The last row (NULL id) is the walk's account for the floors, a JSON object in `options`: the number of
+# candidates, the statement's now(), the last candidate's key (priority, scheduled_at, enqueued_at) and the first
+# limited candidate's (priority, scheduled_at) (admission may leave one ready: a limit that appeared meanwhile);
+# times in epoch seconds.
 RESERVE_JOBS = """
 WITH candidates AS MATERIALIZED (
-    SELECT c.* FROM unnest(%(floor_from)s::int[], %(floor_to)s::int[], %(floor_at)s::float8[]) AS f(low, high, at)
+    SELECT c.* FROM unnest(%(floor_from)s::int[], %(floor_to)s::int[], %(floor_at)s::float8[],
+                           %(floor_after)s::float8[]) AS f(low, high, at, after)
     CROSS JOIN LATERAL (
-        SELECT id, priority, scheduled_at, concurrency_key IS NOT NULL OR rate_key IS NOT NULL OR queue IN (
-            SELECT name FROM exekutor_queues WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL
-                                                OR rate_limit IS NOT NULL) AS limited
+        SELECT id, priority, scheduled_at, enqueued_at,
+               concurrency_key IS NOT NULL OR rate_key IS NOT NULL OR queue IN (
+                   SELECT name FROM exekutor_queues WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL
+                                                       OR rate_limit IS NOT NULL) AS limited
         FROM exekutor_jobs
         WHERE status = 'p' AND blocked_on IS NULL AND scheduled_at <= now()
-          AND (priority, scheduled_at) >= (f.low, to_timestamp(f.at)) AND priority <= f.high
-          AND scheduled_at >= to_timestamp(f.at)
+          AND (priority, scheduled_at, enqueued_at) >= (f.low, to_timestamp(f.at), to_timestamp(f.after))
+          AND priority <= f.high AND scheduled_at >= to_timestamp(f.at)
           AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
           AND priority BETWEEN %(min_priority)s AND %(max_priority)s
         ORDER BY priority, scheduled_at, enqueued_at
@@ -45,37 +47,38 @@ WITH candidates AS MATERIALIZED (
     WHERE id = ANY(ARRAY(SELECT id FROM candidates WHERE NOT limited))
     RETURNING id::text, queue::text, priority, payload::text, options, enqueued_at, scheduled_at, attempts, releases,
         extract(epoch FROM now() - scheduled_at)::float8, NULL::text[]
-), last AS (
-    SELECT priority, scheduled_at FROM candidates ORDER BY priority DESC, scheduled_at DESC LIMIT 1
-), first_limited AS (
-    SELECT priority, scheduled_at FROM candidates WHERE limited ORDER BY priority, scheduled_at LIMIT 1
 )
 SELECT * FROM reserved
 UNION ALL
 SELECT * FROM exekutor_start_limited(ARRAY(SELECT id FROM candidates WHERE limited), %(worker_id)s)
 WHERE EXISTS (SELECT 1 FROM candidates WHERE limited)
 UNION ALL
-SELECT NULL, NULL, (SELECT priority FROM last), NULL, NULL, (SELECT scheduled_at FROM first_limited),
-       (SELECT scheduled_at FROM last), (SELECT count(*) FROM candidates)::int, (SELECT priority FROM first_limited),
-       extract(epoch FROM now())::float8, NULL
+SELECT NULL, NULL, NULL, NULL, jsonb_build_object(
+    'candidates', (SELECT count(*) FROM candidates), 'now', extract(epoch FROM now()),
+    'last', (SELECT jsonb_build_array(priority, extract(epoch FROM scheduled_at), extract(epoch FROM enqueued_at))
+             FROM candidates ORDER BY priority DESC, scheduled_at DESC, enqueued_at DESC LIMIT 1),
+    'limited', (SELECT jsonb_build_array(priority, extract(epoch FROM scheduled_at))
+                FROM candidates WHERE limited ORDER BY priority, scheduled_at LIMIT 1)),
+       NULL, NULL, NULL, NULL, NULL, NULL
 """
 
-# Below the floors (exekutor.worker.floors): the first ready job under each range's floor, if any, from `since`
+# Below the floors (exekutor.worker.floors): the earliest ready job under each range's floor, if any, from `since`
 # (epoch seconds; -Infinity: from the index's start). A reservation of another worker that rolled back after this
 # one passed over its locked rows leaves such a job, as would any path that made a job ready without a notification.
 # Asked at every poll, off the reservation path, from the lowest floor the worker's walks started from while such a
 # lock could have been held (FloorHistory), and now and then from the start: that is the walk over the dead entries
 # that reservations skip.
 BELOW_FLOORS = """
-SELECT b.priority, extract(epoch FROM b.scheduled_at)::float8
-FROM unnest(%(floor_from)s::int[], %(floor_to)s::int[], %(floor_at)s::float8[]) AS f(low, high, at)
+SELECT f.low, f.high, extract(epoch FROM b.scheduled_at)::float8
+FROM unnest(%(floor_from)s::int[], %(floor_to)s::int[], %(floor_at)s::float8[], %(floor_after)s::float8[])
+    AS f(low, high, at, after)
 CROSS JOIN LATERAL (
-    SELECT priority, scheduled_at FROM exekutor_jobs
+    SELECT min(scheduled_at) AS scheduled_at FROM exekutor_jobs
     WHERE status = 'p' AND blocked_on IS NULL AND (priority, scheduled_at) >= (f.low, to_timestamp(%(since)s::float8))
-      AND priority <= f.high AND scheduled_at >= to_timestamp(%(since)s::float8) AND scheduled_at < to_timestamp(f.at)
-      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-    ORDER BY priority, scheduled_at LIMIT 1) AS b
-WHERE f.at > '-infinity'::float8
+      AND priority <= f.high AND scheduled_at >= to_timestamp(%(since)s::float8)
+      AND (scheduled_at, enqueued_at) < (to_timestamp(f.at), to_timestamp(f.after))
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))) AS b
+WHERE f.at > '-infinity'::float8 AND b.scheduled_at IS NOT NULL
 """
 
 # After outcomes of limited jobs are written, a rescue or a release, and at every poll (NULL: every limit holding

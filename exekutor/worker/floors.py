@@ -44,6 +44,7 @@ import collections
 from exekutor.db.arrays import array
 
 NEG_INF = float("-inf")
+BOTTOM = (NEG_INF, NEG_INF)  # a floor below every key
 SLACK = 0.00001  # seconds a raised floor stays below what the walk proved (epoch floats round microseconds)
 MAX_KNOWN = 64  # priorities with a range of their own; past that, the least recently seen go back into the gaps
 
@@ -54,24 +55,30 @@ class ReservationFloors:
         self.enabled = enabled
         self.resets = 0
         self._starts = [lowest]  # start of each range (sorted); a range ends where the next starts
-        self._floors = [NEG_INF]
+        self._floors = [BOTTOM]  # per range: (scheduled_at, enqueued_at), epoch seconds, compared in that order
         self._known = {}  # priority -> a counter of when it was last seen (for MAX_KNOWN)
         self._seen = 0
         self._lowered = None  # while a reservation is in flight: the lowerings to apply again after it
 
     # --- what a reservation walks ---------------------------------------------------------------------
 
-    def ranges(self):
-        """[(low, high, floor)] covering the worker's priorities in order; floor in epoch seconds (or -inf)."""
+    def keys(self):
+        """[(low, high, (scheduled, enqueued))] covering the worker's priorities in order: each range's walk starts at
+        the index key (low, scheduled, enqueued), epoch seconds (or -inf)."""
         ends = self._starts[1:] + [self.highest + 1]
         return [(start, end - 1, floor) for start, end, floor in zip(self._starts, ends, self._floors)]
 
+    def ranges(self):
+        """[(low, high, floor)]: the floor's scheduled time of each range."""
+        return [(low, high, floor[0]) for low, high, floor in self.keys()]
+
     def params(self):
         """The ranges as the array literals RESERVE_JOBS and BELOW_FLOORS take."""
-        ranges = self.ranges()
-        return {"floor_from": array(str(low) for low, _, _ in ranges),
-                "floor_to": array(str(high) for _, high, _ in ranges),
-                "floor_at": array("-Infinity" if at == NEG_INF else repr(at) for _, _, at in ranges)}
+        keys = self.keys()
+        return {"floor_from": array(str(low) for low, _, _ in keys),
+                "floor_to": array(str(high) for _, high, _ in keys),
+                "floor_at": array(_literal(floor[0]) for _, _, floor in keys),
+                "floor_after": array(_literal(floor[1]) for _, _, floor in keys)}
 
     # --- moves --------------------------------------------------------------------------------------------
 
@@ -82,50 +89,60 @@ class ReservationFloors:
             return
         self._know(low)
         self._know(high)
-        self._lower(low, high, at - SLACK)
+        self._lower(low, high, (at - SLACK, NEG_INF))
         if self._lowered is not None:
-            self._lowered.append((low, high, at - SLACK))
+            self._lowered.append((low, high, (at - SLACK, NEG_INF)))
+
+    def lower_range(self, low, high, at):
+        """Like lower(), without giving low and high ranges of their own (the check below the floors finds the
+        earliest ready job of a whole range)."""
+        self._lower(max(low, self.lowest), min(high, self.highest), (at - SLACK, NEG_INF))
 
     def reset(self):
         self.resets += 1
-        self._starts, self._floors = [self.lowest], [NEG_INF]
+        self._starts, self._floors = [self.lowest], [BOTTOM]
         self._known.clear()
         if self._lowered is not None:
-            self._lowered.append((self.lowest, self.highest, NEG_INF))
+            self._lowered.append((self.lowest, self.highest, BOTTOM))
 
     def begin(self):
         """A reservation is about to be sent: notifications from now on are applied again after it."""
         self._lowered = []
 
-    def end(self, now, candidates, limit, last_priority, last_scheduled, priorities=(), unproven=None):
+    def end(self, now, candidates, limit, last_priority, last_scheduled, priorities=(), unproven=None,
+            last_enqueued=None):
         """The reservation went through at the database's `now`: it walked `candidates` rows (up to `limit`), the
-        last at (`last_priority`, `last_scheduled`); `priorities` are those of the jobs it reserved. `unproven`
-        (priority, scheduled) is the first candidate the walk handed to flow control's admission, which may leave
-        it ready: the floor stays below it."""
+        last at (`last_priority`, `last_scheduled`, `last_enqueued`); `priorities` are those of the jobs it reserved.
+        `unproven` (priority, scheduled) is the first candidate the walk handed to flow control's admission, which
+        may leave it ready: the floor stays below it. Without `last_enqueued` the last priority's floor is the
+        candidate's scheduled time less SLACK; with it, the candidate's exact key (times that came from the
+        database's own timestamps convert back to them exactly), so the jobs of one batch reserved before are not
+        walked again."""
         lowered, self._lowered = self._lowered or [], None
         if unproven is not None:
-            lowered.append((unproven[0], unproven[0], unproven[1] - SLACK))
+            lowered.append((unproven[0], unproven[0], (unproven[1] - SLACK, NEG_INF)))
         if self.enabled:
             for priority in priorities:
                 self._know(priority)
             if candidates < limit:
-                self._set(self.lowest, self.highest, now - SLACK)
+                self._set(self.lowest, self.highest, (now - SLACK, NEG_INF))
             elif last_priority is not None:
                 self._know(last_priority)
                 if last_priority > self.lowest:
-                    self._set(self.lowest, last_priority - 1, now - SLACK)
-                self._set(last_priority, last_priority, last_scheduled - SLACK)
-        for low, high, at in lowered:
-            self._lower(low, high, at)
+                    self._set(self.lowest, last_priority - 1, (now - SLACK, NEG_INF))
+                last = (last_scheduled - SLACK, NEG_INF) if last_enqueued is None else (last_scheduled, last_enqueued)
+                self._set(last_priority, last_priority, last)
+        for low, high, floor in lowered:
+            self._lower(low, high, floor)
 
     def settle(self, rows, limit):
         """Take the walk's account (RESERVE_JOBS' last row) off a reservation's `rows` and raise the floors by it;
         returns the other rows."""
-        _, _, last_priority, _, _, limited_scheduled, last_scheduled, candidates, limited_priority, now, _ = rows.pop()
-        self.end(now, candidates, limit, last_priority,
-                 last_scheduled.timestamp() if last_scheduled is not None else None,
-                 {row[2] for row in rows if row[0] is not None},
-                 (limited_priority, limited_scheduled.timestamp()) if limited_priority is not None else None)
+        account = rows.pop()[4]
+        last, limited = account["last"], account["limited"]
+        self.end(account["now"], account["candidates"], limit, *(last[:2] if last else (None, None)),
+                 {row[2] for row in rows if row[0] is not None}, tuple(limited) if limited else None,
+                 last_enqueued=last[2] if last and len(last) > 2 else None)
         return rows
 
     def abort(self):
@@ -181,6 +198,10 @@ class ReservationFloors:
     def _set(self, low, high, at):
         for index in self._covered(low, high):
             self._floors[index] = at
+
+
+def _literal(at):
+    return "-Infinity" if at == NEG_INF else repr(at)
 
 
 class FloorHistory:

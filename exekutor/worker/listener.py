@@ -118,5 +118,11 @@ def _is_priority(value):
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 32767
 
 
+# The epoch seconds PostgreSQL's timestamps can hold (4714 BC to 294276 AD): a time outside cannot be a job's, and a
+# floor lowered to it would make the reservation's to_timestamp() fail.
+OLDEST, NEWEST = -210866803200.0, 9224318016000.0
+
+
 def _is_time(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and OLDEST <= value < NEWEST

@@ -244,9 +244,9 @@ class Provider(Component):
                 found = cursor.fetchall()
         except Exception:  # noqa: BLE001 - the next poll asks again; a failing database shows elsewhere
             return
-        for priority, scheduled in found:
+        for low, high, scheduled in found:
             self.below_floors += 1
-            self.floors.lower(priority, priority, scheduled)
+            self.floors.lower_range(low, high, scheduled)
             self._maybe_more = True
             self._wake.set()
 
