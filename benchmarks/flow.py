@@ -221,6 +221,11 @@ def _rate(ctx):
 HELD = 100_000
 
 
+# Due at the transaction's now(), which the reservation in the same transaction compares with (the column's
+# default, clock_timestamp(), is later).
+RUNNABLE_JOB = "INSERT INTO exekutor_jobs (payload, scheduled_at) VALUES (%s::jsonb, now())"
+
+
 def reservation_times(db, worker_id, tries=20):
     """The worker's reservation statement (limit THREADS) for one runnable no-op job, `tries` times, each in a
     transaction rolled back (the worker never sees the job): seconds, client side."""
@@ -230,7 +235,7 @@ def reservation_times(db, worker_id, tries=20):
         with conn.cursor() as cursor:
             params = reserve_params(worker_id, THREADS)
             for _ in range(tries):
-                cursor.execute("INSERT INTO exekutor_jobs (payload) VALUES (%s::jsonb)", (NOOP_PAYLOAD,))
+                cursor.execute(RUNNABLE_JOB, (NOOP_PAYLOAD,))
                 started = time.perf_counter()
                 cursor.execute(RESERVE_JOBS, params)
                 got = sum(row[0] is not None for row in cursor.fetchall())  # not the walk's account
@@ -238,7 +243,7 @@ def reservation_times(db, worker_id, tries=20):
                 conn.rollback()
                 if got != 1:
                     raise RuntimeError(f"the reservation took {got} jobs, expected the 1 runnable one")
-            cursor.execute("INSERT INTO exekutor_jobs (payload) VALUES (%s::jsonb)", (NOOP_PAYLOAD,))
+            cursor.execute(RUNNABLE_JOB, (NOOP_PAYLOAD,))
             plan = explain(cursor, RESERVE_JOBS, params)
             conn.rollback()
     finally:

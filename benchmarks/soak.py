@@ -262,8 +262,9 @@ def _server_reservation(db, limit, batch, priorities, floor_age):
     conn = harness.connect(db.url, autocommit=False)
     try:
         with conn.cursor() as cursor:
-            cursor.execute("INSERT INTO exekutor_jobs (id, queue, priority, payload) "
-                           "SELECT id, %s, %s, '{\"job\": \"probe\"}' FROM unnest(%s::uuid[]) AS id",
+            # Due at now() (the column's default, clock_timestamp(), is later than this transaction's now()).
+            cursor.execute("INSERT INTO exekutor_jobs (id, queue, priority, payload, scheduled_at) "
+                           "SELECT id, %s, %s, '{\"job\": \"probe\"}', now() FROM unnest(%s::uuid[]) AS id",
                            (PROBE_QUEUE, priorities[0], ids))
             floors = ReservationFloors(MIN_PRIORITY, MAX_PRIORITY)
             if floor_age is not None:

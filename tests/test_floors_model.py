@@ -9,6 +9,7 @@ end()), a reset or an abort brings every floor to -inf, a walk that fell short o
 not lowered meanwhile to its now() less SLACK, and floors that are not enabled never rise above -inf.
 """
 import contextlib
+import datetime as dt
 import json
 import math
 
@@ -59,14 +60,16 @@ class Model:
     def begin(self):
         self.lowered = []
 
-    def end(self, enabled, now, candidates, limit, last_priority, last_scheduled):
+    def end(self, enabled, now, candidates, limit, last_priority, last_scheduled, exact=False):
+        """`exact`: the walk's last key is known to the microsecond (settle(): its enqueued time too), and the
+        floor of its priority is that key, not its scheduled time less SLACK."""
         lowered, self.lowered = self.lowered or [], None
         if enabled:
             for p in self.floor:
                 if candidates < limit or p < last_priority:
                     self.floor[p] = now - SLACK
                 elif p == last_priority:
-                    self.floor[p] = last_scheduled - SLACK
+                    self.floor[p] = last_scheduled - (0 if exact else SLACK)
         for low, high, at in lowered:
             for p in range(max(low, self.lowest), min(high, self.highest) + 1):
                 self.floor[p] = min(self.floor[p], at)
@@ -147,13 +150,23 @@ def moves_over(lowest, highest, max_size=25, toggles=True):
 
 
 def account_rows(now, candidates, last, reserved):
-    """A reservation's rows as RESERVE_JOBS returns them: the jobs it reserved, then the walk's account."""
-    rows = [(f"id-{i}", "default", p, "{}", None, None, None, 1, 0, 0.0, None) for i, p in enumerate(reserved)]
-    account = {"candidates": candidates, "now": now, "last": None, "limited": None}
-    if last:  # without the enqueued time the model's expectation (the scheduled time less SLACK) holds
-        account["last"] = [last[0], last[1]]
-    rows.append((None, None, None, None, account, None, None, None, None, None, None))
+    """A reservation's rows as RESERVE_JOBS returns them for a walk of `candidates` rows, all reserved, the last at
+    `last` (priority, scheduled), other priorities from `reserved` (at most the last's): then the row with now()."""
+    rows = []
+    if candidates:
+        last_priority, last_scheduled = last
+        others = [min(p, last_priority) for p in reserved][:candidates - 1]
+        others += [last_priority] * (candidates - 1 - len(others))
+        for i, p in enumerate(others):
+            rows.append(job_row(f"id-{i}", p, last_scheduled - 1.0 if p == last_priority else last_scheduled))
+        rows.append(job_row("id-last", last_priority, last_scheduled))
+    rows.append((None, None, None, None, None, None, None, None, None, now, None))
     return rows
+
+
+def job_row(job_id, priority, scheduled):
+    at = dt.datetime.fromtimestamp(scheduled, dt.timezone.utc)
+    return (job_id, "default", priority, "{}", None, at, at, 1, 0, 0.0, None)
 
 
 def run_moves(moves, lowest=LOWEST, highest=HIGHEST, enabled=True, toggles=True):
@@ -226,7 +239,7 @@ def run_moves(moves, lowest=LOWEST, highest=HIGHEST, enabled=True, toggles=True)
             assert real.settle(rows, limit) == account_rows(now, candidates, last, reserved)[:-1]
         else:
             real.end(now, candidates, limit, last_priority, last_scheduled, set(reserved))
-        model.end(enabled, now, candidates, limit, last_priority, last_scheduled)
+        model.end(enabled, now, candidates, limit, last_priority, last_scheduled, exact=outcome == "settle")
         # The lowerings that arrived in flight must survive the raise; those before it are superseded by its walk.
         for item in superseded:
             obligations.remove(item)

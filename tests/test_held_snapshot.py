@@ -63,16 +63,17 @@ def enqueue_round(url, db, count, statement):
 
 
 class Measure:
-    """A run's pending-index use: per round (scans, blocks, entries), and per scan over the first and last quarter
-    of the rounds (the first round left out: the worker's start)."""
+    """A run's pending-index use: per round (scans, blocks, entries), and per scan over the first and the second
+    half of the rounds (the first round left out: the worker's start)."""
 
     def __init__(self, total, windows, elapsed, dead):
         self.total, self.windows, self.elapsed, self.dead = total, windows, elapsed, dead
-        quarter = max(1, len(windows) // 4)
-        # A backend flushes its statistics at most once a second: a short window may show none of the worker's work,
-        # the next one more (work flushed in the gap around an insert is lost to the measure, never mixed into it).
-        self.first = self._per_scan(windows[1:1 + quarter] or windows[:1])
-        self.last = self._per_scan(windows[-quarter:])
+        half = max(1, len(windows) // 2)
+        # A backend flushes its statistics at most once a second, and an idle one may wait 10 s: a short window may
+        # show none of the worker's work, the next one more (work flushed in the gap around an insert is lost to the
+        # measure, never mixed into it). Halves of a run hold several flushes each.
+        self.first = self._per_scan(windows[1:half] or windows[:1])
+        self.last = self._per_scan(windows[half:])
 
     @staticmethod
     def _per_scan(windows):
@@ -82,8 +83,8 @@ class Measure:
 
     def __str__(self):
         return (f"{self.total} jobs in {self.elapsed:.0f}s, {self.dead} dead rows; pending index per scan: first "
-                f"quarter {self.first['blocks']:.2f} blocks, {self.first['entries']:.0f} entries "
-                f"({self.first['scans']} scans); last quarter {self.last['blocks']:.2f} blocks, "
+                f"half {self.first['blocks']:.2f} blocks, {self.first['entries']:.0f} entries "
+                f"({self.first['scans']} scans); second half {self.last['blocks']:.2f} blocks, "
                 f"{self.last['entries']:.0f} entries ({self.last['scans']} scans); (scans, blocks, entries) by round: "
                 f"{self.windows}")
 
@@ -129,8 +130,8 @@ def run_under_held_snapshot(start_worker, db, url, total, rounds, statement):
 @pytest.mark.timeout(300)
 def test_reservations_walk_a_bounded_part_of_the_pending_index_under_a_held_snapshot(start_worker, db, database_url):
     """200,000 jobs in 20 rounds of 10 INSERTs of 1,000. With the floors: 2-3 blocks and about 50 entries a scan (the
-    jobs the previous walk reserved), first quarter and last. Without them (a walk from the index's start) they grow
-    with the jobs run: 14-16 blocks in the first quarter, 86-87 in the last (entries 12,000-15,000 -> 85,000)."""
+    jobs the previous walk reserved), in both halves of the run. Without them (a walk from the index's start) they grow
+    with the jobs run: 14-16 blocks early in the run, 86-87 at its end (entries 12,000-15,000 -> 85,000)."""
     measure = run_under_held_snapshot(start_worker, db, database_url, total=200_000, rounds=20, statement=1_000)
     first, last = measure.first, measure.last
     assert last["blocks"] <= 10, measure

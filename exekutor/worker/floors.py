@@ -136,13 +136,21 @@ class ReservationFloors:
             self._lower(low, high, floor)
 
     def settle(self, rows, limit):
-        """Take the walk's account (RESERVE_JOBS' last row) off a reservation's `rows` and raise the floors by it;
-        returns the other rows."""
-        account = rows.pop()[4]
-        last, limited = account["last"], account["limited"]
-        self.end(account["now"], account["candidates"], limit, *(last[:2] if last else (None, None)),
-                 {row[2] for row in rows if row[0] is not None}, tuple(limited) if limited else None,
-                 last_enqueued=last[2] if last and len(last) > 2 else None)
+        """Take the last row (RESERVE_JOBS' now()) off a reservation's `rows` and raise the floors by what the walk
+        proved; returns the other rows. The jobs reserved are the walk's candidates, unless flow control's admission
+        had some (the row with a NULL id): those it held back left the index, but one it skipped (a limit that
+        appeared meanwhile) is still ready, and where is not known, so that walk raises nothing."""
+        now = rows.pop()[9]
+        reserved = [row for row in rows if row[0] is not None]
+        priorities = {row[2] for row in reserved}
+        if len(reserved) < len(rows):
+            self.end(now, limit, limit, None, None, priorities)
+        elif len(reserved) >= limit:
+            last = max(reserved, key=lambda row: (row[2], row[6], row[5]))
+            self.end(now, len(reserved), limit, last[2], last[6].timestamp(), priorities,
+                     last_enqueued=last[5].timestamp())
+        else:
+            self.end(now, len(reserved), limit, None, None, priorities)
         return rows
 
     def abort(self):
