@@ -295,6 +295,20 @@ def test_a_lowering_in_flight_survives_the_raise_and_one_before_it_does_not():
     assert per_priority(floors) == {**{p: 200.0 - SLACK for p in range(1, 11)}, 7: 60.0 - SLACK}
 
 
+def test_a_stranded_job_the_poll_check_finds_while_a_reservation_is_in_flight_survives_its_raise():
+    """The check below the floors runs in a greenlet of its own: its lowering (a whole range, no priority made known)
+    may land while a reservation is in flight, whose raise must not undo it."""
+    floors = ReservationFloors(1, 10)
+    floors.begin()
+    floors.end(100.0, 0, 5, None, None)
+    floors.begin()
+    floors.lower(2, 9, 40.0, known=False)
+    assert floors.ranges() == [(1, 1, 100.0 - SLACK), (2, 9, 40.0 - SLACK), (10, 10, 100.0 - SLACK)]
+    floors.end(200.0, 0, 5, None, None)
+    assert per_priority(floors) == {**{p: 200.0 - SLACK for p in range(1, 11)},
+                                    **{p: 40.0 - SLACK for p in range(2, 10)}}
+
+
 def test_a_full_walk_raises_the_priorities_below_its_last_to_now_and_its_last_to_its_time():
     floors = ReservationFloors(1, 10)
     floors.begin()

@@ -13,11 +13,11 @@ nothing at all only in the cases that reset the floors.** Floors move as follows
 
 - **Raised only by this worker's own reservation, from what its walk proved.** A walk that returned fewer rows than
   its limit reserved every ready job it could see: every floor becomes the statement's now(). One that filled its
-  limit stopped at the last candidate's (priority, scheduled_at): priorities below it rise to now(), that priority
-  to the candidate's scheduled time, the ones above keep theirs. Rows other workers held locked (SKIP LOCKED) were
-  passed over: they are being reserved by them, and come back only if that reservation rolls back (below). A
-  candidate handed to flow control's admission is held back (it leaves the index) or started, except when a limit
-  appeared meanwhile: the floor of its priority stays below the first such candidate.
+  limit stopped at the last job it reserved: priorities below it rise to now(), that priority to the job's key
+  (priority, scheduled_at, enqueued_at), the ones above keep theirs. Rows other workers held locked (SKIP LOCKED)
+  were passed over: they are being reserved by them, and come back only if that reservation rolls back (below). A
+  walk that handed candidates to flow control's admission and had some held back or skipped raises nothing: a
+  candidate skipped (a limit appeared meanwhile) is still ready, and where is not known.
 - **Lowered by every notification** of jobs that became ready (inserted, retried, released, rescued, promoted by
   a limit, resumed): exekutor sends one from each such statement, delivered when its transaction commits, with the
   lowest scheduled time per queue and the range of priorities. A job whose transaction commits after a walk's
@@ -26,13 +26,14 @@ nothing at all only in the cases that reset the floors.** Floors move as follows
 - **Reset** (to minus infinity: walk from the start once) when notifications may have been missed: at every
   (re)connection of the listener, and after a reservation of this worker failed (its reply, and what it proved, are
   unknown). A worker without a listener never raises its floors.
-- **Checked** at every poll by a query below the floors (off the reservation path, on its own connection): a
-  reservation of another worker that rolled back after this one passed over its locked rows, or any path that made
-  a job ready without a notification, is found there and lowers the floor. This is the only walk over the dead
-  entries, once per poll interval and never in a reservation's way.
+- **Checked** at every poll by a query below the floors (off the reservation path, on its own connection, as far
+  back as a passed-over lock can reach, and from the start every ten minutes): a reservation of another worker
+  that rolled back after this one passed over its locked rows, or any path that made a job ready without a
+  notification, is found there and lowers the floor, also when a reservation is in flight.
 
 Lowering is always safe (a longer walk, never a lost job): so notifications, which any role may send, are trusted
-only to lower, and every raise errs low by SLACK (the times travel as epoch floats).
+only to lower. A raise is never above what the walk proved: the last reserved job's key, which comes from the
+database's own timestamps and converts back to them exactly, or a time less SLACK (times travel as epoch floats).
 
 Priorities are kept as ranges `[low, high]` with one floor each. A priority this worker has seen (a job it
 reserved, a notification naming it) gets a range of its own, so its walk starts with an index seek at (priority,
@@ -82,21 +83,19 @@ class ReservationFloors:
 
     # --- moves --------------------------------------------------------------------------------------------
 
-    def lower(self, low, high, at):
-        """Jobs of priorities low..high became ready, the earliest scheduled at `at` (epoch seconds)."""
+    def lower(self, low, high, at, known=True):
+        """Jobs of priorities low..high became ready, the earliest scheduled at `at` (epoch seconds). `known`: give
+        low and high ranges of their own (a notification names them; the check below the floors finds the earliest
+        ready job of a whole range, whatever its priority)."""
         low, high = max(low, self.lowest), min(high, self.highest)
         if low > high:
             return
-        self._know(low)
-        self._know(high)
+        if known:
+            self._know(low)
+            self._know(high)
         self._lower(low, high, (at - SLACK, NEG_INF))
         if self._lowered is not None:
             self._lowered.append((low, high, (at - SLACK, NEG_INF)))
-
-    def lower_range(self, low, high, at):
-        """Like lower(), without giving low and high ranges of their own (the check below the floors finds the
-        earliest ready job of a whole range)."""
-        self._lower(max(low, self.lowest), min(high, self.highest), (at - SLACK, NEG_INF))
 
     def reset(self):
         self.resets += 1
@@ -109,18 +108,13 @@ class ReservationFloors:
         """A reservation is about to be sent: notifications from now on are applied again after it."""
         self._lowered = []
 
-    def end(self, now, candidates, limit, last_priority, last_scheduled, priorities=(), unproven=None,
-            last_enqueued=None):
+    def end(self, now, candidates, limit, last_priority, last_scheduled, priorities=(), last_enqueued=None):
         """The reservation went through at the database's `now`: it walked `candidates` rows (up to `limit`), the
         last at (`last_priority`, `last_scheduled`, `last_enqueued`); `priorities` are those of the jobs it reserved.
-        `unproven` (priority, scheduled) is the first candidate the walk handed to flow control's admission, which
-        may leave it ready: the floor stays below it. Without `last_enqueued` the last priority's floor is the
-        candidate's scheduled time less SLACK; with it, the candidate's exact key (times that came from the
-        database's own timestamps convert back to them exactly), so the jobs of one batch reserved before are not
-        walked again."""
+        Without `last_enqueued` the last priority's floor is the candidate's scheduled time less SLACK; with it, the
+        candidate's exact key (times that came from the database's own timestamps convert back to them exactly), so
+        the jobs of one batch reserved before are not walked again."""
         lowered, self._lowered = self._lowered or [], None
-        if unproven is not None:
-            lowered.append((unproven[0], unproven[0], (unproven[1] - SLACK, NEG_INF)))
         if self.enabled:
             for priority in priorities:
                 self._know(priority)

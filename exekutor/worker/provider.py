@@ -230,8 +230,9 @@ class Provider(Component):
 
     def _below_floors(self):
         now = time.monotonic()
-        if now >= self._full_check_at:
-            since, self._full_check_at = NEG_INF, now + FULL_CHECK_EVERY
+        full = now >= self._full_check_at
+        if full:
+            since = NEG_INF
         else:
             window = max(self.worker.statement_timeout or LOCK_WINDOW, LOCK_WINDOW) + self.worker.polling_interval
             since = self._floor_history.lowest_since(now - window - 1.0)
@@ -244,9 +245,11 @@ class Provider(Component):
                 found = cursor.fetchall()
         except Exception:  # noqa: BLE001 - the next poll asks again; a failing database shows elsewhere
             return
+        if full:
+            self._full_check_at = now + FULL_CHECK_EVERY
         for low, high, scheduled in found:
             self.below_floors += 1
-            self.floors.lower_range(low, high, scheduled)
+            self.floors.lower(low, high, scheduled, known=False)
             self._maybe_more = True
             self._wake.set()
 
