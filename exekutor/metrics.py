@@ -10,11 +10,12 @@ With `metrics: false`, or with the `metrics` option unset and prometheus-client 
 """
 import bisect
 import collections
-import threading
+import importlib.util
 import time
 import weakref
 
 import psycopg2
+from gevent import monkey
 
 from exekutor.errors import ConfigError, DatabaseTimeout, JobTimeoutError, QueueTimeoutError
 from exekutor.eventloop import SingleFlight
@@ -62,6 +63,9 @@ class Disabled:
     def event_loop_blocked(self, seconds, job):
         pass
 
+    def publish(self):
+        pass
+
 
 DISABLED = Disabled()
 
@@ -71,9 +75,7 @@ def for_worker(worker):
     setting = worker.options.get("metrics")
     if setting is False:
         return DISABLED
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("prometheus_client") is None:
         if setting:
             raise ConfigError("metrics is true but prometheus-client is not installed: "
                               "pip install 'exekutor-gevent[metrics]'") from None
@@ -89,12 +91,19 @@ class Metrics:
     enabled = True
 
     def __init__(self, worker):
-        self._m = _process_metrics()
-        self._stats = self._m.jobs
-        self._label = self._m.queue_labels.label
+        stats = _process_stats()
+        self._stats = stats.jobs
+        self._label = stats.queue_labels.label
         for queue in worker.queues or ():  # the worker's own queues first, before the database's others
             self._label(queue)
-        self._m.collector.workers.add(worker)
+        stats.workers.add(worker)
+
+    @staticmethod
+    def publish():
+        """Create and register the metric families in prometheus-client's default registry (once per process).
+        The worker calls it from its liveness thread: importing prometheus-client takes about 25 ms, which the
+        worker's start would otherwise wait for. The counting above needs none of it."""
+        _process_metrics()
 
     def job_started(self, info):
         stats = self._stats
@@ -115,15 +124,17 @@ class Metrics:
             stats.observe(stats.runtime, queue, outcome.runtime)
 
     def component_error(self, component, error):
-        self._m.errors.labels(component).inc()
+        m = _process_metrics()
+        m.errors.labels(component).inc()
         if isinstance(error, _DATABASE_ERRORS):
-            self._m.database_errors.labels(component).inc()
+            m.database_errors.labels(component).inc()
 
     def event_loop_blocked(self, seconds, job):
         """A block longer than max_blocking_time ended (called from the liveness thread); `job` is the job's name,
         "-" for code outside any job."""
-        self._m.blocks.labels(job).inc()
-        self._m.blocked_seconds.labels(job).inc(seconds)
+        m = _process_metrics()
+        m.blocks.labels(job).inc()
+        m.blocked_seconds.labels(job).inc(seconds)
 
     @staticmethod
     def render():
@@ -200,16 +211,36 @@ def _cumulative(counts):
     return buckets
 
 
+_stats = None
 _metrics = None
-_metrics_lock = threading.Lock()
+# A native lock: the liveness thread creates the metrics while the worker's hub may ask for them.
+_metrics_lock = monkey.get_original("_thread", "allocate_lock")()
+
+
+class _ProcessStats:
+    """What the process's workers count as jobs run (shared by its workers), without prometheus-client."""
+
+    def __init__(self):
+        self.jobs = JobStats()
+        self.queue_labels = QueueLabels()
+        self.workers = weakref.WeakSet()
+
+
+def _process_stats():
+    global _stats
+    with _metrics_lock:
+        if _stats is None:
+            _stats = _ProcessStats()
+        return _stats
 
 
 def _process_metrics():
     """The metric objects, created and registered once per process (shared by its workers)."""
     global _metrics
+    stats = _process_stats()
     with _metrics_lock:
         if _metrics is None:
-            _metrics = _create()
+            _metrics = _create(stats)
         return _metrics
 
 
@@ -217,12 +248,12 @@ class _Families:
     pass
 
 
-def _create():
+def _create(stats):
     from prometheus_client import REGISTRY, Counter
 
     m = _Families()
-    m.jobs = JobStats()
-    m.queue_labels = QueueLabels()
+    m.jobs = stats.jobs
+    m.queue_labels = stats.queue_labels
     m.errors = Counter("exekutor_component_errors", "Errors of the worker's components (each is retried with "
                        "backoff).", ["component"])
     m.database_errors = Counter("exekutor_database_errors", "Database errors of the worker's own queries "
@@ -231,7 +262,7 @@ def _create():
                        "the event loop for longer than max_blocking_time.", ["job"])
     m.blocked_seconds = Counter("exekutor_event_loop_blocked_seconds", "Seconds the event loop spent in blocks "
                                 "longer than max_blocking_time, by the job that blocked it.", ["job"])
-    m.collector = _WorkerCollector(m.database_errors, m.jobs, m.queue_labels)
+    m.collector = _WorkerCollector(m.database_errors, m.jobs, m.queue_labels, stats.workers)
     REGISTRY.register(m.collector)
     return m
 
@@ -268,8 +299,8 @@ _WORKER_VALUES = (
 class _WorkerCollector:
     """Gauges read at scrape time from the process's running workers and the jobs table."""
 
-    def __init__(self, database_errors, jobs, queue_labels):
-        self.workers = weakref.WeakSet()
+    def __init__(self, database_errors, jobs, queue_labels, workers):
+        self.workers = workers
         self._jobs = jobs
         self._queue_labels = queue_labels
         self._database_errors = database_errors

@@ -21,7 +21,8 @@ _STOP_CHECK = 0.05
 
 
 class LivenessThread:
-    """Runs `loops` (callables that loop forever) as greenlets in an OS thread's own hub until `stop()`."""
+    """Runs `loops` (callables that loop forever, or one-off tasks that return) as greenlets in an OS thread's own
+    hub until `stop()`."""
 
     def __init__(self, *loops):
         self._loops = loops

@@ -99,7 +99,7 @@ class Worker:
         self.heartbeat = Heartbeat(self, settings["heartbeat_interval"], settings["worker_timeout"],
                                    settings["max_job_rescues"])
         self.watchdog = Watchdog(self, settings["blocking_timeout"], settings["max_blocking_time"])
-        self.liveness = LivenessThread(self.heartbeat.run, self.watchdog.run)
+        self.liveness = LivenessThread(self.heartbeat.run, self.watchdog.run, self._publish_metrics)
         self.ownership = OwnershipGuard(self, self.heartbeat, settings["worker_timeout"])
         self.reconciler = Reconciler(self, settings["heartbeat_interval"])
         self.cancellation = Cancellation(self, self.executor)
@@ -108,6 +108,13 @@ class Worker:
         self.scheduler = Scheduler(self) if config.get("enable_scheduler") else None
         self.healthcheck = None
         self.metrics = metrics.for_worker(self)
+
+    def _publish_metrics(self):
+        # On the liveness thread, once: the metric families' import would otherwise hold up the start.
+        try:
+            self.metrics.publish()
+        except Exception as error:  # noqa: BLE001 - metrics never stop a worker
+            logger.warning("exekutor worker %s: could not register its metrics: %s", self.id, error)
 
     # --- what components ask ----------------------------------------------------------------------------
 
