@@ -293,6 +293,7 @@ _WORKER_VALUES = (
     lambda worker, now: worker.heartbeat.rescue_limit_failed,
     lambda worker, now: worker.provider.floors.resets,
     lambda worker, now: worker.provider.below_floors,
+    lambda worker, now: worker.provider.reserved_ahead,
 )
 
 
@@ -375,6 +376,8 @@ class _WorkerCollector:
                                 "pending index's start (the listener connected again, or a reservation failed)."),
             CounterMetricFamily("exekutor_jobs_found_below_floors", "Ready jobs the check at a poll found below the "
                                 "reservation's floors (a reservation of another worker that rolled back)."),
+            CounterMetricFamily("exekutor_jobs_reserved_ahead", "Jobs reserved for greenlets whose short job was "
+                                "about to end; they waited in the worker's queue for the first greenlet free."),
         ]
         if with_queues:
             families += [

@@ -14,6 +14,7 @@ class _Worker:
 
     database_server = None
     ownership_uncertain = False
+    stopping = False
 
     def __init__(self):
         self.started = []
@@ -55,4 +56,85 @@ def test_pool_grows_to_the_maximum_and_idle_greenlets_above_the_minimum_are_recl
         gevent.sleep(0.05)
     gevent.sleep(0.5)
     assert executor.size() == 2
+    executor.stop()
+
+
+def _wait_outcomes(outcomes, count, timeout=10):
+    deadline = time.monotonic() + timeout
+    while len(outcomes) < count:
+        assert time.monotonic() < deadline, f"{len(outcomes)} of {count} outcomes"
+        gevent.sleep(0.01)
+
+
+def _learned_executor(outcomes, seconds, threads=2):
+    """An executor that has run one wave of `seconds` jobs (so it knows their kind's runtime)."""
+    executor = Executor(_Worker(), min_threads=threads, max_threads=threads, idletime=10,
+                        on_outcome=lambda outcome, info: outcomes.append(outcome), on_free=lambda: None)
+    executor.start()
+    for i in range(threads):
+        executor.submit(_info(f"learn-{i}", seconds))
+    _wait_outcomes(outcomes, threads)
+    return executor
+
+
+@pytest.mark.timeout(30)
+def test_greenlets_count_as_free_shortly_before_a_known_short_job_ends():
+    outcomes = []
+    executor = _learned_executor(outcomes, 0.3)
+    for i in range(2):
+        executor.submit(_info(f"job-{i}", 0.3))
+    gevent.sleep(0.01)
+    started = time.monotonic()
+    assert executor.free() == 0 and executor.free(ahead=0.05) == 0
+    end = executor.next_expected_end(time.monotonic())
+    assert end is not None and 0.2 < end - started < 0.31
+    gevent.sleep(max(0.0, end - 0.04 - time.monotonic()))
+    assert executor.free() == 0 and executor.free(ahead=0.05) == 2
+    # Reserved ahead: the jobs wait in the queue and start as soon as the greenlets free up.
+    for i in range(2):
+        executor.submit(_info(f"ahead-{i}", 0.01))
+    assert executor.free(ahead=0.05) == 0
+    _wait_outcomes(outcomes, 6)
+    assert [o.status for o in outcomes] == ["c"] * 6
+    executor.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_job_late_beyond_the_horizon_or_of_a_long_kind_is_not_expected_to_end():
+    outcomes = []
+    executor = _learned_executor(outcomes, 0.05, threads=1)
+    executor.submit(_info("overruns", 0.6))  # its kind ran 50 ms: expected at 50 ms, still running at 200 ms
+    gevent.sleep(0.2)
+    assert executor.free(ahead=0.05) == 0 and executor.next_expected_end(time.monotonic()) is None
+    _wait_outcomes(outcomes, 2)
+    executor.stop()
+    long_outcomes = []
+    executor = _learned_executor(long_outcomes, 1.05, threads=1)  # a kind of over a second: never predicted
+    executor.submit(_info("long", 1.05))
+    gevent.sleep(0.01)
+    assert executor.next_expected_end(0.0) is None
+    gevent.sleep(1.0)
+    assert executor.free(ahead=0.05) == 0
+    executor.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_stopping_worker_starts_no_job_that_waits_in_its_queue():
+    outcomes = []
+    worker = _Worker()
+    executor = Executor(worker, min_threads=1, max_threads=1, idletime=10,
+                        on_outcome=lambda outcome, info: outcomes.append(outcome), on_free=lambda: None)
+    executor.start()
+    executor.submit(_info("running", 0.2))
+    executor.submit(_info("queued-1", 0.01))
+    executor.submit(_info("queued-2", 0.01))
+    gevent.sleep(0.05)
+    worker.stopping = True
+    assert executor.drop_queued() == 2
+    executor.submit(_info("in-flight", 0.01))  # a reservation that was in flight when the stop came
+    assert executor.busy() == 1 and set(executor.held) == {"running"}
+    _wait_outcomes(outcomes, 1)
+    gevent.sleep(0.1)
+    assert worker.started == ["running"] and [o.job_id for o in outcomes] == ["running"]
+    assert executor.busy() == 0 and executor.held == {}
     executor.stop()

@@ -18,6 +18,12 @@ from exekutor.log import job_swallowed_timeout
 
 logger = logging.getLogger("exekutor")
 
+# Reserving ahead (see `free`): only jobs of a kind whose recent runs took at most this long are expected to end at
+# a predictable time, and their kind's runtime is the moving average of its runs (this much weight to the latest).
+PREDICTED_RUNTIME_MAX = 1.0
+RUNTIME_WEIGHT = 0.2
+PREDICTED_KINDS_MAX = 1000  # kinds of job (names) whose runtimes are kept: names come from rows anyone can write
+
 
 class Executor:
     def __init__(self, worker, min_threads, max_threads, idletime, on_outcome, on_free):
@@ -36,16 +42,50 @@ class Executor:
         self.cancelled = 0  # jobs ended because an operator cancelled them
         self._killing = set()  # greenlets the worker is killing: their GreenletExit is not the job's failure
         self.unwritten = lambda: 0  # outcomes not yet written (the worker hooks the completer's count up)
+        self._runtimes = {}  # job name -> moving average of its runs' seconds
+        self._expected_ends = {}  # job id -> time.monotonic() when the running job is expected to end
 
     # --- capacity -------------------------------------------------------------------------------------
 
-    def free(self):
+    def free(self, ahead=0.0):
+        """Jobs the worker can take up now; with `ahead` (seconds), also one per running job expected to end
+        within that time, so that a reservation made now has its jobs waiting when their greenlets free up: a
+        wave of short jobs ending together then starts the next wave at once, instead of a reservation's round
+        trip later. A job reserved ahead waits in this worker's queue for the first greenlet that frees up."""
         if self.worker.ownership_uncertain:
             return 0  # until a heartbeat shows whether this worker was presumed dead (see worker.ownership)
         # Outcomes waiting to be written hold back reservations once they exceed a pool's worth: while the
         # database is slow to take them, reserving more would only pile up more.
         backlog = self.unwritten() - self.max_threads
-        return self.max_threads - self._outstanding - (backlog if backlog > 0 else 0)
+        free = self.max_threads - self._outstanding - (backlog if backlog > 0 else 0)
+        if ahead:
+            free += self.ending_within(ahead)
+        return free if free > 0 else 0
+
+    def ending_within(self, seconds):
+        """Running jobs expected to end within `seconds` from now (those already late by more are not: a job
+        that overruns its kind's usual time may run much longer)."""
+        now = time.monotonic()
+        early, late = now - seconds, now + seconds
+        return sum(1 for end in list(self._expected_ends.values()) if early <= end <= late)
+
+    def next_expected_end(self, after):
+        """The earliest time.monotonic() after `after` at which a running job is expected to end, or None."""
+        ends = [end for end in list(self._expected_ends.values()) if end > after]
+        return min(ends) if ends else None
+
+    def _expect_end(self, info, started):
+        runtime = self._runtimes.get(_kind(info))
+        if runtime is not None and runtime <= PREDICTED_RUNTIME_MAX:
+            self._expected_ends[info["id"]] = started + runtime
+
+    def _learn_runtime(self, info, seconds):
+        kind = _kind(info)
+        known = self._runtimes.get(kind)
+        if known is not None:
+            self._runtimes[kind] = known + RUNTIME_WEIGHT * (seconds - known)
+        elif kind is not None and len(self._runtimes) < PREDICTED_KINDS_MAX:
+            self._runtimes[kind] = seconds
 
     def busy(self):
         return self._outstanding
@@ -58,6 +98,10 @@ class Executor:
             self._spawn()
 
     def submit(self, info):
+        if self.worker.stopping:
+            # Reserved by a reservation that was in flight when the stop came: not started; it goes back to
+            # pending with the worker's row (or sooner, by its reconciliation).
+            return
         held = self.held.get(info["id"])  # until its greenlet has ended, a stopped job is still held
         if held is not None:
             # Reserved again while still running here: the job was released (this worker's row was deleted:
@@ -100,7 +144,9 @@ class Executor:
 
     def _run(self, info):
         current = gevent.getcurrent()
-        self.running[info["id"]] = (current, info, time.monotonic())
+        started = time.monotonic()
+        self.running[info["id"]] = (current, info, started)
+        self._expect_end(info, started)
         outcome = None
         try:
             if info.get("cancel") is None:  # not cancelled while it waited for a greenlet
@@ -115,11 +161,13 @@ class Executor:
             outcome = Outcome(info["id"], FAILED, None, error_record(error))
         finally:
             self.running.pop(info["id"], None)
+            self._expected_ends.pop(info["id"], None)
             self._killing.discard(current)
             self._outstanding -= 1
             # A killed job has no outcome: it stays executing until the worker's row is deleted or the heartbeat's
             # reconciliation finds it, either of which releases it to pending.
             if outcome is not None:
+                self._learn_runtime(info, time.monotonic() - started)
                 outcome.attempts = info["attempts"]  # the reservation it ran under (adoption may have renewed it)
                 outcome.holds = info.get("holds")
                 self._on_outcome(outcome, info)
@@ -212,15 +260,24 @@ class Executor:
         self._killing.update(greenlets)
         gevent.killall(greenlets, block=True, timeout=timeout)
 
+    def drop_queued(self):
+        """Forget the jobs reserved that no greenlet has taken up yet (reserved ahead, or waiting for a greenlet):
+        they stay executing in the database until the worker's row is deleted or its reconciliation finds them,
+        either of which releases them to pending. Never switches."""
+        dropped = 0
+        while not self._queue.empty():
+            info = self._queue.get_nowait()
+            self.held.pop(info["id"], None)
+            self._outstanding -= 1
+            dropped += 1
+        return dropped
+
     def stop_unowned(self):
         """Stop, without an outcome, every job this worker holds: it may have been presumed dead, so they may be
         released and run elsewhere. Queued jobs are dropped. Called from the hub (the ownership guard, in the event
         loop's prepare phase), each running job is interrupted at once, before any of them resumes; called from a
         greenlet, at its next switch."""
-        while not self._queue.empty():
-            info = self._queue.get_nowait()
-            self.held.pop(info["id"], None)
-            self._outstanding -= 1
+        self.drop_queued()
         greenlets = [entry[0] for entry in list(self.running.values())]
         self._killing.update(greenlets)
         in_hub = gevent.getcurrent() is gevent.get_hub()
@@ -234,6 +291,13 @@ class Executor:
 
     def stop(self):
         gevent.killall(list(self._greenlets), block=False)
+
+
+def _kind(info):
+    """The job's name from its payload (None when the payload names none)."""
+    payload = info.get("payload")
+    name = payload.get("job") if isinstance(payload, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def execution_timeout_of(info, definition=None):

@@ -22,6 +22,10 @@ from exekutor.worker.component import Component
 from exekutor.worker.floors import NEG_INF, FloorHistory, ReservationFloors
 
 BATCH_WAIT = 0.002
+# Reserving ahead (see Executor.free): for the running jobs expected to end within twice the recent reservation
+# statement's time plus this margin, at most AHEAD_MAX seconds ahead.
+AHEAD_MARGIN = 0.002
+AHEAD_MAX = 0.05
 # The check below the floors looks back as far as another worker's reservation may hold rows locked (its
 # statement_timeout, this long when there is none) and a poll interval, and at everything this often (seconds).
 LOCK_WINDOW = 60.0
@@ -58,6 +62,8 @@ class Provider(Component):
         # what shows a queue table that needs maintenance.
         self.statements = 0
         self.statement_seconds = 0.0
+        self._recent_statement = 0.005  # moving average of a reservation statement's seconds
+        self.reserved_ahead = 0  # jobs reserved for greenlets whose job was about to end (see Executor.free)
         self.held_back = 0  # reservations in which a limit held candidates back
         # Where reservations start their walk (see exekutor.worker.floors); raised only while notifications arrive.
         self.floors = ReservationFloors(worker.min_priority, worker.max_priority)
@@ -147,7 +153,7 @@ class Provider(Component):
                 # future gets the timer (see the module's docstring).
                 self._refresh_next_scheduled()
                 self._refresh_due = False
-            if self._maybe_more and self.executor.free() > 0:
+            if self._maybe_more and self.executor.free(self._ahead()) > 0:
                 self._reserve()
                 self.succeeded()
                 continue
@@ -157,16 +163,28 @@ class Provider(Component):
                 self._poll_due = True
 
     def _seconds_until_wake(self, next_poll):
-        timeout = next_poll - time.monotonic()
+        now = time.monotonic()
+        timeout = next_poll - now
         if self._next_due is not None:
             timeout = min(timeout, self._next_due - time.time())
+        if self._maybe_more:
+            # More jobs may be waiting: wake when running ones come within reach of reserving ahead.
+            ahead = self._ahead()
+            ending = self.executor.next_expected_end(now + ahead)
+            if ending is not None:
+                timeout = min(timeout, ending - ahead - now)
         return max(0.0, timeout)
+
+    def _ahead(self):
+        """How far ahead (seconds) to count greenlets as free: about a reservation's round trip."""
+        return min(AHEAD_MAX, AHEAD_MARGIN + 2 * self._recent_statement)
 
     def _reserve(self):
         self._await_batch()
-        limit = self.executor.free()
+        limit = self.executor.free(self._ahead())
         if limit <= 0:
             return
+        free_now = self.executor.free()
         self._maybe_more = False
         with self.reservation_lock:
             self.reservations_begun += 1
@@ -177,8 +195,10 @@ class Provider(Component):
                     started = time.monotonic()
                     cursor.execute(RESERVE_JOBS, dict(self.worker.reserve_params(limit), **self.floors.params()))
                     rows = cursor.fetchall()
+                took = time.monotonic() - started
                 self.statements += 1
-                self.statement_seconds += time.monotonic() - started
+                self.statement_seconds += took
+                self._recent_statement += 0.2 * (took - self._recent_statement)
             except BaseException:
                 # The jobs this reservation was for are still waiting: retry after the backoff, not at the next
                 # poll. (If it committed all the same, the heartbeat's reconciliation releases what it reserved.)
@@ -194,6 +214,7 @@ class Provider(Component):
                 self.held_back += 1
             if len(rows) >= limit:
                 self._maybe_more = True
+            self.reserved_ahead += max(0, len(rows) - free_now)
             rows.sort(key=lambda row: (row[2], row[6], row[5]))
             for row in rows:
                 self.executor.submit(job_info(row, self._loads))
@@ -201,7 +222,7 @@ class Provider(Component):
     def _await_batch(self):
         # Greenlets finishing in this loop iteration free up first.
         gevent.sleep(0)
-        if self.executor.free() >= self.batch_size or not self.executor.busy():
+        if self.executor.free(self._ahead()) >= self.batch_size or not self.executor.busy():
             return
         self._batch_waiting = True
         self._batch_ready.clear()

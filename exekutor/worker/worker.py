@@ -319,6 +319,9 @@ class Worker:
         if self.state not in ("starting", "started"):
             return
         self.state = "stopping"
+        # From here on no job starts that has not started yet (reserved ahead, or waiting for a greenlet): they go
+        # back to pending with the worker's row, or sooner by its reconciliation while the running ones finish.
+        self.executor.drop_queued()
         self._set_status("s")
         self._stop_reserving()
         hooks.run_before("before_shutdown", self)
@@ -355,6 +358,7 @@ class Worker:
             return
         starting = self.state == "starting"
         self.state = "killed"
+        self.executor.drop_queued()
         self._tear_down()
         if starting:  # the start failed: its own error is what the log must show
             logger.debug("exekutor worker %s: cleaned up after a failed start", self.id)
