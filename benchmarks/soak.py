@@ -254,8 +254,8 @@ def _server_reservation(db, limit, batch, priorities, floor_age):
     their own), or from the index's start with `floor_age` None. See the module's docstring."""
     from benchmarks.limit import statement_params
     from exekutor.db.queries import RESERVE_JOBS
+    from exekutor.definitions import MAX_PRIORITY, MIN_PRIORITY
     from exekutor.enqueue import new_job_id
-    from exekutor.jobs import MAX_PRIORITY, MIN_PRIORITY
     from exekutor.worker.floors import ReservationFloors
 
     ids = [str(new_job_id()) for _ in range(batch)]

@@ -5,6 +5,7 @@ The public API is what this module exports; everything else is internal.
 from exekutor import config, hooks
 from exekutor.asynchronous import NotAsynchronousError, asynchronous
 from exekutor.config import configure
+from exekutor.definitions import Retry, registry
 from exekutor.enqueue import JobRequest, enqueue_many
 from exekutor.errors import (
     ConfigError,
@@ -16,7 +17,7 @@ from exekutor.errors import (
     SerializationError,
     UnknownJobError,
 )
-from exekutor.jobs import Job, Retry, job, registry
+from exekutor.jobs import Job, job
 from exekutor.queue_control import pause_queue, queue_states, resume_queue
 from exekutor.schedules import periodic
 from exekutor.serialization import serializers

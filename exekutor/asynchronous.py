@@ -29,36 +29,21 @@ another method of a class (or function of a module) that declares asynchronous m
 import functools
 import inspect
 
-from exekutor.errors import DiscardJob, SerializationError, UnknownJobError
-from exekutor.jobs import Enqueueable, JobDefinition, default_name, registry
+from exekutor.definitions import (  # noqa: F401 - reject_undeclared_method: importable from here, as before
+    JobDefinition,
+    NotAsynchronousError,
+    declare_asynchronous,
+    default_name,
+    registry,
+    reject_undeclared_method,
+)
+from exekutor.errors import SerializationError
+from exekutor.jobs import Enqueueable
 from exekutor.serialization import dump_arguments
 
 __all__ = ["asynchronous", "AsynchronousMethod", "NotAsynchronousError", "reject_undeclared_method"]
 
 _NO_RECEIVER = object()
-# "module:Class" (for methods) and "module" (for functions) that declare asynchronous methods.
-_scopes = set()
-
-
-class NotAsynchronousError(DiscardJob, UnknownJobError):
-    """A payload names a method that is not declared asynchronous (or gives it a receiver it does not accept):
-    the job is discarded and nothing is called."""
-
-
-def _scope(name):
-    """'m:Class' for 'm:Class.method', 'm' for 'm:function'; None for names not of that form."""
-    module, colon, qualname = name.partition(":")
-    if not colon:
-        return None
-    return f"{module}:{qualname.rpartition('.')[0]}" if "." in qualname else module
-
-
-def reject_undeclared_method(name):
-    """Raise NotAsynchronousError if `name`, which is not a registered job, is in a class (or module) that declares
-    asynchronous methods. The worker calls this for every payload whose job name it does not know."""
-    if isinstance(name, str) and _scope(name) in _scopes:
-        raise NotAsynchronousError(f"{name} is not declared asynchronous (only methods decorated with "
-                                   "@exekutor.asynchronous can run from a job): the job is discarded, not called")
 
 
 class _Placeholder:
@@ -154,7 +139,7 @@ class AsynchronousMethod(AsynchronousCall):
         path = default_name(func)
         self.definition = JobDefinition(name or path, self._run, options, retry, discard_on, target_id=id(func))
         registry.add(self.definition)
-        _scopes.add(_scope(path))
+        declare_asynchronous(path)
 
     def __set_name__(self, owner, name):
         self.owner = owner

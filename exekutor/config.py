@@ -119,8 +119,8 @@ def _parse_list(value, unit=None):
 def _parse_queues(value, unit=None):
     """A list of queue names, or a mapping of queue names to their limits (JSON in env/INI):
     {name: {concurrency: N, rate_limit: '100/m'} or none}. Limits are checked here, so a bad one stops `start`."""
+    from exekutor.definitions import check_queue
     from exekutor.flow import check_queue_settings
-    from exekutor.jobs import check_queue
 
     if isinstance(value, str) and value.strip().startswith("{"):
         try:

@@ -10,8 +10,9 @@ import psycopg2.errors
 from exekutor import config, flow, hooks
 from exekutor.db.arrays import array, number, quoted, text_or_null
 from exekutor.db.pool import default_pool
+from exekutor.definitions import DEFAULT_QUEUE, UNIQUE_UNTIL, JobDefinition, check_unique_key
 from exekutor.errors import SchemaError
-from exekutor.jobs import DEFAULT_QUEUE, UNIQUE_UNTIL, JobDefinition, check_unique_key
+from exekutor.operations import cancel, check_job_id, job_errors, retry, status_name
 from exekutor.serialization import dump_arguments, json_backend
 
 # One statement for any batch size, each column as one array literal (see exekutor.db.arrays). COPY is not an
@@ -110,8 +111,6 @@ class JobRequest:
         self.payload["job"] = definition.name
 
     def _handle(self, job_id):
-        from exekutor.operations import check_job_id
-
         self.id = check_job_id(job_id)
         self.definition = self.args = self.kwargs = self.queue = self.priority = None
         self.wait = self.wait_until = self.options = self.payload = self.connection = None
@@ -128,23 +127,17 @@ class JobRequest:
 
     def errors(self, connection=None):
         """The job's error records, oldest first: [{"created_at", "attempt", "type", "message", "traceback"}]."""
-        from exekutor.operations import job_errors
-
         return on_connection(connection, lambda conn: job_errors(conn, self.id))
 
     def retry(self, at=None, connection=None):
         """Put the job back to pending (at once, or at the aware datetime `at`) if it failed or was discarded,
         with a fresh retry budget; True if it was, False if it was not failed or discarded."""
-        from exekutor.operations import retry
-
         return bool(on_connection(connection, lambda conn: retry(conn, [self.id], at=at)).retried)
 
     def cancel(self, connection=None):
         """Cancel the job: a pending one is discarded at once, an executing one interrupted by its worker within a
         second (both end discarded with a JobCancelled record). True if the cancel was recorded; False if the
         job had already finished (it keeps its outcome), was already being cancelled, or does not exist."""
-        from exekutor.operations import cancel
-
         result = on_connection(connection, lambda conn: cancel(conn, [self.id]))
         return bool(result.cancelled or result.interrupting)
 
@@ -331,8 +324,6 @@ def register_connection_adapter(adapter):
 
 
 def fetch_job(job_id, connection=None):
-    from exekutor.operations import status_name
-
     query = ("SELECT id::text, queue, priority, status, attempts, releases, enqueued_at, scheduled_at, started_at, "
              "finished_at, runtime, payload, options, worker_id::text, cancel_requested_at FROM exekutor_jobs "
              "WHERE id = %s")

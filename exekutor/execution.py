@@ -18,8 +18,8 @@ import logging
 import time
 
 from exekutor import hooks
-from exekutor.asynchronous import reject_undeclared_method
 from exekutor.db.green import is_connection_lost
+from exekutor.definitions import clamp_delay, registry, reject_undeclared_method
 from exekutor.error_records import error_record
 from exekutor.errors import (
     DiscardJob,
@@ -30,7 +30,6 @@ from exekutor.errors import (
     SerializationError,
     UnknownJobError,
 )
-from exekutor.jobs import clamp_delay, registry
 from exekutor.serialization import load_arguments
 
 logger = logging.getLogger("exekutor")

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import psycopg2.errors
 
 from exekutor.db.queries import CANCEL_CHANNEL
+from exekutor.definitions import check_job_name, check_queue
 from exekutor.flow import describe
-from exekutor.jobs import check_job_name, check_queue
 
 STATUS_LETTERS = {"p": "pending", "e": "executing", "c": "completed", "f": "failed", "d": "discarded"}
 STATUSES = ("pending", "scheduled", "executing", "completed", "failed", "discarded", "cancelled")

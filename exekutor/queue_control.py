@@ -4,8 +4,8 @@ A pause takes effect at the next reservation of every worker (the reservation re
 needs to hear of it), running jobs finish, enqueueing goes on. A resume lets the jobs the pause held back go at
 once and wakes the workers. Both survive restarts: the state is a row, not a worker's memory.
 """
+from exekutor.definitions import check_queue
 from exekutor.flow import RateLimit, check_concurrency, check_rate_limit
-from exekutor.jobs import check_queue
 from exekutor.queue_stats import HELD_REASONS, no_held
 
 # A row comes back only when this statement paused the queue (inserted it, or set paused_at on a row without one):

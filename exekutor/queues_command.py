@@ -84,8 +84,8 @@ def resume_command(name, as_json, configfile, env, database_url):
 
 def _change(name, as_json, configfile, env, database_url, pause):
     from exekutor import info
+    from exekutor.definitions import check_queue
     from exekutor.display import configured_database, printable
-    from exekutor.jobs import check_queue
     from exekutor.queue_control import pause_queue, queue_settings, resume_queue
 
     load_config(configfile, env, {"database_url": database_url})

@@ -341,7 +341,7 @@ def overview(conn, configured=None):
     the table may hold is listed), or it names a job this process has not registered (checked when this process
     has registered any: `--app`, the application around the dashboard). A missing table raises UndefinedTable:
     the callers' "run migrate"."""
-    from exekutor.jobs import registry as jobs
+    from exekutor.definitions import registry as jobs
 
     with conn.cursor() as cursor:
         cursor.execute("SELECT now()")

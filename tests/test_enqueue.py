@@ -275,7 +275,7 @@ def test_enqueue_many_keeps_queue_names_and_arguments_that_need_quoting(db):
 
 # --- enqueue-time validation: a bad value fails in Python, names itself, inserts nothing, aborts nothing -------------
 
-from exekutor.jobs import MAX_TIMEOUT, MAX_WAIT  # noqa: E402
+from exekutor.definitions import MAX_TIMEOUT, MAX_WAIT  # noqa: E402
 from exekutor.serialization import MAX_INT_DIGITS, MAX_NESTING, load_arguments, serializers  # noqa: E402
 from tests.test_serialization import Point, Point3, assert_same  # noqa: E402
 

@@ -197,7 +197,7 @@ def test_property_queue_limits_in_config_are_valid_or_a_one_line_config_error(ma
         if not isinstance(queues, dict):
             continue  # a list of names (an env value that is not JSON), or none
         for name, settings in queues.items():
-            assert exekutor.jobs.check_queue(name) == name
+            assert exekutor.definitions.check_queue(name) == name
             assert settings["concurrency"] is None or 1 <= settings["concurrency"] <= MAX_LIMIT
             assert settings["rate_limit"] is None or isinstance(settings["rate_limit"], RateLimit)
     config.reset()

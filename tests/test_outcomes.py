@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import exekutor
+from exekutor.definitions import MAX_RETRY_DELAY
 from exekutor.error_records import MAX_MESSAGE_CHARS
-from exekutor.jobs import MAX_RETRY_DELAY
 from tests import hostile_jobs
 from tests.conftest import query, scalar, wait_for
 from tests.hostile_jobs import PickyJson, encode_text

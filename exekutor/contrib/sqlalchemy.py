@@ -22,9 +22,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, scoped_session
 
 from exekutor import hooks
+from exekutor.definitions import default_name
 from exekutor.enqueue import register_connection_adapter
 from exekutor.errors import DiscardJob, SerializationError
-from exekutor.jobs import default_name
 from exekutor.serialization import serializers
 
 __all__ = ["ModelSerializer", "RecordNotFoundError", "connection_of", "register_models"]

@@ -17,8 +17,8 @@ from werkzeug.exceptions import HTTPException
 
 from exekutor import config, operations, queue_control
 from exekutor.dashboard import csrf, data, hosts, rendering
+from exekutor.definitions import check_queue
 from exekutor.display import printable, redact
-from exekutor.jobs import check_queue
 
 blueprint = Blueprint("exekutor_dashboard", __name__, template_folder="templates", static_folder="static",
                       static_url_path="/static")

@@ -21,9 +21,9 @@ from gevent.event import Event
 
 from exekutor.db.arrays import array, number, quoted
 from exekutor.db.queries import UNBLOCK, complete_jobs
+from exekutor.definitions import clamp_delay
 from exekutor.error_records import codec_for, fit_record, minimal_record
 from exekutor.execution import RELEASE, RETRY, Outcome
-from exekutor.jobs import clamp_delay
 from exekutor.worker.component import Component
 from exekutor.worker.provider import job_info
 

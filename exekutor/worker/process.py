@@ -197,7 +197,7 @@ LOGGED_JOB_NAMES = 20
 def log_registered_jobs(worker):
     """The jobs this worker can run, or a warning that it can run none: without --app (or config `imports`)
     every job it reserves fails as unknown, which nothing said before."""
-    from exekutor.jobs import registry
+    from exekutor.definitions import registry
 
     names = registry.names()
     log = logging.getLogger("exekutor")

@@ -18,8 +18,8 @@ import gevent
 
 from exekutor import config, hooks
 from exekutor.db.queries import CLAIM_TICKS, READ_SCHEDULES, UPSERT_SCHEDULES
+from exekutor.definitions import registry
 from exekutor.enqueue import JobRequest
-from exekutor.jobs import registry
 from exekutor.schedules import UTC, active_schedules
 from exekutor.serialization import json_backend
 from exekutor.worker.component import Component

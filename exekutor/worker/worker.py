@@ -16,10 +16,10 @@ from exekutor import config, hooks, log, metrics
 from exekutor.db.green import server_of
 from exekutor.db.pool import ConnectionPool
 from exekutor.db.queries import DELETE_WORKER, REGISTER_WORKER, SET_WORKER_STATUS, UNBLOCK
+from exekutor.definitions import MAX_PRIORITY, MIN_PRIORITY
 from exekutor.display import configured_database
 from exekutor.errors import ConfigError, DatabaseTimeout, SchemaError
 from exekutor.execution import COMPLETED, DISCARDED, FAILED
-from exekutor.jobs import MAX_PRIORITY, MIN_PRIORITY
 from exekutor.serialization import json_backend
 from exekutor.worker.cancellation import Cancellation
 from exekutor.worker.completer import Completer
