@@ -60,7 +60,8 @@ def job_finished(outcome, info):
     if with_outcomes:
         job_outcome(outcome, info)
     if error is None:
-        if not with_outcomes:  # else the INFO line said it
+        # Else the INFO line said it. The level is checked first: the job's name is escaped only for a line shown.
+        if not with_outcomes and logger.isEnabledFor(logging.DEBUG):
             logger.debug("exekutor job %s (%s) completed in %.3fs", info["id"], job_name(info),
                          outcome.runtime or 0.0)
         return

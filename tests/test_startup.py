@@ -23,3 +23,23 @@ def test_entry_points_are_restored_when_patching_fails():
     with pytest.raises(KeyboardInterrupt), process._entry_points_read_once():
         raise KeyboardInterrupt
     assert metadata.entry_points is original
+
+
+def test_the_worker_finds_missing_migrations_from_the_file_names_alone(db):
+    from exekutor.db import migrations
+
+    assert migrations.available_versions() == [version for version, _, _ in migrations.available_migrations()]
+    assert migrations.missing_versions(db) == []
+    db.autocommit = False
+    try:
+        # On a connection in a transaction, the check sees it and ends it (as the worker's own check did).
+        with db.cursor() as cursor:
+            cursor.execute("DELETE FROM exekutor_schema_migrations WHERE version = 12")
+        assert migrations.missing_versions(db) == [12]
+        with db.cursor() as cursor:
+            cursor.execute("DROP TABLE exekutor_schema_migrations")
+        assert migrations.missing_versions(db) == migrations.available_versions()
+    finally:
+        db.rollback()
+        db.autocommit = True
+    assert migrations.missing_versions(db) == []

@@ -7,6 +7,8 @@ own transaction together with the row that records it.
 import re
 from importlib import resources
 
+import psycopg2.errors
+
 from exekutor.db.connection import connect
 
 # An arbitrary constant that identifies exekutor's migration lock among the application's advisory locks.
@@ -30,6 +32,26 @@ def available_migrations():
         if match:
             found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
     return sorted(found)
+
+
+def available_versions():
+    """The versions of the migration files, from their names alone (none is read)."""
+    names = (entry.name for entry in resources.files("exekutor.db").joinpath("migrations").iterdir())
+    return sorted(int(match.group(1)) for match in map(_FILE_PATTERN.match, names) if match)
+
+
+def missing_versions(conn):
+    """The versions not applied in `conn`'s database, in one statement (a worker's start waits for it)."""
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(f"SELECT version FROM {VERSIONS_TABLE}")
+            done = {row[0] for row in cursor.fetchall()}
+    except psycopg2.errors.UndefinedTable:
+        done = set()
+    finally:
+        if not conn.autocommit:
+            conn.rollback()
+    return [version for version in available_versions() if version not in done]
 
 
 def applied_versions(cursor):

@@ -237,10 +237,10 @@ class Worker:
 
     def _check_schema(self):
         """A clear error instead of "relation does not exist" when the database was never migrated."""
-        from exekutor.db.migrations import pending_migrations
+        from exekutor.db.migrations import missing_versions
 
         with self.db() as conn:
-            missing = [version for version, _, _ in pending_migrations(conn)]
+            missing = missing_versions(conn)
             self.database_server = server_of(conn)
         if missing:
             raise SchemaError(f"exekutor's tables are missing or out of date in this database (migrations "
