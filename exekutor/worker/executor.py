@@ -74,13 +74,12 @@ class Executor:
         ends = [end for end in list(self._expected_ends.values()) if end > after]
         return min(ends) if ends else None
 
-    def _expect_end(self, info, started):
-        runtime = self._runtimes.get(_kind(info))
+    def _expect_end(self, job_id, kind, started):
+        runtime = self._runtimes.get(kind)
         if runtime is not None and runtime <= PREDICTED_RUNTIME_MAX:
-            self._expected_ends[info["id"]] = started + runtime
+            self._expected_ends[job_id] = started + runtime
 
-    def _learn_runtime(self, info, seconds):
-        kind = _kind(info)
+    def _learn_runtime(self, kind, seconds):
         known = self._runtimes.get(kind)
         if known is not None:
             self._runtimes[kind] = known + RUNTIME_WEIGHT * (seconds - known)
@@ -146,7 +145,8 @@ class Executor:
         current = gevent.getcurrent()
         started = time.monotonic()
         self.running[info["id"]] = (current, info, started)
-        self._expect_end(info, started)
+        kind = _kind(info)
+        self._expect_end(info["id"], kind, started)
         outcome = None
         try:
             if info.get("cancel") is None:  # not cancelled while it waited for a greenlet
@@ -167,7 +167,7 @@ class Executor:
             # A killed job has no outcome: it stays executing until the worker's row is deleted or the heartbeat's
             # reconciliation finds it, either of which releases it to pending.
             if outcome is not None:
-                self._learn_runtime(info, time.monotonic() - started)
+                self._learn_runtime(kind, time.monotonic() - started)
                 outcome.attempts = info["attempts"]  # the reservation it ran under (adoption may have renewed it)
                 outcome.holds = info.get("holds")
                 self._on_outcome(outcome, info)
