@@ -7,24 +7,31 @@ schedules; 1 the database failed or its tables are missing; 2 bad input.
 """
 import click
 
-from exekutor.cli import _fail, _option, _with_connection, app_import_failure, config_options, load_config
+from exekutor.cli.common import (
+    app_import_failure,
+    config_options,
+    database_label,
+    fail,
+    load_config,
+    option,
+    with_connection,
+)
 
 
 @click.command()
 @config_options
-@_option("--app", multiple=True, help="Also list the schedules these modules declare (@exekutor.periodic).")
+@option("--app", multiple=True, help="Also list the schedules these modules declare (@exekutor.periodic).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 def schedules(configfile, env, database_url, app, as_json):
     """List the recurring jobs with their last and next run."""
     from exekutor import info
     from exekutor import schedules as recurring
-    from exekutor.display import configured_database
 
     load_config(configfile, env, {"database_url": database_url})
     _import(app)
-    entries = _with_connection(lambda conn: recurring.overview(conn, recurring.active_schedules()))
+    entries = with_connection(lambda conn: recurring.overview(conn, recurring.active_schedules()))
     if as_json:
-        click.echo(info.to_json({"schedules": entries}, configured_database()))
+        click.echo(info.to_json({"schedules": entries}, database_label()))
     elif entries:
         for line in info.render_schedules(entries):
             click.echo(line)
@@ -39,4 +46,4 @@ def _import(modules):
     try:
         import_applications(list(modules))
     except ApplicationImportError as error:
-        _fail(app_import_failure(error))
+        fail(app_import_failure(error))
