@@ -82,11 +82,11 @@ def passwords_in(text):
 
 
 def configured_database():
-    """The label of the database the configuration names (see database_label), or the embedded server."""
+    """exekutor.config.configured_database, where it belongs (this module knows no configuration). Kept only for
+    exekutor/worker/worker.py, which imports it from here: once that import names exekutor.config, this goes."""
     from exekutor import config
 
-    url = config.database_url()
-    return database_label(url) if url else "the embedded PostgreSQL"
+    return config.configured_database()
 
 
 def redact(text, secrets=()):

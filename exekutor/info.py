@@ -64,7 +64,7 @@ def collect_schedules(conn):
     from exekutor.schedules import active_schedules, overview
 
     try:
-        return overview(conn, active_schedules())
+        return overview(conn, active_schedules(config.get("schedules")))
     finally:
         conn.rollback()
 

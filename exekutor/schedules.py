@@ -18,9 +18,7 @@ import math
 import zoneinfo
 from dataclasses import dataclass, field, fields
 
-from cronsim import CronSim, CronSimError
-
-from exekutor.config import MAX_DURATION, MAX_DURATION_TEXT
+from exekutor.durations import MAX_DURATION, MAX_DURATION_TEXT, parse_duration
 
 UTC = dt.timezone.utc
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -102,6 +100,8 @@ class Schedule:
         return ticks
 
     def _cron_ticks(self, start, reverse):
+        from cronsim import CronSim  # imported by the first cron schedule: a process with none never pays for it
+
         zone = zoneinfo.ZoneInfo(self.timezone)
         try:
             for tick in CronSim(self.cron, start.astimezone(zone), reverse=reverse):
@@ -179,6 +179,8 @@ def check_timezone(where, name):
 
 def check_cron(where, expression, timezone="UTC"):
     """The expression with @names expanded; 5 fields only (cronsim would also take a seconds field)."""
+    from cronsim import CronSim, CronSimError  # imported by the first cron schedule, as in Schedule._cron_ticks
+
     if not isinstance(expression, str):
         raise ScheduleError(f"{where}: cron must be a string like '*/5 * * * *', got {expression!r}")
     text = " ".join(expression.split())
@@ -194,8 +196,6 @@ def check_cron(where, expression, timezone="UTC"):
 
 
 def check_every(where, value):
-    from exekutor.config import parse_duration
-
     seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
     try:
         seconds = parse_duration(seconds)
@@ -313,8 +313,11 @@ def _definition_of(target):
 
 
 def active_schedules(configured=None):
-    """{name: Schedule}: the decorators' schedules and the config file's, the file winning on a shared name."""
+    """{name: Schedule}: the decorators' schedules and `configured`, the config's (config.get("schedules")),
+    winning on a shared name."""
     if configured is None:
+        # Only exekutor/worker/scheduler.py still calls this without the config's schedules; once it passes them,
+        # `configured` becomes required and this module no longer reads the configuration that imports it.
         from exekutor import config
 
         configured = config.get("schedules")

@@ -24,12 +24,13 @@ from exekutor.cli.common import (
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 def schedules(configfile, env, database_url, app, as_json):
     """List the recurring jobs with their last and next run."""
-    from exekutor import info
+    from exekutor import config, info
     from exekutor import schedules as recurring
 
     load_config(configfile, env, {"database_url": database_url})
     _import(app)
-    entries = with_connection(lambda conn: recurring.overview(conn, recurring.active_schedules()))
+    active = recurring.active_schedules(config.get("schedules"))
+    entries = with_connection(lambda conn: recurring.overview(conn, active))
     if as_json:
         click.echo(info.to_json({"schedules": entries}, database_label()))
     elif entries:

@@ -130,7 +130,7 @@ def schedules():
     from exekutor.schedules import overview as schedule_overview
 
     with data.connection() as conn:
-        entries = schedule_overview(conn, active_schedules())
+        entries = schedule_overview(conn, active_schedules(config.get("schedules")))
     return _page("schedules.html", page="schedules", schedules=entries)
 
 
