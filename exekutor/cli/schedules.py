@@ -42,6 +42,8 @@ def schedules(configfile, env, database_url, app, as_json):
 
 def _import(modules):
     """As `start --app` does (from the current directory; `module:factory` calls the factory)."""
+    if not modules:
+        return  # nor import the worker's machinery for nothing
     from exekutor.worker.process import ApplicationImportError, import_applications
 
     try:
