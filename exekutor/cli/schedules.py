@@ -25,12 +25,13 @@ from exekutor.cli.common import (
 def schedules(configfile, env, database_url, app, as_json):
     """List the recurring jobs with their last and next run."""
     from exekutor import config, info
-    from exekutor import schedules as recurring
+    from exekutor.schedule_overview import overview
+    from exekutor.schedules import active_schedules
 
     load_config(configfile, env, {"database_url": database_url})
     _import(app)
-    active = recurring.active_schedules(config.get("schedules"))
-    entries = with_connection(lambda conn: recurring.overview(conn, active))
+    active = active_schedules(config.get("schedules"))
+    entries = with_connection(lambda conn: overview(conn, active))
     if as_json:
         click.echo(info.to_json({"schedules": entries}, database_label()))
     elif entries:

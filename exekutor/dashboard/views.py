@@ -126,8 +126,8 @@ def job(job_id):
 
 @blueprint.route("/schedules")
 def schedules():
+    from exekutor.schedule_overview import overview as schedule_overview
     from exekutor.schedules import active_schedules
-    from exekutor.schedules import overview as schedule_overview
 
     with data.connection() as conn:
         entries = schedule_overview(conn, active_schedules(config.get("schedules")))
