@@ -3,6 +3,8 @@
 The public API is what this module exports; everything else is internal.
 """
 import importlib
+import sys
+import types
 
 from exekutor.version import __version__
 
@@ -12,7 +14,7 @@ from exekutor.version import __version__
 _API = {
     "config": "exekutor.config", "hooks": "exekutor.hooks",
     "configure": "exekutor.config", "NotAsynchronousError": "exekutor.asynchronous",
-    "asynchronous": "exekutor.asynchronous", "JobRequest": "exekutor.enqueue", "enqueue_many": "exekutor.enqueue",
+    "JobRequest": "exekutor.enqueue", "enqueue_many": "exekutor.enqueue",
     "ConfigError": "exekutor.errors", "DiscardJob": "exekutor.errors", "ExekutorError": "exekutor.errors",
     "JobCancelled": "exekutor.errors", "JobTimeoutError": "exekutor.errors", "QueueTimeoutError": "exekutor.errors",
     "SerializationError": "exekutor.errors", "UnknownJobError": "exekutor.errors",
@@ -45,7 +47,25 @@ def _submodule(name):
 
 
 def __dir__():
-    return sorted({*globals(), *_API})
+    return sorted({*globals(), *_API, "asynchronous"})
+
+
+class _Package(types.ModuleType):
+    """`exekutor.asynchronous` is the decorator, though a submodule has that name too: importing the submodule
+    (which the worker does) binds that name on the package, and must not make it the module."""
+
+    @property
+    def asynchronous(self):
+        from exekutor.asynchronous import asynchronous
+
+        return asynchronous
+
+    @asynchronous.setter
+    def asynchronous(self, value):
+        pass  # the import system binding the submodule: the name stays the decorator's
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def load_plugin(name):

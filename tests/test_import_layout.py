@@ -213,3 +213,16 @@ def test_what_start_imports_pulls_no_dashboard_flask_sentry_yaml_or_cron():
                              "from exekutor import Worker, config, hooks")
     assert "exekutor.worker.worker" in modules
     assert not heavy(modules)
+
+
+@pytest.mark.timeout(120)
+def test_the_lazy_public_api_gives_what_the_eager_one_gave():
+    # `import exekutor` imports its API on first use: every name still resolves, and `exekutor.asynchronous` stays
+    # the decorator once its submodule of the same name was imported (as the worker imports it).
+    check = ("import exekutor\nimport exekutor.execution\n"
+             "from exekutor.asynchronous import asynchronous\n"
+             "assert exekutor.asynchronous is asynchronous, exekutor.asynchronous\n"
+             "assert all(getattr(exekutor, name) is not None for name in exekutor.__all__)\n"
+             "from exekutor import Worker, job, periodic, config\n"
+             "assert config.__name__ == 'exekutor.config' and Worker.__name__ == 'Worker'\n")
+    assert "exekutor.jobs" in loaded_modules(check)
