@@ -82,8 +82,8 @@ def passwords_in(text):
 
 
 def configured_database():
-    """exekutor.config.configured_database, where it belongs (this module knows no configuration). Kept only for
-    exekutor/worker/worker.py, which imports it from here: once that import names exekutor.config, this goes."""
+    """exekutor.config.configured_database, which belongs there (this module knows no configuration): kept only
+    for exekutor/worker/worker.py, which imports it from here. Once it imports config's, this goes."""
     from exekutor import config
 
     return config.configured_database()
