@@ -11,7 +11,7 @@ import json
 import sys
 
 # Frames that mark the worker's start-up (imports, command line parsing), not the drain.
-STARTUP = ("_find_and_load", "(exekutor/cli.py")
+STARTUP = ("_find_and_load", "(exekutor/cli/")
 
 
 def load(path):
@@ -67,7 +67,7 @@ def main(argv):
     parser.add_argument("--filter", default=None, help="only samples whose stack has a frame containing TEXT")
     parser.add_argument("--exclude", action="append", default=None,
                         help="leave out samples whose stack has a frame containing TEXT (repeatable; default: "
-                             "the start-up, i.e. '_find_and_load' and 'exekutor/cli.py'; --exclude '' keeps all)")
+                             "the start-up, i.e. '_find_and_load' and 'exekutor/cli/'; --exclude '' keeps all)")
     parser.add_argument("--lines", action="store_true", help="per line instead of per function")
     args = parser.parse_args(argv)
     exclude = [t for t in (args.exclude if args.exclude is not None else STARTUP) if t]

@@ -2,39 +2,71 @@
 
 The public API is what this module exports; everything else is internal.
 """
-from exekutor import config, hooks
-from exekutor.asynchronous import NotAsynchronousError, asynchronous
-from exekutor.config import configure
-from exekutor.definitions import Retry, registry
-from exekutor.enqueue import JobRequest, enqueue_many
-from exekutor.errors import (
-    ConfigError,
-    DiscardJob,
-    ExekutorError,
-    JobCancelled,
-    JobTimeoutError,
-    QueueTimeoutError,
-    SerializationError,
-    UnknownJobError,
-)
-from exekutor.jobs import Job, job
-from exekutor.queue_control import pause_queue, queue_states, resume_queue
-from exekutor.schedules import periodic
-from exekutor.serialization import serializers
+import importlib
+import sys
+import types
+
 from exekutor.version import __version__
+
+# The public API, imported on first use (PEP 562): `import exekutor` alone costs nothing, so that the command line
+# answers `--help` without importing psycopg2, gevent or YAML, and each process imports only what it uses. Every
+# name works as before, as `exekutor.NAME` and as `from exekutor import NAME`.
+_API = {
+    "config": "exekutor.config", "hooks": "exekutor.hooks",
+    "configure": "exekutor.config", "NotAsynchronousError": "exekutor.asynchronous",
+    "JobRequest": "exekutor.enqueue", "enqueue_many": "exekutor.enqueue",
+    "ConfigError": "exekutor.errors", "DiscardJob": "exekutor.errors", "ExekutorError": "exekutor.errors",
+    "JobCancelled": "exekutor.errors", "JobTimeoutError": "exekutor.errors", "QueueTimeoutError": "exekutor.errors",
+    "SerializationError": "exekutor.errors", "UnknownJobError": "exekutor.errors",
+    "Job": "exekutor.jobs", "job": "exekutor.jobs", "Retry": "exekutor.definitions",
+    "registry": "exekutor.definitions",
+    "pause_queue": "exekutor.queue_control", "queue_states": "exekutor.queue_control",
+    "resume_queue": "exekutor.queue_control", "periodic": "exekutor.schedules",
+    "serializers": "exekutor.serialization",
+    # The worker imports gevent; an application that only enqueues never needs it.
+    "Worker": "exekutor.worker", "Cleanup": "exekutor.cleanup",
+}
 
 
 def __getattr__(name):
-    # The worker imports gevent; an application that only enqueues never needs it.
-    if name == "Worker":
-        from exekutor.worker import Worker
+    if name not in _API:
+        return _submodule(name)
+    module = importlib.import_module(_API[name])
+    value = module if module.__name__ == f"exekutor.{name}" else getattr(module, name)
+    globals()[name] = value  # looked up once
+    return value
 
-        return Worker
-    if name == "Cleanup":
-        from exekutor.cleanup import Cleanup
 
-        return Cleanup
+def _submodule(name):
+    """`exekutor.jobs` and the like without `import exekutor.jobs`, as when this module imported them all."""
+    try:
+        return importlib.import_module(f"exekutor.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"exekutor.{name}":
+            raise
     raise AttributeError(f"module 'exekutor' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_API, "asynchronous"})
+
+
+class _Package(types.ModuleType):
+    """`exekutor.asynchronous` is the decorator, though a submodule has that name too: importing the submodule
+    (which the worker does) binds that name on the package, and must not make it the module."""
+
+    @property
+    def asynchronous(self):
+        from exekutor.asynchronous import asynchronous
+
+        return asynchronous
+
+    @asynchronous.setter
+    def asynchronous(self, value):
+        pass  # the import system binding the submodule: the name stays the decorator's
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def load_plugin(name):

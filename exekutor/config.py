@@ -26,51 +26,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import yaml
-
+from exekutor.display import database_label, redact, remember
+from exekutor.durations import MAX_DURATION, MAX_DURATION_TEXT, UNIT_NAMES, UNIT_SECONDS, parse_duration, to_float
 from exekutor.errors import ConfigError
+from exekutor.schedules import Schedule, ScheduleError, check_schedule, from_mapping
 
 # ---------------------------------------------------------------------------------------------------------------
 # Value parsers: each takes (value, unit) and returns the normalised value, or raises TypeError/ValueError when the
 # value has the wrong shape. Range checks live in Check so that the error can say what is allowed.
 
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-# The longest duration any option (and a schedule's `every`) takes: 100 years of 365 days, as for enqueue waits
-# (exekutor.jobs.MAX_WAIT). Anything longer is a mistake, and past it timedelta and datetime arithmetic overflows.
-MAX_DURATION = 100 * 365 * 24 * 3600.0
-MAX_DURATION_TEXT = "100 years"
-_UNIT_NAMES = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-_DURATION = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 # wait_for_termination: "0" must stay a duration (kill now), so only the words are booleans there.
 _WAIT_WORDS = {**{word: flag for word, flag in _BOOLS.items() if not word.isdigit()}, "none": None, "null": None}
 _NULL_WORDS = {"", "none", "null"}
 # A module, optionally with the name of a factory to call in it ("myapp:create_app").
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?")
-
-
-def parse_duration(value, unit="s"):
-    """Seconds (or the given unit) as a float from a number in `unit` or a string like '90s', '15m', '1.5h'."""
-    if unit not in _UNIT_SECONDS:
-        raise ValueError(f"unknown duration unit {unit!r}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number, suffix = _float(value), unit
-    else:
-        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
-        if not match:
-            raise ValueError(f"not a duration: {value!r}")
-        number, suffix = float(match.group(1)), (match.group(2) or unit).lower()
-    if not math.isfinite(number):
-        raise ValueError(f"not a duration: {value!r}")
-    return number * _UNIT_SECONDS[suffix] / _UNIT_SECONDS[unit]
-
-
-def _float(number):
-    """float(number), a ValueError (not OverflowError) for an int beyond any float, e.g. 400 digits of YAML."""
-    try:
-        return float(number)
-    except OverflowError:
-        raise ValueError("number too large") from None
 
 
 def _parse_int(value, unit=None):
@@ -83,7 +53,7 @@ def _parse_int(value, unit=None):
 
 def _parse_float(value, unit=None):
     if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-        return _float(value)
+        return to_float(value)
     raise TypeError("not a number")
 
 
@@ -168,8 +138,6 @@ class ValueProblem(ValueError):
 
 def _parse_schedules(value, unit=None):
     # Checked here in full (cron, time zone, every, keys), so a bad schedule stops `start` like any bad value.
-    from exekutor.schedules import Schedule, ScheduleError, check_schedule, from_mapping
-
     if isinstance(value, str):  # an environment variable or an INI value: a JSON object
         try:
             value = json.loads(value)
@@ -272,7 +240,7 @@ class Option:
 
     @property
     def expected(self):
-        text = self.kind.text.format(check=self.check.text, unit=_UNIT_NAMES.get(self.unit),
+        text = self.kind.text.format(check=self.check.text, unit=UNIT_NAMES.get(self.unit),
                                      longest=MAX_DURATION_TEXT)
         return text + (", or none" if self.nullable else "")
 
@@ -290,7 +258,7 @@ class Option:
     def _too_long(self, value):
         # Every duration has the same maximum, in its own unit (healthcheck_timeout is in minutes).
         is_duration = self.unit is not None and isinstance(value, float)  # not WAIT's true/false/none
-        return is_duration and value * _UNIT_SECONDS[self.unit] > MAX_DURATION
+        return is_duration and value * UNIT_SECONDS[self.unit] > MAX_DURATION
 
 
 OPTIONS = {option.name: option for option in [
@@ -419,8 +387,6 @@ YAML_MAX_SIZE = 100_000  # nodes plus scalar characters of a YAML `exekutor:` se
 
 def redact_url(url):
     """A message (or URL, or libpq keyword string) without the passwords it may quote (see exekutor.display)."""
-    from exekutor.display import redact
-
     return redact(url)
 
 
@@ -448,8 +414,6 @@ def _convert(key, value, source, text=False):
     """The validated value of option `key`, or a one-line ConfigError naming the key and its source."""
     option = _option(key, source)
     if key == "database_url":
-        from exekutor.display import remember
-
         remember(value)  # before anything could quote it
     try:
         return option.convert(value, text)
@@ -489,18 +453,26 @@ def _read_file(path, env):
     raise ConfigError(f"unsupported config file {path}: expected a .yml, .yaml, .ini or .cfg file")
 
 
+def _is(node, kind):
+    """Whether a YAML node is a "scalar", "sequence" or "mapping" (PyYAML's node ids: the helpers below need no
+    `import yaml`, which only reading a YAML file pays for)."""
+    return getattr(node, "id", None) == kind
+
+
 def _yaml_child(node, key):
     """The value node of `key` in a mapping node (the last one, as YAML loaders do), else None."""
     found = None
-    if isinstance(node, yaml.MappingNode):
+    if _is(node, "mapping"):
         for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+            if _is(key_node, "scalar") and key_node.value == key:
                 found = key_node, value_node
     return found
 
 
 def _yaml_error(path, exc, node=None):
     """A one-line ConfigError for a YAML error (or any error building a value), with the file and line."""
+    import yaml  # imported already: only reading a YAML file fails this way
+
     mark = getattr(exc, "problem_mark", None) or (node.start_mark if node is not None else None)
     where = f" line {mark.line + 1}" if mark else ""
     if isinstance(exc, yaml.YAMLError):
@@ -513,9 +485,9 @@ def _yaml_error(path, exc, node=None):
 
 
 def _yaml_children(node):
-    if isinstance(node, yaml.MappingNode):
+    if _is(node, "mapping"):
         return [item for pair in node.value for item in pair]
-    return node.value if isinstance(node, yaml.SequenceNode) else []
+    return node.value if _is(node, "sequence") else []
 
 
 def _check_yaml_size(path, node):
@@ -527,7 +499,7 @@ def _check_yaml_size(path, node):
         key = id(current)
         if done:
             size = 1 + sum(sizes[id(child)] for child in _yaml_children(current))
-            size += len(current.value) if isinstance(current, yaml.ScalarNode) else 0
+            size += len(current.value) if _is(current, "scalar") else 0
             if size > YAML_MAX_SIZE:
                 raise ConfigError(f"invalid YAML in {path} line {current.start_mark.line + 1}: its aliases expand "
                                   f"to more than {YAML_MAX_SIZE} nodes and characters")
@@ -544,9 +516,9 @@ def _check_yaml_size(path, node):
 
 def _yaml_options(path, found, loader):
     key_node, node = found
-    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+    if _is(node, "scalar") and node.tag == "tag:yaml.org,2002:null":
         return  # "exekutor:" with nothing under it
-    if not isinstance(node, yaml.MappingNode):
+    if not _is(node, "mapping"):
         raise ConfigError(f"'exekutor' in {path} line {key_node.start_mark.line + 1} must be a mapping of options")
     _check_yaml_size(path, node)
     try:
@@ -555,7 +527,7 @@ def _yaml_options(path, found, loader):
         raise _yaml_error(path, exc, node) from None
     for key, value in node.value:
         where = f"{path} line {key.start_mark.line + 1}"
-        if not isinstance(key, yaml.ScalarNode):
+        if not _is(key, "scalar"):
             raise ConfigError(f"invalid option name in {where}: expected a string")
         try:
             # SafeLoader: a tag like !!python/object/apply is an error here, nothing is ever called.
@@ -566,6 +538,8 @@ def _yaml_options(path, found, loader):
 
 
 def _read_yaml(path, env):
+    import yaml  # PyYAML takes longer to import than a command takes to answer: only when a YAML file is read
+
     # compose() keeps the nodes and their marks, so every value knows its line. Aliases stay shared references
     # there: a document only gets big when they are expanded, which _check_yaml_size limits.
     try:
@@ -800,7 +774,7 @@ def reference_table():
     """The Markdown table of all options for docs/configuration.md (a test keeps the two in sync)."""
     rows = ["| Option | Type | Default | Environment variable | Description |", "|---|---|---|---|---|"]
     for option in OPTIONS.values():
-        kind = option.kind.name + (f" ({_UNIT_NAMES[option.unit]})" if option.unit else "")
+        kind = option.kind.name + (f" ({UNIT_NAMES[option.unit]})" if option.unit else "")
         kind += " or none" if option.nullable else ""
         default = f"`{json.dumps(option.default)}`"
         rows.append(f"| `{option.name}` | {kind} | {default} | `{option.env_var}` | {option.doc} "
@@ -838,6 +812,13 @@ validate = settings.validate
 worker_options = settings.worker_options
 reset = settings.reset
 database_url = settings.database_url
+
+
+def configured_database():
+    """The label of the database the configuration names (see exekutor.display.database_label), or the embedded
+    server: how messages name it (host, port, database; never the password)."""
+    url = database_url()
+    return database_label(url) if url else "the embedded PostgreSQL"
 
 
 class _ConfigModule(types.ModuleType):

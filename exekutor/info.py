@@ -60,11 +60,12 @@ def collect(conn, failures_since=FAILURES_SINCE):
 
 
 def collect_schedules(conn):
-    """The recurring jobs (exekutor.schedules.overview): the table's and the config file's, with last and next run."""
-    from exekutor.schedules import active_schedules, overview
+    """The recurring jobs (exekutor.schedule_overview): the table's and the config file's, with last and next run."""
+    from exekutor.schedule_overview import overview
+    from exekutor.schedules import active_schedules
 
     try:
-        return overview(conn, active_schedules())
+        return overview(conn, active_schedules(config.get("schedules")))
     finally:
         conn.rollback()
 

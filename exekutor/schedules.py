@@ -1,6 +1,7 @@
 """Recurring jobs: schedule definitions, their validation, and when they tick (DESIGN §11).
 
-Pure: no database here except `overview()` at the end, which reads the schedules table for the CLI and `info`.
+Pure: no database here (exekutor.schedule_overview reads the schedules table for the CLI, `info` and the
+dashboard).
 The worker's scheduler (exekutor.worker.scheduler) claims ticks in the database; this module only says which
 ticks a schedule has between two instants.
 
@@ -18,9 +19,7 @@ import math
 import zoneinfo
 from dataclasses import dataclass, field, fields
 
-from cronsim import CronSim, CronSimError
-
-from exekutor.config import MAX_DURATION, MAX_DURATION_TEXT
+from exekutor.durations import MAX_DURATION, MAX_DURATION_TEXT, parse_duration
 
 UTC = dt.timezone.utc
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -102,6 +101,8 @@ class Schedule:
         return ticks
 
     def _cron_ticks(self, start, reverse):
+        from cronsim import CronSim  # imported by the first cron schedule: a process with none never pays for it
+
         zone = zoneinfo.ZoneInfo(self.timezone)
         try:
             for tick in CronSim(self.cron, start.astimezone(zone), reverse=reverse):
@@ -179,6 +180,8 @@ def check_timezone(where, name):
 
 def check_cron(where, expression, timezone="UTC"):
     """The expression with @names expanded; 5 fields only (cronsim would also take a seconds field)."""
+    from cronsim import CronSim, CronSimError  # imported by the first cron schedule, as in Schedule._cron_ticks
+
     if not isinstance(expression, str):
         raise ScheduleError(f"{where}: cron must be a string like '*/5 * * * *', got {expression!r}")
     text = " ".join(expression.split())
@@ -194,8 +197,6 @@ def check_cron(where, expression, timezone="UTC"):
 
 
 def check_every(where, value):
-    from exekutor.config import parse_duration
-
     seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
     try:
         seconds = parse_duration(seconds)
@@ -203,11 +204,11 @@ def check_every(where, value):
         seconds = None
     if seconds is None or not math.isfinite(seconds) or not MIN_EVERY <= seconds <= MAX_EVERY:
         raise ScheduleError(f"{where}: every must be a duration from {MIN_EVERY:g} second to {MAX_DURATION_TEXT} "
-                            f"(a number of seconds or a string like '30s', '15m', '1d'), got {_cut(repr(value))}")
+                            f"(a number of seconds or a string like '30s', '15m', '1d'), got {shorten(repr(value))}")
     return seconds
 
 
-def _cut(text, limit=80):
+def shorten(text, limit=80):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -249,7 +250,7 @@ def from_definition(name, definition):
     """(schedule, None) back from the table's definition column (to compute its next tick), or (None, why not):
     the column holds any JSON, written by another version or by hand."""
     if not isinstance(definition, dict):
-        return None, f"its definition is not a JSON object: {_cut(repr(definition))}"
+        return None, f"its definition is not a JSON object: {shorten(repr(definition))}"
     options = {key: definition[key] for key in KEYS if key in definition}
     try:
         return make_schedule(name, source=str(definition.get("source", "database")),
@@ -312,66 +313,7 @@ def _definition_of(target):
     return definition
 
 
-def active_schedules(configured=None):
-    """{name: Schedule}: the decorators' schedules and the config file's, the file winning on a shared name."""
-    if configured is None:
-        from exekutor import config
-
-        configured = config.get("schedules")
+def active_schedules(configured):
+    """{name: Schedule}: the decorators' schedules and `configured`, the config's (config.get("schedules")),
+    winning on a shared name."""
     return {**registry.all(), **configured}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading the table (the CLI's `schedules`, `info`)
-
-# A timestamptz Python cannot hold (a year past 9999, written by hand) reads as NULL rather than failing the listing.
-_READABLE = "CASE WHEN {0} BETWEEN '0001-01-01 00:00+00' AND '9999-12-31 23:59:59.999999+00' THEN {0} END"
-_OVERVIEW = f"""
-SELECT name, definition, CASE WHEN last_enqueued_at IS NOT NULL THEN {_READABLE.format('last_tick')} END,
-       {_READABLE.format('last_tick')}
-FROM exekutor_schedules ORDER BY name
-"""
-
-
-def overview(conn, configured=None):
-    """[{name, job, when, catch_up, source, last_run, next_run, in_database, problem}] from the table plus
-    `configured` ({name: Schedule}, e.g. active_schedules()), in name order. Times are the database's.
-
-    `problem` (else None) says on one line why a schedule is not run as listed: it cannot be computed (any row
-    the table may hold is listed), or it names a job this process has not registered (checked when this process
-    has registered any: `--app`, the application around the dashboard). A missing table raises UndefinedTable:
-    the callers' "run migrate"."""
-    from exekutor.definitions import registry as jobs
-
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT now()")
-        now = cursor.fetchone()[0]
-        cursor.execute(_OVERVIEW)
-        stored = {row[0]: row for row in cursor.fetchall()}
-    registered = set(jobs.names()) or None
-    return [_overview_entry(name, (configured or {}).get(name), stored.get(name), now, registered)
-            for name in sorted(set(stored) | set(configured or {}))]
-
-
-def _overview_entry(name, schedule, row, now, registered):
-    problem = None
-    if schedule is None:
-        schedule, problem = from_definition(name, row[1])
-    last, seen = (row[2], row[3]) if row else (None, None)
-    next_run = None
-    if schedule is not None:
-        try:
-            next_run = schedule.next_after(seen or now)
-        except Exception as error:  # noqa: BLE001 - any stored tick or definition: the listing goes on
-            problem = f"{type(error).__name__}: {error}"
-    job = schedule.job if schedule else row[1].get("job") if isinstance(row[1], dict) else None
-    if problem:
-        problem = _cut(f"cannot be computed, workers skip it: {problem}", 200)
-    elif registered is not None and job not in registered:
-        problem = f"job {_cut(repr(job))} is not registered here; a worker without it skips this schedule"
-    return {
-        "name": name, "job": job if isinstance(job, str) else None,
-        "when": schedule.when if schedule else "?", "catch_up": schedule.catch_up if schedule else None,
-        "source": schedule.source if schedule else "database", "in_database": row is not None,
-        "last_run": last, "next_run": next_run, "problem": problem,
-    }

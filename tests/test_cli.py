@@ -1,4 +1,5 @@
 """The `exekutor-gevent` command, run for real: subprocesses, daemons, signals and PostgreSQL."""
+import functools
 import glob
 import json
 import os
@@ -9,11 +10,14 @@ import subprocess
 import sys
 import time
 
+import click
 import psycopg2.extensions
 import pytest
 
 import exekutor
 from exekutor import cli, config
+from exekutor.cli.install import STARTER_CONFIG
+from exekutor.cli.start import start
 from tests import jobs_app
 from tests.conftest import ROOT, query, scalar, wait_for
 from tests.jobs_app import EXECUTIONS_DDL
@@ -624,7 +628,7 @@ def test_install_writes_the_starter_config_and_never_overwrites_it_unless_forced
     assert refused.returncode == 1 and "--force" in refused.stderr
     assert target.read_text() == "exekutor:\n  queues: [mine]\n"
     assert run_cli("install", "--force", cwd=tmp_path).returncode == 0
-    assert target.read_text() == cli.STARTER_CONFIG
+    assert target.read_text() == STARTER_CONFIG
 
 
 @pytest.mark.parametrize("env", [None, "production"])
@@ -639,12 +643,22 @@ def test_the_example_yaml_and_ini_files_say_the_same(env):
 
 
 def test_every_option_has_both_spellings():
-    for command in cli.main.commands.values():
+    context = click.Context(cli.main)
+    for command in map(functools.partial(cli.main.get_command, context), cli.main.list_commands(context)):
         for param in command.params:
             for flag in getattr(param, "opts", []):
                 if param.param_type_name == "option" and ("-" in flag[2:] or "_" in flag[2:]):
                     other = "--" + (flag[2:].replace("-", "_") if "-" in flag[2:] else flag[2:].replace("_", "-"))
                     assert other in param.opts, f"{command.name} {flag} has no {other}"
+
+
+def test_help_lists_each_command_with_its_own_summary():
+    # `--help` lists cli.COMMANDS without importing the commands: each summary must be the command's own help.
+    context = click.Context(cli.main)
+    for name, (_, summary) in cli.COMMANDS.items():
+        command = cli.main.get_command(context, name)
+        assert " ".join(command.help.split("\n\n")[0].split()) == summary, name
+        assert command.name == name
 
 
 def test_version():
@@ -665,7 +679,7 @@ def test_the_systemd_units_run_a_foreground_worker_with_valid_flags(name):
     program, command, *args = _exec_start(unit.replace("%i", "mail"))
     assert (os.path.basename(program), command) == ("exekutor-gevent", "start")
     assert "Type=notify" in unit and "--daemonize" not in args  # systemd supervises; READY=1 says it runs
-    cli.start.make_context("start", args)  # raises on a flag that does not exist
+    start.make_context("start", args)  # raises on a flag that does not exist
 
 
 @pytest.mark.timeout(60)

@@ -176,7 +176,9 @@ def test_commands_run_on_a_migrated_embedded_server(shell, key):
 
 
 def leaf_commands(group=cli.main, prefix=()):
-    for name, command in group.commands.items():
+    context = click.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
         if isinstance(command, click.Group):
             yield from leaf_commands(command, (*prefix, name))
         else:

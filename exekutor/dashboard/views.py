@@ -126,11 +126,11 @@ def job(job_id):
 
 @blueprint.route("/schedules")
 def schedules():
+    from exekutor.schedule_overview import overview as schedule_overview
     from exekutor.schedules import active_schedules
-    from exekutor.schedules import overview as schedule_overview
 
     with data.connection() as conn:
-        entries = schedule_overview(conn, active_schedules())
+        entries = schedule_overview(conn, active_schedules(config.get("schedules")))
     return _page("schedules.html", page="schedules", schedules=entries)
 
 

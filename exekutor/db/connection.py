@@ -10,6 +10,7 @@ import psycopg2
 import psycopg2.extensions
 
 from exekutor import config
+from exekutor.display import database_label
 from exekutor.errors import ConfigError
 
 _resolved_url = None
@@ -64,8 +65,6 @@ def connect(url=None, application_name=None, autocommit=False):
 
 def _green_connect(url, kwargs, timeout):
     import gevent
-
-    from exekutor.display import database_label
 
     timer = gevent.Timeout(timeout)
     timer.start()

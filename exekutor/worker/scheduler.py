@@ -122,7 +122,7 @@ class Scheduler(Component):
 
     def _runnable(self):
         """The schedules whose job this worker has registered; the others are logged once and skipped."""
-        schedules = self._configured if self._configured is not None else active_schedules()
+        schedules = self._configured if self._configured is not None else active_schedules(config.get("schedules"))
         runnable = {}
         for name, schedule in sorted(schedules.items()):
             if schedule.job in registry:

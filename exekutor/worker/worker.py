@@ -13,11 +13,11 @@ import gevent
 from gevent.event import Event
 
 from exekutor import config, hooks, log, metrics
+from exekutor.config import configured_database
 from exekutor.db.green import server_of
 from exekutor.db.pool import ConnectionPool
 from exekutor.db.queries import DELETE_WORKER, REGISTER_WORKER, SET_WORKER_STATUS, UNBLOCK
 from exekutor.definitions import MAX_PRIORITY, MIN_PRIORITY
-from exekutor.display import configured_database
 from exekutor.errors import ConfigError, DatabaseTimeout, SchemaError
 from exekutor.execution import COMPLETED, DISCARDED, FAILED
 from exekutor.serialization import json_backend

@@ -9,33 +9,41 @@ import signal
 
 import click
 
-from exekutor.cli import EXIT_FAILURE, _configure_logging, _database_errors, _fail, _option, config_options, load_config
+from exekutor.cli.common import (
+    EXIT_FAILURE,
+    config_options,
+    configure_logging,
+    database_errors,
+    fail,
+    load_config,
+    option,
+)
 
 
 @click.command()
-@_option("--host", default="127.0.0.1", show_default=True,
-         help="Address to listen on. It has no login: keep it on loopback, or mount the blueprint behind one.")
-@_option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
-         help="Port to listen on (0: any free port, printed at start).")
-@_option("--allow-actions", is_flag=True, default=None, help="Allow retry and cancel (default: read-only).")
-@_option("--show-arguments", is_flag=True, default=None, help="Show job arguments on job pages (default: hidden).")
-@_option("--allowed-host", multiple=True, metavar="NAME",
-         help="Another host name to answer, besides the bound address and localhost (repeatable; "
-              "dashboard_allowed_hosts). Other Host headers get 400: a defence against DNS rebinding.")
+@option("--host", default="127.0.0.1", show_default=True,
+        help="Address to listen on. It has no login: keep it on loopback, or mount the blueprint behind one.")
+@option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+        help="Port to listen on (0: any free port, printed at start).")
+@option("--allow-actions", is_flag=True, default=None, help="Allow retry and cancel (default: read-only).")
+@option("--show-arguments", is_flag=True, default=None, help="Show job arguments on job pages (default: hidden).")
+@option("--allowed-host", multiple=True, metavar="NAME",
+        help="Another host name to answer, besides the bound address and localhost (repeatable; "
+             "dashboard_allowed_hosts). Other Host headers get 400: a defence against DNS rebinding.")
 @config_options
 def dashboard(host, port, allow_actions, show_arguments, allowed_host, configfile, env, database_url):
     """Serve the web dashboard (read-only, on 127.0.0.1:8080, unless told otherwise)."""
     try:
         import flask  # noqa: F401
     except ImportError:
-        _fail("the dashboard needs Flask: pip install 'exekutor-gevent[dashboard]'", EXIT_FAILURE)
+        fail("the dashboard needs Flask: pip install 'exekutor-gevent[dashboard]'", EXIT_FAILURE)
     load_config(configfile, env, {"database_url": database_url, "dashboard_allow_actions": allow_actions,
                                   "dashboard_show_arguments": show_arguments,
                                   "dashboard_allowed_hosts": list(allowed_host) or None})
     from exekutor.worker.process import patch
 
     patch()  # cooperative sockets and psycopg2: one slow query does not stall the other requests
-    _configure_logging(quiet=False)  # the dashboard's database errors are logged
+    configure_logging(quiet=False)  # the dashboard's database errors are logged
     _check_database()
     _serve(host, port)
 
@@ -44,7 +52,7 @@ def _check_database():
     """Fail at start, in one line, rather than on every page: no database, or exekutor's tables missing."""
     from exekutor.dashboard import data
 
-    with _database_errors():
+    with database_errors():
         with data.connection() as conn, conn.cursor() as cursor:
             cursor.execute("SELECT 1 FROM exekutor_jobs LIMIT 1")
 
@@ -61,7 +69,7 @@ def _serve(host, port):
     try:
         server.start()
     except OSError as error:
-        _fail(f"cannot listen on {host}:{port}: {error.strerror or error}", EXIT_FAILURE)
+        fail(f"cannot listen on {host}:{port}: {error.strerror or error}", EXIT_FAILURE)
     mode = "actions enabled" if config.get("dashboard_allow_actions") else "read-only"
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"exekutor dashboard on http://{shown}:{server.server_port}/ ({mode}); Ctrl-C stops it", err=True)

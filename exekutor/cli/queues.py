@@ -8,7 +8,7 @@ for (the line says so) or there are no queues; 1 the database failed or its tabl
 """
 import click
 
-from exekutor.cli import _fail, _with_connection, config_options, load_config
+from exekutor.cli.common import config_options, database_label, fail, load_config, with_connection
 
 
 @click.group()
@@ -26,12 +26,11 @@ def _json_option(command):
 def list_command(as_json, configfile, env, database_url):
     """Show each queue: paused or not, its limits, its pending, held-back and executing jobs."""
     from exekutor import info
-    from exekutor.display import configured_database
 
     load_config(configfile, env, {"database_url": database_url})
-    rows = _with_connection(_collect)
+    rows = with_connection(_collect)
     if as_json:
-        click.echo(info.to_json({"queues": rows}, configured_database()))
+        click.echo(info.to_json({"queues": rows}, database_label()))
     elif rows:
         for line in render(rows):
             click.echo(line)
@@ -85,14 +84,14 @@ def resume_command(name, as_json, configfile, env, database_url):
 def _change(name, as_json, configfile, env, database_url, pause):
     from exekutor import info
     from exekutor.definitions import check_queue
-    from exekutor.display import configured_database, printable
+    from exekutor.display import printable
     from exekutor.queue_control import pause_queue, queue_settings, resume_queue
 
     load_config(configfile, env, {"database_url": database_url})
     try:
         check_queue(name)
     except ValueError as error:
-        _fail(str(error))
+        fail(str(error))
 
     def act(conn):
         changed = (pause_queue if pause else resume_queue)(name, connection=conn)
@@ -101,11 +100,11 @@ def _change(name, as_json, configfile, env, database_url, pause):
         conn.commit()  # a resume's two statements (the row, then the held-back jobs) commit together
         return changed, state
 
-    changed, state = _with_connection(act)
+    changed, state = with_connection(act)
     paused_at = state["paused_at"] if state else None
     if as_json:
         click.echo(info.to_json({"queue": name, "paused": paused_at is not None, "paused_at": paused_at,
-                                 "changed": changed}, configured_database()))
+                                 "changed": changed}, database_label()))
         return
     shown = printable(name)  # a name may hold control characters: escaped, as in every table
     if pause:

@@ -5,14 +5,21 @@ failed, 2 bad input (one line, nothing done). An action by filter asks for confi
 `--yes`; where no one can answer (stdin is not a terminal) it needs `--yes`. `--dry-run` says how many jobs an
 action would touch and touches none.
 """
-import contextlib
 import datetime as dt
 import json
 import sys
 
 import click
 
-from exekutor.cli import EXIT_FAILURE, _database_errors, _fail, _option, config_options, load_config, parse_seconds
+from exekutor.cli.common import (
+    EXIT_FAILURE,
+    config_options,
+    fail,
+    load_config,
+    option,
+    parse_seconds,
+    with_connection,
+)
 
 
 @click.group()
@@ -22,12 +29,12 @@ def jobs():
 
 def _filter_options(statuses, help_status):
     def decorate(command):
-        command = _option("--since", default=None,
-                          help="Only jobs enqueued (finished, for finished statuses) since: a duration ago "
-                               "(24h, 90m; a bare number is hours) or an ISO 8601 time.")(command)
+        command = option("--since", default=None,
+                         help="Only jobs enqueued (finished, for finished statuses) since: a duration ago "
+                              "(24h, 90m; a bare number is hours) or an ISO 8601 time.")(command)
         command = click.option("--job", "job_name", default=None, help="Only jobs of this registered name.")(command)
-        command = _option("--queue", default=None, help="Only jobs of this queue.")(command)
-        return _option("--status", type=click.Choice(statuses), default=None, help=help_status)(command)
+        command = option("--queue", default=None, help="Only jobs of this queue.")(command)
+        return option("--status", type=click.Choice(statuses), default=None, help=help_status)(command)
     return decorate
 
 
@@ -38,7 +45,7 @@ def _build_filter(status, queue, job_name, since):
         return operations.JobFilter(status=status, queue=queue, job=job_name,
                                     since=_parse_time(since, "--since", ago=True) if since else None)
     except operations.OperationError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 def _parse_time(text, option, ago):
@@ -52,29 +59,24 @@ def _parse_time(text, option, ago):
         try:
             return now - dt.timedelta(seconds=seconds) if ago else now + dt.timedelta(seconds=seconds)
         except OverflowError:
-            _fail(f"invalid value for {option}: {text!r} is too far from now")
+            fail(f"invalid value for {option}: {text!r} is too far from now")
     try:
         return value if value.tzinfo else value.astimezone()
     except (OverflowError, ValueError, OSError):  # a naive time the local clock cannot place (year 1, 9999)
-        _fail(f"invalid value for {option}: {text!r} cannot be read as a local time; give an offset (+00:00)")
-
-
-def _connection():
-    from exekutor.db import connect
-
-    return connect(application_name="exekutor-gevent jobs", autocommit=True)
+        fail(f"invalid value for {option}: {text!r} cannot be read as a local time; give an offset (+00:00)")
 
 
 def _run(action):
     """`action(connection)` with one-line errors; OperationError is bad input (status 2)."""
     from exekutor.operations import OperationError
 
-    with _database_errors():
+    def guarded(conn):
         try:
-            with contextlib.closing(_connection()) as conn:
-                return action(conn)
+            return action(conn)
         except OperationError as error:
-            _fail(str(error))
+            fail(str(error))
+
+    return with_connection(guarded, autocommit=True, application_name="exekutor-gevent jobs")
 
 
 def _json(value):
@@ -93,8 +95,8 @@ def _json(value):
 @jobs.command("list")
 @_filter_options(["pending", "scheduled", "executing", "completed", "failed", "discarded", "cancelled"],
                  "Only jobs with this status (pending includes scheduled; cancelled jobs are discarded ones).")
-@_option("--limit", type=click.IntRange(1, 1000), default=50, help="Jobs per page (1-1000, default 50).")
-@_option("--after", default=None, help="Continue after the page that printed this cursor.")
+@option("--limit", type=click.IntRange(1, 1000), default=50, help="Jobs per page (1-1000, default 50).")
+@option("--after", default=None, help="Continue after the page that printed this cursor.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 @config_options
 def list_command(status, queue, job_name, since, limit, after, as_json, configfile, env, database_url):
@@ -142,10 +144,10 @@ def show_command(job_id, as_json, configfile, env, database_url):
     try:
         job_id = operations.check_job_id(job_id)
     except operations.OperationError as error:
-        _fail(str(error))
+        fail(str(error))
     job = _run(lambda conn: operations.get_job(conn, job_id))
     if job is None:
-        _fail(f"no job {job_id}", EXIT_FAILURE)
+        fail(f"no job {job_id}", EXIT_FAILURE)
     if as_json:
         click.echo(_json(job))
         return
@@ -158,14 +160,14 @@ def show_command(job_id, as_json, configfile, env, database_url):
 
 
 def _action_options(command):
-    command = _option("--dry-run", is_flag=True, help="Say how many jobs would be touched; touch none.")(command)
+    command = option("--dry-run", is_flag=True, help="Say how many jobs would be touched; touch none.")(command)
     return click.option("--yes", "-y", is_flag=True, help="Act on a filter without asking.")(command)
 
 
 @jobs.command("retry")
 @click.argument("job_ids", nargs=-1)
 @_filter_options(["failed", "discarded", "cancelled"], "Retry every job with this status (and the other filters).")
-@_option("--at", default=None, help="Run them at this time (ISO 8601) or after this duration (10m), not now.")
+@option("--at", default=None, help="Run them at this time (ISO 8601) or after this duration (10m), not now.")
 @_action_options
 @config_options
 def retry_command(job_ids, status, queue, job_name, since, at, yes, dry_run, configfile, env, database_url):
@@ -212,14 +214,14 @@ def _target(job_ids, status, queue, job_name, since, action):
     from exekutor import operations
 
     if job_ids and (status or queue or job_name or since):
-        _fail(f"give job ids or filters to {action}, not both")
+        fail(f"give job ids or filters to {action}, not both")
     if job_ids:
         try:
             return _Target([operations.check_job_id(job_id) for job_id in job_ids], None)
         except operations.OperationError as error:
-            _fail(str(error))
+            fail(str(error))
     if not status:
-        _fail(f"nothing to {action}: give job ids, or --status with optional --queue, --job, --since")
+        fail(f"nothing to {action}: give job ids, or --status with optional --queue, --job, --since")
     return _Target(None, _build_filter(status, queue, job_name, since))
 
 
@@ -237,7 +239,7 @@ def _confirmed(target, action, yes, dry_run):
         click.echo(f"no jobs to {action}", err=True)
         sys.exit(EXIT_FAILURE)
     if not sys.stdin.isatty():
-        _fail(f"{action} {count} job(s)? stdin is not a terminal to confirm on: add --yes (or --dry-run)")
+        fail(f"{action} {count} job(s)? stdin is not a terminal to confirm on: add --yes (or --dry-run)")
     if not click.confirm(f"{action} {count} job(s)?", default=False):
         click.echo("nothing done")
         sys.exit(EXIT_FAILURE)

@@ -7,24 +7,33 @@ schedules; 1 the database failed or its tables are missing; 2 bad input.
 """
 import click
 
-from exekutor.cli import _fail, _option, _with_connection, app_import_failure, config_options, load_config
+from exekutor.cli.common import (
+    app_import_failure,
+    config_options,
+    database_label,
+    fail,
+    load_config,
+    option,
+    with_connection,
+)
 
 
 @click.command()
 @config_options
-@_option("--app", multiple=True, help="Also list the schedules these modules declare (@exekutor.periodic).")
+@option("--app", multiple=True, help="Also list the schedules these modules declare (@exekutor.periodic).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 def schedules(configfile, env, database_url, app, as_json):
     """List the recurring jobs with their last and next run."""
-    from exekutor import info
-    from exekutor import schedules as recurring
-    from exekutor.display import configured_database
+    from exekutor import config, info
+    from exekutor.schedule_overview import overview
+    from exekutor.schedules import active_schedules
 
     load_config(configfile, env, {"database_url": database_url})
     _import(app)
-    entries = _with_connection(lambda conn: recurring.overview(conn, recurring.active_schedules()))
+    active = active_schedules(config.get("schedules"))
+    entries = with_connection(lambda conn: overview(conn, active))
     if as_json:
-        click.echo(info.to_json({"schedules": entries}, configured_database()))
+        click.echo(info.to_json({"schedules": entries}, database_label()))
     elif entries:
         for line in info.render_schedules(entries):
             click.echo(line)
@@ -34,9 +43,11 @@ def schedules(configfile, env, database_url, app, as_json):
 
 def _import(modules):
     """As `start --app` does (from the current directory; `module:factory` calls the factory)."""
+    if not modules:
+        return  # nor import the worker's machinery for nothing
     from exekutor.worker.process import ApplicationImportError, import_applications
 
     try:
         import_applications(list(modules))
     except ApplicationImportError as error:
-        _fail(app_import_failure(error))
+        fail(app_import_failure(error))
