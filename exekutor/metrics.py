@@ -11,9 +11,11 @@ With `metrics: false`, or with the `metrics` option unset and prometheus-client 
 import bisect
 import collections
 import importlib.util
+import sys
 import time
 import weakref
 
+import gevent
 import psycopg2
 from gevent import monkey
 
@@ -43,6 +45,8 @@ _DATABASE_ERRORS = (psycopg2.Error, DatabaseTimeout, OSError)  # OSError: connec
 # queue costs about 60 series (counters, two histograms, gauges): a process that saw every queue of a database with
 # thousands of them would keep growing its scrape, and Prometheus its storage, for as long as it runs.
 MAX_QUEUE_SERIES = 100
+# Seconds between the checks whether the application imported prometheus-client (see Metrics.publish).
+PUBLISH_CHECK_INTERVAL = 5.0
 OTHER_QUEUES = "other"
 
 
@@ -97,12 +101,17 @@ class Metrics:
         for queue in worker.queues or ():  # the worker's own queues first, before the database's others
             self._label(queue)
         stats.workers.add(worker)
+        # Registered at once when the health check serves /metrics or metrics are asked for explicitly.
+        self._eager = bool(worker.options.get("metrics") or worker.options.get("healthcheck_port"))
 
-    @staticmethod
-    def publish():
-        """Create and register the metric families in prometheus-client's default registry (once per process).
-        The worker calls it from its liveness thread: importing prometheus-client takes about 25 ms, which the
-        worker's start would otherwise wait for. The counting above needs none of it."""
+    def publish(self):
+        """Create and register the metric families in prometheus-client's default registry (once per process), as
+        soon as something may read it: at once when the health check serves /metrics (or `metrics` is true), else
+        once the application has imported prometheus-client (to expose the registry itself), checked every few
+        seconds. The worker calls this on its liveness thread: importing prometheus-client takes 25-70 ms of CPU,
+        which a worker's start, or one whose metrics nobody reads, should not spend. Counting needs none of it."""
+        while not (self._eager or "prometheus_client" in sys.modules):
+            gevent.sleep(PUBLISH_CHECK_INTERVAL)
         _process_metrics()
 
     def job_started(self, info):
@@ -139,6 +148,7 @@ class Metrics:
     @staticmethod
     def render():
         """(content type, body) of the Prometheus text exposition of the default registry."""
+        _process_metrics()  # registered, if the liveness thread has not done it yet
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
         return CONTENT_TYPE_LATEST, generate_latest(REGISTRY)

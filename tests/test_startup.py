@@ -1,9 +1,11 @@
 """What a worker's start-up skips or defers must not change what it does."""
+import os
 from importlib import metadata
 
 import pytest
 
 from exekutor.worker import process
+from tests.conftest import ROOT
 
 
 def test_entry_points_are_read_once_per_group_during_patching_and_restored_after():
@@ -43,3 +45,41 @@ def test_the_worker_finds_missing_migrations_from_the_file_names_alone(db):
         db.rollback()
         db.autocommit = True
     assert migrations.missing_versions(db) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_registers_its_metrics_only_once_something_may_read_them(database_url, db):
+    """Without a health check port, prometheus-client is not imported at start; once the application imports it
+    (to serve the registry itself), exekutor's families appear there, with the jobs counted before."""
+    import subprocess
+    import sys
+
+    script = r"""
+import sys, time
+from gevent import monkey; monkey.patch_all()
+import exekutor
+from exekutor.worker import Worker
+from tests import jobs_app
+worker = Worker(min_threads=2, max_threads=2, polling_interval=0.2)
+worker.start()
+jobs_app.noop.perform_later()
+deadline = time.time() + 20
+while worker.executor.busy() or worker.completer.written < 1:
+    assert time.time() < deadline
+    time.sleep(0.05)
+assert "prometheus_client" not in sys.modules, "imported at start"
+import prometheus_client
+while True:
+    names = {metric.name for metric in prometheus_client.REGISTRY.collect()}
+    if "exekutor_jobs_started" in names:
+        break
+    assert time.time() < deadline, names
+    time.sleep(0.1)
+value = prometheus_client.REGISTRY.get_sample_value("exekutor_jobs_started_total", {"queue": "default"})
+assert value == 1.0, value
+worker.stop(); worker.join(10)
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50,
+                            env=dict(os.environ, EXEKUTOR_DATABASE_URL=database_url), cwd=ROOT)
+    assert result.stdout.strip().endswith("ok"), result.stdout + result.stderr
