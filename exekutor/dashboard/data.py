@@ -14,11 +14,13 @@ dashboard's own:
 """
 import collections
 import contextlib
+import dataclasses
 import heapq
 import logging
 import threading
 
 import psycopg2
+import psycopg2.errors
 
 from exekutor import config, info, operations
 from exekutor.db.pool import default_pool
@@ -33,6 +35,7 @@ from exekutor.queue_stats import (
     pending_queue_names,
     pending_totals,
 )
+from exekutor.queue_stats import _plan as plan_of
 
 logger = logging.getLogger("exekutor.dashboard")
 CHART_MINUTES = 60
@@ -263,7 +266,8 @@ def overview(conn):
         others = pending_queue_names(cursor, limit=PAGE_QUEUES) if len(names) < PAGE_QUEUES else []
     names += [name for name in others if name not in names][:PAGE_QUEUES - len(names)]
     failures, newest = _failures(conn, names)
-    return {"queues": queue_rows(conn, names, series, failures, executing),
+    rows = queue_rows(conn, names, series, failures, executing)
+    return {"queues": rows, "warnings": warnings(conn, rows, waiting),
             "totals": totals(conn, executing, failures), "total": series.total(), "newest": newest}
 
 
@@ -281,6 +285,117 @@ def queue_list(conn, after=""):
     names = names[:PAGE_QUEUES]
     return {"queues": queue_rows(conn, names, series, failures, executing),
             "next_after": names[-1] if more else None}
+
+
+# --- warnings ---------------------------------------------------------------------------------------------------
+
+# Queues among the named ones with due jobs that no live worker takes (a worker without a queue list takes every
+# queue; a stopping or crashed one, or one past worker_timeout, takes none).
+_UNSERVED = """
+WITH live AS (SELECT queues FROM exekutor_workers
+              WHERE status IN ('i', 'r') AND last_heartbeat_at > now() - %(dead)s * interval '1 second')
+SELECT q.name FROM unnest(%(names)s::text[]) AS q(name)
+WHERE NOT EXISTS (SELECT FROM live WHERE queues IS NULL)
+  AND NOT EXISTS (SELECT FROM live WHERE q.name = ANY(queues))
+ORDER BY q.name
+"""
+# Workers whose heartbeat is late (twice heartbeat_interval) but that are not yet presumed dead, and those past
+# worker_timeout that housekeeping has not removed yet; a few of their names.
+_LATE_WORKERS = """
+SELECT hostname || ':' || pid AS name, last_heartbeat_at <= now() - %(dead)s * interval '1 second' AS dead
+FROM exekutor_workers
+WHERE status <> 'c' AND last_heartbeat_at <= now() - %(late)s * interval '1 second'
+ORDER BY last_heartbeat_at
+"""
+WARNING_NAMES = 5  # names a warning lists (then "and N more")
+
+
+def warnings(conn, rows, waiting):
+    """What an operator must not miss, worst first: [{"kind", "text", "names": [(label, queue or None)],
+    "more"}]. `rows` are the overview's queues (their due jobs and paused state), `waiting` every queue's oldest
+    due wait (queue_stats.longest_waiting)."""
+    dead, late = config.get("worker_timeout"), 2 * config.get("heartbeat_interval")
+    overdue = config.get("polling_interval")
+    paused = {row["queue"] for row in rows if row["paused"]}
+    with conn.cursor() as cursor:
+        settings = queue_settings(cursor)
+    paused |= {name for name, state in settings.items() if state["paused"]}
+    due = [row["queue"] for row in rows if row["pending"] and row["queue"] not in paused]
+    unserved = [row["name"] for row in _fetch(conn, _UNSERVED, {"names": due, "dead": dead})] if due else []
+    workers = _fetch(conn, _LATE_WORKERS, {"late": late, "dead": dead})
+    waits = sorted(((wait, name) for name, wait in waiting.items()
+                    if wait is not None and wait > overdue and name not in paused), reverse=True)
+    found = [
+        ("alarm", "no live worker takes these queues, which have due jobs", [(name, name) for name in unserved]),
+        ("alarm", "presumed dead (no heartbeat for worker_timeout)",
+         [(row["name"], None) for row in workers if row["dead"]]),
+        ("warn", f"due jobs waited longer than polling_interval ({info.duration(overdue)})",
+         [(f"{name}: {info.duration(wait)}", name) for wait, name in waits]),
+        ("warn", "late heartbeat (more than twice heartbeat_interval)",
+         [(row["name"], None) for row in workers if not row["dead"]]),
+        ("warn", "paused (none of its jobs starts until it is resumed)", [(name, name) for name in sorted(paused)]),
+    ]
+    return [{"kind": kind, "text": text, "names": names[:WARNING_NAMES], "more": len(names) - WARNING_NAMES}
+            for kind, text, names in found if names]
+
+
+# --- counts per status ------------------------------------------------------------------------------------------
+
+STATUS_COUNT_EXACT = 1000
+# A count the planner expects to cost more than this (its cost units; a sequential scan of 1,000,000 jobs is
+# about 40,000) is not run: its estimate is shown. The timeout is the guard against a plan that was wrong.
+STATUS_COUNT_MAX_COST = 5000
+STATUS_COUNT_TIMEOUT_MS = 60
+
+
+def status_counts(conn, job_filter):
+    """{status: (jobs, estimated)} for each status of operations.STATUSES with the filter's other fields: exact up
+    to STATUS_COUNT_EXACT where counting is cheap, else PostgreSQL's estimate (`estimated` True, shown "~")."""
+    questions = {status: dataclasses.replace(job_filter, status=status).where() for status in operations.STATUSES}
+    counted = {}
+    with conn.cursor() as cursor:
+        planned = {status: plan_of(cursor, _bounded_count(condition), params)
+                   for status, (condition, params) in questions.items()}
+        cheap = [status for status, node in planned.items() if node["Total Cost"] <= STATUS_COUNT_MAX_COST]
+        if cheap:
+            counted = _exact_counts(cursor, {status: questions[status][0] for status in cheap},
+                                    questions[cheap[0]][1])
+    result = {}
+    for status in operations.STATUSES:
+        jobs = counted.get(status)
+        if jobs is not None and jobs <= STATUS_COUNT_EXACT:
+            result[status] = (jobs, False)
+        else:
+            estimate = _planned_jobs(planned[status])
+            result[status] = (max(estimate, STATUS_COUNT_EXACT + 1) if jobs is not None else estimate, True)
+    return result
+
+
+def _bounded_count(condition):
+    return (f"SELECT count(*) FROM (SELECT FROM exekutor_jobs WHERE {condition} "
+            f"LIMIT {STATUS_COUNT_EXACT + 1}) AS c")
+
+
+def _planned_jobs(node):
+    """The rows the planner expects below the count and its LIMIT: what the filter would match."""
+    while node.get("Plans") and node["Node Type"] in ("Aggregate", "Limit", "Subquery Scan"):
+        node = node["Plans"][0]
+    return int(node.get("Plan Rows", 0))
+
+
+def _exact_counts(cursor, conditions, params):
+    """The bounded counts of `conditions` in one statement, under a timeout; {} when it ran out."""
+    columns = ", ".join(f"({_bounded_count(condition)}) AS \"{status}\"" for status, condition in conditions.items())
+    cursor.execute("BEGIN")  # for SET LOCAL: the timeout ends with it
+    try:
+        cursor.execute(f"SET LOCAL statement_timeout = {STATUS_COUNT_TIMEOUT_MS}")
+        cursor.execute(f"SELECT {columns}", params)
+        return dict(zip(conditions, cursor.fetchone()))
+    except psycopg2.errors.QueryCanceled:
+        return {}
+    finally:
+        if not cursor.connection.closed:
+            cursor.execute("ROLLBACK")  # it only read
 
 
 def queue_page(conn, name, limit=10):

@@ -16,13 +16,14 @@ from flask import Blueprint, Flask, abort, redirect, render_template, request, u
 from werkzeug.exceptions import HTTPException
 
 from exekutor import config, operations, queue_control
-from exekutor.dashboard import csrf, data, hosts, rendering
+from exekutor.dashboard import csrf, data, hosts, rendering, search
 from exekutor.display import printable, redact
 from exekutor.jobs import check_queue
 
 blueprint = Blueprint("exekutor_dashboard", __name__, template_folder="templates", static_folder="static",
                       static_url_path="/static")
 PAGE_SIZE = 50
+MAX_SELECTED = PAGE_SIZE  # jobs one selection may name: the ticked rows of a page
 REFRESH_SECONDS = 5
 ACTIONS = {"retry": operations.RETRYABLE, "cancel": operations.CANCELLABLE}
 QUEUE_ACTIONS = {"pause": queue_control.pause_queue, "resume": queue_control.resume_queue}
@@ -96,16 +97,30 @@ def workers():
 
 @blueprint.route("/jobs")
 def jobs():
-    args = _filter_args(request.args)
+    """The search: a page of the jobs that match, the count of each status with the other fields, the actions."""
+    args = search.filter_args(request.args)
     try:
-        job_filter = operations.JobFilter(**args)
+        job_filter = search.job_filter(args)
         with data.connection() as conn:
             result = operations.list_jobs(conn, job_filter, limit=PAGE_SIZE, after=request.args.get("after") or None)
+            counts = data.status_counts(conn, job_filter)
     except operations.OperationError as error:
         return _page("jobs.html", page="jobs", filters=args, error=str(error), jobs=[], next_cursor=None,
-                     status=400)
-    return _page("jobs.html", page="jobs", filters=args, error=None, jobs=result.jobs,
-                 next_cursor=result.next_cursor, bulk=_bulk_actions(job_filter))
+                     counts=None, status=400, **_search_context())
+    return _page("jobs.html", page="jobs", filters=args, error=None, jobs=result.jobs, counts=counts,
+                 next_cursor=result.next_cursor, bulk=_bulk_actions(job_filter),
+                 selectable=_selectable(result.jobs), exact_limit=data.STATUS_COUNT_EXACT, **_search_context())
+
+
+def _search_context():
+    return {"statuses": operations.STATUSES, "arguments_searchable": search.arguments_searchable()}
+
+
+def _selectable(jobs):
+    """The actions a selection of this page's jobs may take (none when actions are off)."""
+    if not actions_enabled():
+        return []
+    return [action for action, statuses in ACTIONS.items() if any(job["status"] in statuses for job in jobs)]
 
 
 @blueprint.route("/jobs/<job_id>")
@@ -176,14 +191,21 @@ def queue_act(action):
 
 
 def _target(action, source):
-    """{"ids": [one id] or None, "filter": JobFilter or None, "args": the filter's fields}; 400 on bad input."""
+    """{"ids": the jobs chosen (one, or a selection from a list) or None, "filter": JobFilter or None, "args":
+    the list's search fields, "selection": whether it came from a list}; 400 on bad input."""
     try:
-        if source.get("id"):
-            return {"ids": [operations.check_job_id(source["id"])], "filter": None, "args": {}}
-        args = _filter_args(source)
+        ids = source.getlist("id")
+        if len(ids) > MAX_SELECTED:
+            abort(400, f"at most {MAX_SELECTED} jobs at once")
+        args = search.filter_args(source)
+        if ids:
+            return {"ids": list(dict.fromkeys(operations.check_job_id(job_id) for job_id in ids)), "filter": None,
+                    "args": args, "selection": bool(source.get("selection"))}
+        if source.get("selection"):
+            abort(400, "no job selected: tick the jobs to act on")
         if args["status"] not in ACTIONS[action]:
             abort(400, f"{action} by filter needs a status among {', '.join(ACTIONS[action])}")
-        return {"ids": None, "filter": operations.JobFilter(**args), "args": args}
+        return {"ids": None, "filter": search.job_filter(args), "args": args, "selection": False}
     except operations.OperationError as error:
         abort(400, str(error))
 
@@ -197,7 +219,7 @@ def _perform(conn, action, target):
 
 
 def _return_url(target, **extra):
-    if target["ids"]:
+    if target["ids"] and not target["selection"]:
         return url_for(".job", job_id=target["ids"][0], **extra)
     return url_for(".jobs", **{key: value for key, value in target["args"].items() if value}, **extra)
 
@@ -207,11 +229,6 @@ def _bulk_actions(job_filter):
     if not actions_enabled():
         return []
     return [action for action, statuses in ACTIONS.items() if job_filter.status in statuses]
-
-
-def _filter_args(source):
-    """status, queue and job from a query string or form; empty means any."""
-    return {key: (source.get(key) or None) for key in ("status", "queue", "job")}
 
 
 # --- errors and headers -----------------------------------------------------------------------------------------
