@@ -27,6 +27,11 @@ CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' 
 
 @pytest.fixture
 def app(database_url):
+    return guarded_app()
+
+
+def guarded_app():
+    """A Flask app with the blueprint under PREFIX, behind a login (the header X-Test-User: admin)."""
     from exekutor.dashboard import blueprint
 
     app = flask.Flask(__name__)
