@@ -106,7 +106,7 @@ def jobs():
             counts = data.status_counts(conn, job_filter)
     except operations.OperationError as error:
         return _page("jobs.html", page="jobs", filters=args, error=str(error), jobs=[], next_cursor=None,
-                     counts=None, status=400, **_search_context())
+                     counts=None, status=400, refresh=False, **_search_context())
     return _page("jobs.html", page="jobs", filters=args, error=None, jobs=result.jobs, counts=counts,
                  next_cursor=result.next_cursor, bulk=_bulk_actions(job_filter),
                  selectable=_selectable(result.jobs), exact_limit=data.STATUS_COUNT_EXACT, **_search_context())
