@@ -513,3 +513,20 @@ def test_pages_fit_a_narrow_window_and_a_phone(browser, server, db, width):
         assert nav.is_displayed() and nav.size["width"] <= width
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_charts_have_axes_labels_and_the_failed_part(browser, server, db):
+    for status in ("c",) * 6 + ("f", "d"):
+        make_job(db, status=status, queue="charts")
+    visit(browser, server, "/", shot="charts")
+    card = browser.find_element(By.CSS_SELECTOR, ".card.wide")
+    assert "jobs finished per minute, last hour: 8 (2 failed)" in card.text
+    labels = [text.text for text in card.find_elements(By.CSS_SELECTOR, "svg text")]
+    assert labels == ["8", "0", "60 min ago", "30 min ago", "now"]
+    assert len(card.find_elements(By.CSS_SELECTOR, "rect.bar.failed")) == 1
+    row = queue_row(browser, "charts")
+    assert "peak 8/min" in row.find_element(By.CSS_SELECTOR, "svg").text
+    visit(browser, server, "/queues/charts", shot="queue-chart")
+    tip = browser.find_element(By.CSS_SELECTOR, "main svg g title").get_attribute("textContent")
+    assert tip == "8 finished, 2 failed (1 min ago)"
+    assert_nothing_ran(browser)

@@ -51,14 +51,17 @@ PAGE_WORKERS = 50
 
 _NOW_MINUTE = "SELECT extract(epoch FROM date_trunc('minute', now()))::bigint AS minute"
 # One branch per status: each is a range scan of the finished-jobs index (status, finished_at, id); with
-# `status IN (...)` the planner scans the whole table instead, even for the last two minutes.
+# `status IN (...)` the planner scans the whole table instead, even for the last two minutes. Failed counts the
+# failed, discarded and cancelled jobs (the red part of the charts).
 _FINISHED_PER_MINUTE = """
-SELECT extract(epoch FROM date_trunc('minute', finished_at))::bigint AS minute, queue, count(*)::int AS count
-FROM (SELECT finished_at, queue FROM exekutor_jobs WHERE status = 'c' AND finished_at >= to_timestamp(%(since)s)
+SELECT extract(epoch FROM date_trunc('minute', finished_at))::bigint AS minute, queue, count(*)::int AS count,
+       count(*) FILTER (WHERE failed)::int AS failed
+FROM (SELECT finished_at, queue, false AS failed FROM exekutor_jobs
+      WHERE status = 'c' AND finished_at >= to_timestamp(%(since)s)
       UNION ALL
-      SELECT finished_at, queue FROM exekutor_jobs WHERE status = 'f' AND finished_at >= to_timestamp(%(since)s)
+      SELECT finished_at, queue, true FROM exekutor_jobs WHERE status = 'f' AND finished_at >= to_timestamp(%(since)s)
       UNION ALL
-      SELECT finished_at, queue FROM exekutor_jobs WHERE status = 'd' AND finished_at >= to_timestamp(%(since)s)
+      SELECT finished_at, queue, true FROM exekutor_jobs WHERE status = 'd' AND finished_at >= to_timestamp(%(since)s)
      ) AS finished
 GROUP BY 1, 2
 """
@@ -140,7 +143,8 @@ def queue_rows(conn, names, series, failures, executing):
                      "discarded": failed.get("discarded", 0) + failed.get("cancelled", 0),
                      "oldest_pending": waiting["overdue_for"],
                      "overdue": (waiting["overdue_for"] or 0) > overdue,
-                     "per_minute": series.of(name), **flow_fields(states.get(name), held.get(name))})
+                     "per_minute": series.of(name), "failed_per_minute": series.of(name, failed=True),
+                     **flow_fields(states.get(name), held.get(name))})
     return rows
 
 
@@ -194,7 +198,7 @@ class _Minutes:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.final = {}  # minute (epoch seconds) -> {queue: jobs}
+        self.final = {}  # minute (epoch seconds) -> {queue: (jobs, failed jobs)}
         self.final_until = None  # the minutes before this one are all in `final`
 
     def series(self, conn):
@@ -206,7 +210,7 @@ class _Minutes:
             since = max(first, self.final_until or first)
             fresh = {}
             for row in _fetch(conn, _FINISHED_PER_MINUTE, {"since": since}):
-                fresh.setdefault(row["minute"], {})[row["queue"]] = row["count"]
+                fresh.setdefault(row["minute"], {})[row["queue"]] = (row["count"], row["failed"])
             for minute in range(since, settled, 60):
                 self.final[minute] = fresh.get(minute, {})
             self.final_until = max(settled, since)
@@ -216,26 +220,27 @@ class _Minutes:
 
 
 class Throughput:
-    """Jobs finished per minute and queue over the chart's hour: a page draws the charts of the queues it shows
-    only (with 20,000 queues, building every queue's series took longer than the page's budget)."""
+    """Jobs finished (and, of them, failed) per minute and queue over the chart's hour: a page draws the charts of
+    the queues it shows only (with 20,000 queues, building every queue's series took longer than the page's
+    budget)."""
 
     def __init__(self, first, minutes):
         self.first = first
-        self.minutes = minutes  # minute (epoch seconds) -> {queue: jobs}
+        self.minutes = minutes  # minute (epoch seconds) -> {queue: (jobs, failed jobs)}
 
-    def of(self, queue):
-        """[jobs of `queue` finished per minute, oldest first]."""
-        return self._series(lambda counts: counts.get(queue, 0))
+    def of(self, queue, failed=False):
+        """[jobs of `queue` finished (or, with `failed`, failed) per minute, oldest first]."""
+        return self._series(lambda counts: counts.get(queue, (0, 0))[failed])
 
-    def total(self):
+    def total(self, failed=False):
         """The per-minute sums over every queue."""
-        return self._series(lambda counts: sum(counts.values()))
+        return self._series(lambda counts: sum(pair[failed] for pair in counts.values()))
 
     def finished(self):
         """{queue: jobs finished in the hour}."""
         jobs = collections.Counter()
         for counts in self.minutes.values():
-            jobs.update(counts)
+            jobs.update({queue: pair[0] for queue, pair in counts.items()})
         return jobs
 
     def _series(self, count):
@@ -268,7 +273,8 @@ def overview(conn):
     failures, newest = _failures(conn, names)
     rows = queue_rows(conn, names, series, failures, executing)
     return {"queues": rows, "warnings": warnings(conn, rows, waiting),
-            "totals": totals(conn, executing, failures), "total": series.total(), "newest": newest}
+            "totals": totals(conn, executing, failures), "total": series.total(),
+            "total_failed": series.total(failed=True), "newest": newest}
 
 
 def queue_list(conn, after=""):
@@ -404,4 +410,5 @@ def queue_page(conn, name, limit=10):
     row = queue_rows(conn, [name], throughput(conn), failures, _executing(conn))[0]
     lists = {status: operations.list_jobs(conn, operations.JobFilter(status=status, queue=name), limit=limit).jobs
              for status in ("pending", "executing", "failed")}
-    return {"row": row, "series": row["per_minute"], "lists": lists, "workers": worker_count(conn, name)}
+    return {"row": row, "series": row["per_minute"], "failed_series": row["failed_per_minute"], "lists": lists,
+            "workers": worker_count(conn, name)}
