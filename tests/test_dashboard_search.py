@@ -94,6 +94,20 @@ def test_nul_lone_surrogates_and_empty_text_are_refused_before_the_database(name
         operations.JobFilter(**{name: value})
 
 
+def test_a_text_search_that_runs_out_of_time_says_how_to_narrow_it(client, db, monkeypatch):
+    from exekutor.dashboard import search
+
+    query(db, "INSERT INTO exekutor_jobs (queue, payload, status, finished_at) SELECT 'bulk', "
+              "jsonb_build_object('job', 'myapp.jobs:noop', 'args', jsonb_build_array(i)), 'c', now() "
+              "FROM generate_series(1, 200000) AS i")
+    monkeypatch.setattr(search, "TEXT_SEARCH_MS", 5)
+    _, html = get(client, "/jobs?status=completed&args=no-such-argument&name=no-such-name")
+    assert 'id="search-stopped"' in html and "stopped after 5 ms" in html and "No jobs." not in html
+    assert "data-refresh" not in html  # not run again every few seconds
+    _, html = get(client, "/jobs?status=completed")  # the connection it used is fine afterwards
+    assert len(listed(html)) == 50 and 'id="search-stopped"' not in html
+
+
 def test_a_search_is_also_what_a_bulk_action_by_filter_touches(client, db):
     config.configure(dashboard_allow_actions=True)
     smtp = [make_job(db, message="SMTP refused") for _ in range(2)]

@@ -392,16 +392,26 @@ def _planned_jobs(node):
 def _exact_counts(cursor, conditions, params):
     """The bounded counts of `conditions` in one statement, under a timeout; {} when it ran out."""
     columns = ", ".join(f"({_bounded_count(condition)}) AS \"{status}\"" for status, condition in conditions.items())
-    cursor.execute("BEGIN")  # for SET LOCAL: the timeout ends with it
     try:
-        cursor.execute(f"SET LOCAL statement_timeout = {STATUS_COUNT_TIMEOUT_MS}")
-        cursor.execute(f"SELECT {columns}", params)
-        return dict(zip(conditions, cursor.fetchone()))
+        with time_limit(cursor.connection, STATUS_COUNT_TIMEOUT_MS):
+            cursor.execute(f"SELECT {columns}", params)
+            return dict(zip(conditions, cursor.fetchone()))
     except psycopg2.errors.QueryCanceled:
         return {}
-    finally:
-        if not cursor.connection.closed:
-            cursor.execute("ROLLBACK")  # it only read
+
+
+@contextlib.contextmanager
+def time_limit(conn, milliseconds):
+    """Reads on `conn` (autocommit) that PostgreSQL cancels after `milliseconds` each (QueryCanceled): a
+    transaction of their own, for SET LOCAL, rolled back after (they only read)."""
+    with conn.cursor() as cursor:
+        cursor.execute("BEGIN")
+        try:
+            cursor.execute("SET LOCAL statement_timeout = %s", (int(milliseconds),))
+            yield
+        finally:
+            if not conn.closed:
+                cursor.execute("ROLLBACK")
 
 
 def queue_page(conn, name, limit=10):

@@ -4,15 +4,25 @@ Each field is a parameter of the page's URL (so a search is a link that can be s
 maps to one field of the filter `jobs list` uses: the listing, its cursors, the counts per status and the bulk
 actions all go through operations with that filter. Times are the server's local time, as the pages show them.
 Argument text is searched only when `dashboard_show_arguments` is on: a search that matches is a way to read them.
+
+No index has the text: a search for text scans the jobs the other fields leave, newest first, until a page is full.
+One that matches rarely among a million jobs would take seconds (0.4 s for a job name, 0.7 s for argument text on
+1,000,000 finished jobs), so it is stopped after TEXT_SEARCH_MS and the page says to narrow it: a status, a queue,
+a time range. A search for a failed job's error text reads the error records (85 ms at 10,000 of them).
 """
 import datetime as dt
 
+import psycopg2.errors
+
 from exekutor import config, operations
+from exekutor.dashboard import data
 
 # URL parameter -> JobFilter field. `job` is an exact job name (links from other pages); `name` a part of one.
 FIELDS = {"status": "status", "queue": "queue", "job": "job", "prefix": "id_prefix", "name": "job_contains",
           "error": "error_contains", "args": "arguments_contain", "from": "since", "to": "until"}
 TIMES = ("from", "to")
+TEXT_SEARCH_MS = 200
+TEXT_FIELDS = ("job_contains", "error_contains", "arguments_contain")
 
 
 def arguments_searchable():
@@ -35,6 +45,17 @@ def job_filter(args):
         if args.get(key):
             fields[FIELDS[key]] = _local_time(key, args[key])
     return operations.JobFilter(**fields)
+
+
+def list_jobs(conn, job_filter, limit, after=None):
+    """operations.list_jobs; a search for text stops after TEXT_SEARCH_MS (None then)."""
+    if not any(getattr(job_filter, name) for name in TEXT_FIELDS):
+        return operations.list_jobs(conn, job_filter, limit=limit, after=after)
+    try:
+        with data.time_limit(conn, TEXT_SEARCH_MS):
+            return operations.list_jobs(conn, job_filter, limit=limit, after=after)
+    except psycopg2.errors.QueryCanceled:
+        return None
 
 
 def _local_time(key, text):

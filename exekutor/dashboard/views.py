@@ -102,11 +102,15 @@ def jobs():
     try:
         job_filter = search.job_filter(args)
         with data.connection() as conn:
-            result = operations.list_jobs(conn, job_filter, limit=PAGE_SIZE, after=request.args.get("after") or None)
+            result = search.list_jobs(conn, job_filter, limit=PAGE_SIZE, after=request.args.get("after") or None)
             counts = data.status_counts(conn, job_filter)
     except operations.OperationError as error:
         return _page("jobs.html", page="jobs", filters=args, error=str(error), jobs=[], next_cursor=None,
                      counts=None, status=400, refresh=False, **_search_context())
+    if result is None:  # the search ran out of time: the page says how to narrow it, and does not run it again
+        return _page("jobs.html", page="jobs", filters=args, error=None, stopped=search.TEXT_SEARCH_MS, jobs=[],
+                     next_cursor=None, counts=counts, refresh=False, exact_limit=data.STATUS_COUNT_EXACT,
+                     **_search_context())
     return _page("jobs.html", page="jobs", filters=args, error=None, jobs=result.jobs, counts=counts,
                  next_cursor=result.next_cursor, bulk=_bulk_actions(job_filter),
                  selectable=_selectable(result.jobs), exact_limit=data.STATUS_COUNT_EXACT, **_search_context())
