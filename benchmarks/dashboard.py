@@ -10,8 +10,7 @@ network), once to warm up and then ROUNDS times; the median is the figure.
 The jobs page's search is measured on the same table (each failed job with an error record): an id prefix, a
 job name part that every job has and one that none has (a scan of every job the other fields leave, stopped after
 search.TEXT_SEARCH_MS; and within 10 minutes), error text, argument text (with dashboard_show_arguments on) and a
-time range; each under 300 ms. Each /jobs page also counts
-the jobs of every status (data.status_counts).
+time range; each under 300 ms. Each /jobs page also counts the jobs of every status (data.status_counts).
 """
 import statistics
 import time
