@@ -327,9 +327,10 @@ def active_schedules(configured=None):
 # A timestamptz Python cannot hold (a year past 9999, written by hand) reads as NULL rather than failing the listing.
 _READABLE = "CASE WHEN {0} BETWEEN '0001-01-01 00:00+00' AND '9999-12-31 23:59:59.999999+00' THEN {0} END"
 _OVERVIEW = f"""
-SELECT name, definition, CASE WHEN last_enqueued_at IS NOT NULL THEN {_READABLE.format('last_tick')} END,
-       {_READABLE.format('last_tick')}
-FROM exekutor_schedules ORDER BY name
+SELECT s.name, s.definition, CASE WHEN s.last_enqueued_at IS NOT NULL THEN {_READABLE.format('s.last_tick')} END,
+       {_READABLE.format('s.last_tick')}, s.paused_at, s.last_job_id::text, j.status, j.cancel_requested_at
+FROM exekutor_schedules s LEFT JOIN exekutor_jobs j ON j.id = s.last_job_id
+ORDER BY s.name
 """
 
 
@@ -369,9 +370,87 @@ def _overview_entry(name, schedule, row, now, registered):
         problem = _cut(f"cannot be computed, workers skip it: {problem}", 200)
     elif registered is not None and job not in registered:
         problem = f"job {_cut(repr(job))} is not registered here; a worker without it skips this schedule"
+    paused_at, last_job_id, status, cancel_requested_at = row[4:8] if row else (None, None, None, None)
     return {
         "name": name, "job": job if isinstance(job, str) else None,
         "when": schedule.when if schedule else "?", "catch_up": schedule.catch_up if schedule else None,
         "source": schedule.source if schedule else "database", "in_database": row is not None,
-        "last_run": last, "next_run": next_run, "problem": problem,
+        "last_run": last, "next_run": next_run, "problem": problem, "paused_at": paused_at,
+        "last_job_id": last_job_id, "last_outcome": _outcome(last_job_id, status, cancel_requested_at),
     }
+
+
+def _outcome(job_id, status, cancel_requested_at):
+    """The status of the last job (operations' names), "gone" once cleanup deleted it, None without one."""
+    from exekutor.operations import status_name
+
+    if job_id is None:
+        return None
+    if status is None:
+        return "gone"
+    return status_name({"status": status, "cancel_requested_at": cancel_requested_at})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Acting on a schedule (the dashboard's Schedules page; migration 0014)
+
+_PAUSE = "UPDATE exekutor_schedules SET paused_at = now() WHERE name = %s AND paused_at IS NULL RETURNING name"
+_RESUME = "UPDATE exekutor_schedules SET paused_at = NULL WHERE name = %s AND paused_at IS NOT NULL RETURNING name"
+# One job now, as a tick would enqueue it (the queue, priority and options the workers wrote in `enqueue`), with
+# nothing else touched: last_tick stays, so the next tick comes when it would have. Its payload's schedule names it
+# and says run_now; last_job_id points at it.
+_RUN_NOW = """
+WITH s AS (
+    SELECT name, definition FROM exekutor_schedules
+    WHERE name = %(name)s AND jsonb_typeof(definition->'enqueue') = 'object'
+      AND jsonb_typeof(definition->'enqueue'->'queue') = 'string'
+), job AS (
+    INSERT INTO exekutor_jobs (queue, priority, payload, options)
+    SELECT definition->'enqueue'->>'queue', (definition->'enqueue'->>'priority')::smallint,
+           jsonb_build_object('job', definition->>'job', 'args', coalesce(definition->'args', '[]'),
+                              'kwargs', coalesce(definition->'kwargs', '{}') || %(tick_kwargs)s::jsonb,
+                              'schedule', jsonb_build_object('name', name, 'tick', %(tick)s::text, 'run_now', true)),
+           CASE WHEN jsonb_typeof(definition->'enqueue'->'options') = 'object' THEN definition->'enqueue'->'options' END
+    FROM s
+    RETURNING id
+)
+UPDATE exekutor_schedules SET last_job_id = (SELECT id FROM job)
+WHERE name = %(name)s AND EXISTS (SELECT FROM job)
+RETURNING last_job_id::text
+"""
+
+
+def pause_schedule(conn, name):
+    """Pause a schedule in the table: its ticks pass without a job until it is resumed; whether it changed."""
+    return _changed(conn, _PAUSE, name)
+
+
+def resume_schedule(conn, name):
+    """Resume a paused schedule: from its next tick on it enqueues again; whether it changed."""
+    return _changed(conn, _RESUME, name)
+
+
+def _changed(conn, sql, name):
+    with conn.cursor() as cursor:
+        cursor.execute(sql, (name,))
+        return cursor.fetchone() is not None
+
+
+def run_now(conn, name):
+    """Enqueue one job of the schedule now, as its ticks do, without moving its next tick; the job's id, or None
+    when no worker of this version has written the schedule (its row, with how its jobs are enqueued)."""
+    from psycopg2.extras import Json
+
+    from exekutor.serialization import dump_arguments
+
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT now(), definition->'pass_tick' = 'true' FROM exekutor_schedules WHERE name = %s",
+                       (name,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        now, pass_tick = row
+        tick_kwargs = dump_arguments((), {"tick": now})["kwargs"] if pass_tick else {}
+        cursor.execute(_RUN_NOW, {"name": name, "tick": now.isoformat(), "tick_kwargs": Json(tick_kwargs)})
+        done = cursor.fetchone()
+    return done[0] if done else None
