@@ -530,3 +530,40 @@ def test_charts_have_axes_labels_and_the_failed_part(browser, server, db):
     tip = browser.find_element(By.CSS_SELECTOR, "main svg g title").get_attribute("textContent")
     assert tip == "8 finished, 2 failed (1 min ago)"
     assert_nothing_ran(browser)
+
+
+def test_run_a_schedule_now_pause_and_resume_it_by_clicking(browser, server, db):
+    from tests.test_dashboard_search import store_schedule
+
+    store_schedule(db, "nightly-rollup")
+    store_schedule(db, "hourly-digest", job="myapp.jobs:digest", queue="mail")
+    try:
+        visit(browser, server, "/schedules")
+        row = schedule_row(browser, "nightly-rollup")
+        assert "active" in row.text and row.find_element(By.CSS_SELECTOR, "td.last-job").text == "-"
+        row.find_element(By.CSS_SELECTOR, "button[data-schedule-action=run]").click()
+        notice = wait_for(lambda: browser.find_elements(By.ID, "notice"), 10, "the job run now")[0]
+        assert notice.text.startswith("Enqueued one job of its schedule now")
+        assert browser.find_element(By.CSS_SELECTOR, "h1 .name").text == "myapp.jobs:rollup"
+        visit(browser, server, "/schedules")
+        schedule_row(browser, "nightly-rollup").find_element(By.CSS_SELECTOR, "button[data-schedule-action=pause]"
+                                                            ).click()
+        notice = wait_for(lambda: browser.find_elements(By.ID, "notice"), 10, "the pause")[0]
+        assert notice.text.startswith("Paused the schedule")
+        row = schedule_row(browser, "nightly-rollup")
+        assert "paused" in row.find_element(By.CSS_SELECTOR, "td.schedule-state").text
+        assert row.find_element(By.CSS_SELECTOR, "td.last-job").text == "pending"
+        save(browser, "schedules")
+        row.find_element(By.CSS_SELECTOR, "button[data-schedule-action=resume]").click()
+        wait_for(lambda: "Resumed" in browser.find_element(By.ID, "notice").text, 10, "the resume")
+        assert query(db, "SELECT count(*) FROM exekutor_schedules WHERE paused_at IS NOT NULL")[0][0] == 0
+        assert_nothing_ran(browser)
+    finally:
+        query(db, "DELETE FROM exekutor_schedules")
+
+
+def schedule_row(browser, name):
+    for row in browser.find_elements(By.CSS_SELECTOR, "main table tbody tr"):
+        if row.find_element(By.TAG_NAME, "td").text.startswith(name):
+            return row
+    raise AssertionError(f"no row of schedule {name!r}")

@@ -275,3 +275,66 @@ def test_exekutors_frames_are_folded_and_repeated_attempts_collapsed(client, db)
     assert fold.group(1) == "2 frame(s) of exekutor" and "execution.py" in fold.group(2)
     assert "hooks.py" in fold.group(2) and "myapp/jobs.py" not in fold.group(2)
     assert "myapp/jobs.py" in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert" not in html
+
+
+# --- schedules: run now, pause, resume ----------------------------------------------------------------------------
+
+def store_schedule(db, name, job="myapp.jobs:rollup", queue="reports"):
+    """A schedule's row as a worker writes it (its definition, and how its jobs are enqueued), last ticked now."""
+    import json
+
+    from exekutor.schedules import make_schedule
+
+    definition = {**make_schedule(name, job, every=3600).definition(),
+                  "enqueue": {"queue": queue, "priority": 9, "options": None}}
+    query(db, "INSERT INTO exekutor_schedules (name, definition, last_tick) VALUES (%s, %s::jsonb, now())",
+          (name, json.dumps(definition)))
+
+
+def test_run_now_pause_and_resume_a_schedule(client, db):
+    config.configure(dashboard_allow_actions=True)
+    name = "nightly <script>alert(1)</script> \u202e"
+    store_schedule(db, name)
+    last_tick = query(db, "SELECT last_tick FROM exekutor_schedules")[0][0]
+    _, html = get(client, "/schedules")
+    assert "&lt;script&gt;" in html and "<script>alert" not in html and "\\u202e" in html
+    form = {"schedule": name.encode().hex(), "csrf_token": csrf_token(html)}
+    response = client.post(PREFIX + "/schedule-actions/run", data=form)
+    assert response.status_code == 303 and "schedule_action=ran" in response.headers["Location"]
+    [(job_id, queue, priority)] = query(db, "SELECT id::text, queue, priority FROM exekutor_jobs")
+    assert (queue, priority) == ("reports", 9) and job_id in response.headers["Location"]
+    assert "Enqueued one job of its schedule now" in get(client, response.headers["Location"][len(PREFIX):])[1]
+    assert query(db, "SELECT last_tick FROM exekutor_schedules")[0][0] == last_tick
+    _, html = get(client, "/schedules")
+    assert f'href="{PREFIX}/jobs/{job_id}"><span class="status status-pending">pending</span>' in html
+
+    response = client.post(PREFIX + "/schedule-actions/pause", data=form)
+    assert response.headers["Location"].endswith("/schedules?schedule_action=paused")
+    _, html = get(client, "/schedules?schedule_action=paused")
+    assert "Paused the schedule" in html and 'data-schedule-action="resume"' in html
+    assert "passes without a job" in html
+    assert client.post(PREFIX + "/schedule-actions/pause", data=form).headers["Location"].endswith("already-paused")
+    assert client.post(PREFIX + "/schedule-actions/resume", data=form).headers["Location"].endswith("=resumed")
+    assert query(db, "SELECT paused_at FROM exekutor_schedules")[0][0] is None
+    unknown = {**form, "schedule": "nobody".encode().hex()}
+    assert client.post(PREFIX + "/schedule-actions/run", data=unknown).headers["Location"].endswith("not-stored")
+
+
+def test_schedule_actions_are_refused_without_a_token_when_read_only_and_for_bad_names(app, db):
+    store_schedule(db, "nightly")
+    client = logged_in(app)
+    form = {"schedule": "nightly".encode().hex()}
+    assert client.post(PREFIX + "/schedule-actions/pause", data=form).status_code == 403  # read-only
+    assert 'data-schedule-action' not in get(client, "/schedules")[1]
+    config.configure(dashboard_allow_actions=True)
+    _, html = get(client, "/schedules")
+    for data, headers in ((form, {}), ({**form, "csrf_token": "0" * 64}, {}),
+                          ({**form, "csrf_token": csrf_token(html)}, {"Origin": "https://evil.example"})):
+        assert client.post(PREFIX + "/schedule-actions/run", data=data, headers=headers).status_code == 403
+    for bad in ("zz", "", "00", "ff"):  # not hex, empty, a NUL, not UTF-8
+        response = client.post(PREFIX + "/schedule-actions/pause", data={"schedule": bad,
+                                                                          "csrf_token": csrf_token(html)})
+        assert response.status_code == 400
+    assert client.post(PREFIX + "/schedule-actions/explode", data=form).status_code == 404
+    assert query(db, "SELECT count(*) FROM exekutor_jobs")[0][0] == 0
+    assert query(db, "SELECT paused_at FROM exekutor_schedules")[0][0] is None

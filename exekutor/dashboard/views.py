@@ -19,6 +19,7 @@ from exekutor import config, operations, queue_control
 from exekutor.dashboard import csrf, data, hosts, rendering, search
 from exekutor.display import printable, redact
 from exekutor.jobs import check_queue
+from exekutor.serialization import text_problem
 
 blueprint = Blueprint("exekutor_dashboard", __name__, template_folder="templates", static_folder="static",
                       static_url_path="/static")
@@ -32,6 +33,13 @@ QUEUE_NOTICES = {"paused": "Paused this queue: its running jobs finish, no other
                  "already-paused": "This queue was already paused.",
                  "resumed": "Resumed this queue: its held-back jobs start again.",
                  "not-paused": "This queue was not paused."}
+SCHEDULE_NOTICES = {"ran": "Enqueued one job of its schedule now; the schedule's next tick is unchanged.",
+                    "paused": "Paused the schedule: its ticks pass without a job until it is resumed.",
+                    "already-paused": "The schedule was already paused.",
+                    "resumed": "Resumed the schedule: it enqueues again from its next tick.",
+                    "not-paused": "The schedule was not paused.",
+                    "not-stored": "No worker has written this schedule to the database yet (start one that has it): "
+                                  "nothing was done."}
 rendering.install(blueprint)
 blueprint.before_request(hosts.check)
 logger = logging.getLogger("exekutor.dashboard")
@@ -53,6 +61,8 @@ def _notice():
     link cannot put words of its own on the page."""
     if request.args.get("queue_action") in QUEUE_NOTICES:
         return QUEUE_NOTICES[request.args["queue_action"]]
+    if request.args.get("schedule_action") in SCHEDULE_NOTICES:
+        return SCHEDULE_NOTICES[request.args["schedule_action"]]
     action, done = request.args.get("action"), request.args.get("done", "")
     # ASCII digits, and few: str.isdigit() takes "²", and int() refuses more than 4,300 digits.
     if action not in ACTIONS or not re.fullmatch(r"[0-9]{1,12}", done):
@@ -184,14 +194,49 @@ def queue_act(action):
         abort(403, "actions are disabled: this dashboard is read-only (dashboard_allow_actions)")
     csrf.check()
     try:
-        name = check_queue(bytes.fromhex(request.form.get("queue", "")).decode("utf-8"))
-    except ValueError as error:  # not hex, not UTF-8 (both ValueErrors), or not a queue name
+        name = check_queue(_form_name("queue"))
+    except ValueError as error:  # not a queue name
         abort(400, f"invalid queue: {error}")
     with data.connection() as conn:
         changed = QUEUE_ACTIONS[action](name, connection=conn)
     outcome = {("pause", True): "paused", ("pause", False): "already-paused", ("resume", True): "resumed",
                ("resume", False): "not-paused"}[action, changed]
     return redirect(url_for(".queue", name=name, queue_action=outcome), code=303)
+
+
+@blueprint.route("/schedule-actions/<action>", methods=["POST"])
+def schedule_act(action):
+    """Run now, pause or resume the schedule named in the form (CSRF-checked): a job run now is shown, a pause or
+    resume goes back to the schedules, each saying what changed."""
+    from exekutor.schedules import pause_schedule, resume_schedule, run_now
+
+    if action not in ("run", "pause", "resume"):
+        abort(404)
+    if not actions_enabled():
+        abort(403, "actions are disabled: this dashboard is read-only (dashboard_allow_actions)")
+    csrf.check()
+    name = _form_name("schedule")
+    with data.connection() as conn:
+        if action == "run":
+            job_id = run_now(conn, name)
+            if job_id:
+                return redirect(url_for(".job", job_id=job_id, schedule_action="ran"), code=303)
+            return redirect(url_for(".schedules", schedule_action="not-stored"), code=303)
+        changed = (pause_schedule if action == "pause" else resume_schedule)(conn, name)
+    outcome = {("pause", True): "paused", ("pause", False): "already-paused", ("resume", True): "resumed",
+               ("resume", False): "not-paused"}[action, changed]
+    return redirect(url_for(".schedules", schedule_action=outcome), code=303)
+
+
+def _form_name(field):
+    """A name a form carries as hex of its UTF-8 (rendering.form_name); 400 when it is not."""
+    try:
+        name = bytes.fromhex(request.form.get(field, "")).decode("utf-8")
+    except ValueError as error:  # not hex, or not UTF-8 (both ValueErrors)
+        abort(400, f"invalid {field}: {error}")
+    if not name or text_problem(name):
+        abort(400, f"invalid {field}: empty, or not text a row can hold")
+    return name
 
 
 def _target(action, source):
