@@ -338,3 +338,23 @@ def test_schedule_actions_are_refused_without_a_token_when_read_only_and_for_bad
     assert client.post(PREFIX + "/schedule-actions/explode", data=form).status_code == 404
     assert query(db, "SELECT count(*) FROM exekutor_jobs")[0][0] == 0
     assert query(db, "SELECT paused_at FROM exekutor_schedules")[0][0] is None
+
+
+# --- pickup latency -----------------------------------------------------------------------------------------------
+
+def test_pickup_latency_percentiles_of_the_hour_per_queue_and_in_all(client, db):
+    fast = [make_job(db, status="c", queue="latency") for _ in range(98)]
+    slow = [make_job(db, status="f", queue="latency") for _ in range(2)]
+    never = make_job(db, status="d", queue="latency")  # cancelled before it started: no latency
+    for ids, wait in ((fast, "3 milliseconds"), (slow, "4 seconds")):
+        query(db, "UPDATE exekutor_jobs SET scheduled_at = started_at - %s::interval WHERE id = ANY(%s::uuid[])",
+              (wait, ids))
+    query(db, "UPDATE exekutor_jobs SET started_at = NULL WHERE id = %s", (never,))
+    _, html = get(client, "/queues/latency")
+    assert re.search(r'id="pickup-latency">p50 ≤ 5 ms · p99 ≤ 5 s<', html)
+    _, html = get(client, "/")
+    assert '<td class="latency">p50 ≤ 5 ms · p99 ≤ 5 s</td>' in html
+    make_job(db, status="c", queue="other")  # no wait at all: below the first edge
+    _, html = get(client, "/")
+    assert re.search(r'id="pickup-latency">p50 ≤ 5 ms · p99 ≤ 5 s<', html)
+    assert '<td class="latency">p50 ≤ 1 ms · p99 ≤ 1 ms</td>' in html

@@ -52,18 +52,24 @@ PAGE_WORKERS = 50
 _NOW_MINUTE = "SELECT extract(epoch FROM date_trunc('minute', now()))::bigint AS minute"
 # One branch per status: each is a range scan of the finished-jobs index (status, finished_at, id); with
 # `status IN (...)` the planner scans the whole table instead, even for the last two minutes. Failed counts the
-# failed, discarded and cancelled jobs (the red part of the charts).
+# failed, discarded and cancelled jobs (the red part of the charts). Pickup latency (started_at - scheduled_at) is
+# counted in buckets (LATENCY_EDGES, seconds; a job cancelled before it started has none): percentiles of merged
+# buckets cost nothing per request, and a bucket's upper edge is what a page says ("p99 <= 50 ms").
+LATENCY_EDGES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
 _FINISHED_PER_MINUTE = """
-SELECT extract(epoch FROM date_trunc('minute', finished_at))::bigint AS minute, queue, count(*)::int AS count,
-       count(*) FILTER (WHERE failed)::int AS failed
-FROM (SELECT finished_at, queue, false AS failed FROM exekutor_jobs
+SELECT extract(epoch FROM date_trunc('minute', finished_at))::bigint AS minute, queue,
+       width_bucket(extract(epoch FROM started_at - scheduled_at)::float8, %(edges)s::float8[]) AS bucket,
+       count(*)::int AS count, count(*) FILTER (WHERE failed)::int AS failed
+FROM (SELECT finished_at, queue, started_at, scheduled_at, false AS failed FROM exekutor_jobs
       WHERE status = 'c' AND finished_at >= to_timestamp(%(since)s)
       UNION ALL
-      SELECT finished_at, queue, true FROM exekutor_jobs WHERE status = 'f' AND finished_at >= to_timestamp(%(since)s)
+      SELECT finished_at, queue, started_at, scheduled_at, true FROM exekutor_jobs
+      WHERE status = 'f' AND finished_at >= to_timestamp(%(since)s)
       UNION ALL
-      SELECT finished_at, queue, true FROM exekutor_jobs WHERE status = 'd' AND finished_at >= to_timestamp(%(since)s)
+      SELECT finished_at, queue, started_at, scheduled_at, true FROM exekutor_jobs
+      WHERE status = 'd' AND finished_at >= to_timestamp(%(since)s)
      ) AS finished
-GROUP BY 1, 2
+GROUP BY 1, 2, 3
 """
 
 
@@ -144,6 +150,7 @@ def queue_rows(conn, names, series, failures, executing):
                      "oldest_pending": waiting["overdue_for"],
                      "overdue": (waiting["overdue_for"] or 0) > overdue,
                      "per_minute": series.of(name), "failed_per_minute": series.of(name, failed=True),
+                     "latency": series.latency(name),
                      **flow_fields(states.get(name), held.get(name))})
     return rows
 
@@ -198,7 +205,7 @@ class _Minutes:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.final = {}  # minute (epoch seconds) -> {queue: (jobs, failed jobs)}
+        self.final = {}  # minute (epoch seconds) -> {queue: (jobs, failed jobs, pickup latency buckets)}
         self.final_until = None  # the minutes before this one are all in `final`
 
     def series(self, conn):
@@ -209,8 +216,13 @@ class _Minutes:
             settled = current - SETTLE_SECONDS
             since = max(first, self.final_until or first)
             fresh = {}
-            for row in _fetch(conn, _FINISHED_PER_MINUTE, {"since": since}):
-                fresh.setdefault(row["minute"], {})[row["queue"]] = (row["count"], row["failed"])
+            for row in _fetch(conn, _FINISHED_PER_MINUTE, {"since": since, "edges": list(LATENCY_EDGES)}):
+                counts = fresh.setdefault(row["minute"], {})
+                jobs, failed, buckets = counts.get(row["queue"], (0, 0, (0,) * (len(LATENCY_EDGES) + 1)))
+                if row["bucket"] is not None:
+                    buckets = buckets[:row["bucket"]] + (buckets[row["bucket"]] + row["count"],) + \
+                        buckets[row["bucket"] + 1:]
+                counts[row["queue"]] = (jobs + row["count"], failed + row["failed"], buckets)
             for minute in range(since, settled, 60):
                 self.final[minute] = fresh.get(minute, {})
             self.final_until = max(settled, since)
@@ -226,7 +238,7 @@ class Throughput:
 
     def __init__(self, first, minutes):
         self.first = first
-        self.minutes = minutes  # minute (epoch seconds) -> {queue: (jobs, failed jobs)}
+        self.minutes = minutes  # minute (epoch seconds) -> {queue: (jobs, failed jobs, pickup latency buckets)}
 
     def of(self, queue, failed=False):
         """[jobs of `queue` finished (or, with `failed`, failed) per minute, oldest first]."""
@@ -235,6 +247,17 @@ class Throughput:
     def total(self, failed=False):
         """The per-minute sums over every queue."""
         return self._series(lambda counts: sum(pair[failed] for pair in counts.values()))
+
+    def latency(self, queue=None):
+        """(p50, p99) of the pickup latency of the hour's finished jobs of `queue` (None: every queue), each the
+        upper edge of its bucket in seconds (inf: above the last edge); None without a job that started."""
+        merged = [0] * (len(LATENCY_EDGES) + 1)
+        for counts in self.minutes.values():
+            for name, (_, _, buckets) in counts.items():
+                if queue is None or name == queue:
+                    merged = [a + b for a, b in zip(merged, buckets)]
+        total = sum(merged)
+        return (_percentile(merged, total, 0.5), _percentile(merged, total, 0.99)) if total else None
 
     def finished(self):
         """{queue: jobs finished in the hour}."""
@@ -250,6 +273,17 @@ class Throughput:
             if 0 <= index < CHART_MINUTES:
                 values[index] += count(counts)
         return values
+
+
+def _percentile(buckets, total, share):
+    """The upper edge of the bucket in which `share` of the `total` jobs are reached (width_bucket's bucket i holds
+    the values from edge i-1 to edge i; the last one, those above every edge)."""
+    seen = 0
+    for index, count in enumerate(buckets):
+        seen += count
+        if seen >= share * total:
+            return LATENCY_EDGES[index] if index < len(LATENCY_EDGES) else float("inf")
+    return float("inf")
 
 
 _minutes = _Minutes()
@@ -274,7 +308,7 @@ def overview(conn):
     rows = queue_rows(conn, names, series, failures, executing)
     return {"queues": rows, "warnings": warnings(conn, rows, waiting),
             "totals": totals(conn, executing, failures), "total": series.total(),
-            "total_failed": series.total(failed=True), "newest": newest}
+            "total_failed": series.total(failed=True), "latency": series.latency(), "newest": newest}
 
 
 def queue_list(conn, after=""):

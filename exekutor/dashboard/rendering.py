@@ -24,6 +24,21 @@ def age(seconds):
     return duration(seconds) if seconds is not None else "-"
 
 
+def pickup(latency):
+    """"p50 <= 5 ms · p99 <= 200 ms" of a Throughput.latency(); "-" without one."""
+    if not latency:
+        return "-"
+    return " · ".join(f"{name} {_at_most(seconds)}" for name, seconds in zip(("p50", "p99"), latency))
+
+
+def _at_most(seconds):
+    if seconds == float("inf"):
+        return "> 1h"
+    if seconds < 1:
+        return f"≤ {seconds * 1000:g} ms"
+    return f"≤ {seconds:g} s" if seconds < 60 else f"≤ {duration(seconds)}"
+
+
 def as_json(value):
     """Indented JSON for arguments and options (escaped by the template like any text). Non-ASCII text stays
     readable (ensure_ascii off), so the invisible characters JSON would leave raw go through `printable`."""
@@ -94,7 +109,8 @@ def error_groups(errors):
 def install(blueprint):
     @blueprint.context_processor
     def helpers():
-        return {"when": when, "age": age, "as_json": as_json, "chart": charts.bar_chart, "csrf_token": csrf.token,
+        return {"when": when, "age": age, "as_json": as_json, "pickup": pickup, "chart": charts.bar_chart,
+                "csrf_token": csrf.token,
                 "csrf_field": csrf.FIELD, "printable": printable, "error_summary": error_summary,
                 "job_arguments": operations.job_arguments, "form_name": form_name, "waiting": waiting,
                 "actions_enabled": bool(config.get("dashboard_allow_actions")),
