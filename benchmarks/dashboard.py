@@ -134,7 +134,10 @@ def _measure(ctx, budget, pages):
     rounds = QUICK_ROUNDS if ctx.quick else ROUNDS
     timings = {}
     for path, label in pages(client, ctx.db):
+        started = time.perf_counter()
         size = len(_get(client, path))  # warm: the pool's connection, the templates, PostgreSQL's caches
+        if not timings:  # the process's first request also counts the charts' whole hour
+            ctx.say(f"  first request ({label}): {(time.perf_counter() - started) * 1000:.0f} ms")
         times = []
         for _ in range(rounds):
             if times and not budget.allows(statistics.median(times) / 1000):

@@ -1,9 +1,9 @@
 """The dashboard's pages and actions: a Flask blueprint over exekutor.operations (DESIGN §10, §12).
 
-Read-only unless `dashboard_allow_actions` is on: then retry and cancel (one job, or every job of a filter) are
-a GET that shows what would be touched and a form, and a POST of that form with a CSRF token (see csrf.py); pause
-and resume of a queue are a button each, a POST with a CSRF token as well (no confirmation: each undoes the other,
-and neither touches a job).
+Read-only unless `dashboard_allow_actions` is on: then retry and cancel (one job, the jobs ticked on a list, or
+every job of a search) are a GET that shows what would be touched and a form, and a POST of that form with a CSRF
+token (see csrf.py); pause and resume of a queue or a schedule, and a schedule's run now, are a button each, a POST
+with a CSRF token as well (no confirmation: a pause and a resume undo each other, and a run now is one job).
 Every page can also be fetched as a fragment (`?fragment=1`, the content without the layout), which
 dashboard.js swaps in every few seconds.
 """
@@ -243,7 +243,7 @@ def _target(action, source):
     """{"ids": the jobs chosen (one, or a selection from a list) or None, "filter": JobFilter or None, "args":
     the list's search fields, "selection": whether it came from a list}; 400 on bad input."""
     try:
-        ids = source.getlist("id")
+        ids = [job_id for job_id in source.getlist("id") if job_id]
         if len(ids) > MAX_SELECTED:
             abort(400, f"at most {MAX_SELECTED} jobs at once")
         args = search.filter_args(source)
