@@ -115,7 +115,7 @@ def test_a_search_is_also_what_a_bulk_action_by_filter_touches(client, db):
     _, html = get(client, "/jobs?status=failed&error=smtp")
     confirm = re.search(r'id="bulk-retry" href="([^"]+)"', html).group(1).replace("&amp;", "&")
     _, html = get(client, confirm[len(PREFIX):])
-    assert "Retry 2 job(s)?" in html
+    assert "Retry 2 job(s)?" in html and 'with an error containing <strong class="search-field">smtp</strong>' in html
     form = dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)"', html))
     assert client.post(PREFIX + "/actions/retry", data=form).status_code == 303
     assert [status_of(db, job_id) for job_id in smtp] == ["p", "p"] and status_of(db, other) == "f"
