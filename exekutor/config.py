@@ -352,11 +352,11 @@ OPTIONS = {option.name: option for option in [
            "Recurring jobs, by name: `{job: \"myapp.jobs:rollup\", cron: \"0 3 * * *\", timezone: UTC, "
            "args: [7]}` (or `every: 30s`). A JSON object in env/INI. See docs/recurring-and-unique.md."),
     Option("dashboard_allow_actions", BOOL, False, None, ANY,
-           "Let the dashboard retry and cancel jobs (`exekutor-gevent dashboard --allow-actions`); off, it is "
-           "read-only and action requests answer 403."),
+           "Let the dashboard retry and cancel jobs, one, a selection or every match (`exekutor-gevent dashboard "
+           "--allow-actions`); off, it is read-only and action requests answer 403."),
     Option("dashboard_show_arguments", BOOL, False, None, ANY,
-           "Show job arguments on the dashboard's job pages; off by default, as arguments may hold personal data "
-           "or secrets."),
+           "Show job arguments on the dashboard's job pages, and let its search look for argument text; off by "
+           "default, as arguments may hold personal data or secrets."),
     Option("dashboard_allowed_hosts", LIST, [], None, HOST_NAMES,
            "Host names the dashboard answers (a defence against DNS rebinding); any other `Host` gets 400. The "
            "standalone server always adds its bound address and `localhost` (`--allowed-host`); a mounted "

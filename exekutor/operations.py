@@ -37,6 +37,7 @@ import psycopg2.errors
 from exekutor.db.queries import CANCEL_CHANNEL
 from exekutor.definitions import check_job_name, check_queue
 from exekutor.flow import describe
+from exekutor.serialization import text_problem
 
 STATUS_LETTERS = {"p": "pending", "e": "executing", "c": "completed", "f": "failed", "d": "discarded"}
 STATUSES = ("pending", "scheduled", "executing", "completed", "failed", "discarded", "cancelled")
@@ -84,11 +85,18 @@ class OperationError(ValueError):
 @dataclass(frozen=True)
 class JobFilter:
     """Which jobs: a status (see STATUSES), a queue, a job name, and a time they were enqueued (finished, for
-    finished statuses) at or after. None means any."""
+    finished statuses) at or after (`since`) and before (`until`). The search fields (the dashboard's) narrow it
+    further: an id prefix (hex digits, hyphens ignored: a range of the primary key), and text that the job name,
+    an error record's type or message, or the arguments' JSON contain (case-insensitive). None means any."""
     status: str = None
     queue: str = None
     job: str = None
     since: dt.datetime = None
+    until: dt.datetime = None
+    id_prefix: str = None
+    job_contains: str = None
+    error_contains: str = None
+    arguments_contain: str = None
 
     def __post_init__(self):
         if self.status not in _ORDERS:
@@ -105,8 +113,14 @@ class JobFilter:
                 check_job_name(self.job)  # NUL, lone surrogates: no name can hold them
             except ValueError as error:
                 raise OperationError(str(error)) from None
-        if self.since is not None and (not isinstance(self.since, dt.datetime) or self.since.tzinfo is None):
-            raise OperationError(f"invalid since {self.since!r}: expected a timezone-aware datetime")
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, dt.datetime) or value.tzinfo is None):
+                raise OperationError(f"invalid {name} {value!r}: expected a timezone-aware datetime")
+        for name in _SEARCH_TEXTS:
+            _check_search_text(name, getattr(self, name))
+        if self.id_prefix is not None:
+            _id_range(self.id_prefix)
 
     def where(self, extra_status=None):
         """(SQL condition, params) for the filter; `extra_status` narrows it to statuses an action may touch."""
@@ -123,7 +137,51 @@ class JobFilter:
         if self.since is not None:
             parts.append(f"{since_column} >= %(since)s")
             params["since"] = self.since
+        if self.until is not None:
+            parts.append(f"{since_column} < %(until)s")
+            params["until"] = self.until
+        if self.id_prefix is not None:
+            parts.append("id BETWEEN %(id_low)s::uuid AND %(id_high)s::uuid")
+            params["id_low"], params["id_high"] = _id_range(self.id_prefix)
+        for name, condition in _SEARCH_TEXTS.items():
+            if getattr(self, name) is not None:
+                parts.append(condition.format(f"%({name})s"))
+                params[name] = "%" + _like_escape(getattr(self, name)) + "%"
         return " AND ".join(parts), params
+
+
+# What each search text is looked for in (ILIKE, its wildcards escaped). Neither has an index: a search scans the
+# rows the other fields leave (status, queue, time range, the page's LIMIT stops it early when matches are common).
+_SEARCH_TEXTS = {
+    "job_contains": "payload->>'job' ILIKE {}",
+    # A semi-join with no alias of the jobs' table: the listing names it j, the actions and counts do not.
+    "error_contains": "id IN (SELECT job_id FROM exekutor_job_errors "
+                      "WHERE error->>'message' ILIKE {0} OR error->>'type' ILIKE {0})",
+    "arguments_contain": "jsonb_build_array(payload->'args', payload->'kwargs')::text ILIKE {}",
+}
+MAX_SEARCH_TEXT = 200
+
+
+def _check_search_text(name, value):
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or len(value) > MAX_SEARCH_TEXT:
+        raise OperationError(f"invalid {name} {str(value)[:80]!r}: expected 1 to {MAX_SEARCH_TEXT} characters")
+    problem = text_problem(value)  # NUL, lone surrogates: PostgreSQL cannot take them, and no row holds them
+    if problem:
+        raise OperationError(f"invalid {name} {value[:80]!r}: {problem}")
+
+
+def _like_escape(text):
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _id_range(prefix):
+    """(lowest, highest) job id that starts with `prefix` (hex digits; hyphens ignored)."""
+    digits = prefix.replace("-", "").lower() if isinstance(prefix, str) else ""
+    if not re.fullmatch(r"[0-9a-f]{1,32}", digits):
+        raise OperationError(f"invalid id prefix {str(prefix)[:80]!r}: expected 1 to 32 hex digits")
+    return tuple(str(uuid.UUID(digits + fill * (32 - len(digits)))) for fill in "0f")
 
 
 @dataclass

@@ -3,21 +3,23 @@ wrote to exekutor_schedules with the schedules this process knows (config file, 
 last and next run. The schedules themselves, and when they tick, are exekutor.schedules'.
 """
 from exekutor.definitions import registry as jobs
+from exekutor.operations import status_name
 from exekutor.schedules import from_definition, shorten
 
 # A timestamptz Python cannot hold (a year past 9999, written by hand) reads as NULL rather than failing the listing.
 _READABLE = "CASE WHEN {0} BETWEEN '0001-01-01 00:00+00' AND '9999-12-31 23:59:59.999999+00' THEN {0} END"
 _OVERVIEW = f"""
-SELECT name, definition, CASE WHEN last_enqueued_at IS NOT NULL THEN {_READABLE.format('last_tick')} END,
-       {_READABLE.format('last_tick')}
-FROM exekutor_schedules ORDER BY name
+SELECT s.name, s.definition, CASE WHEN s.last_enqueued_at IS NOT NULL THEN {_READABLE.format('s.last_tick')} END,
+       {_READABLE.format('s.last_tick')}, s.paused_at, s.last_job_id::text, j.status, j.cancel_requested_at
+FROM exekutor_schedules s LEFT JOIN exekutor_jobs j ON j.id = s.last_job_id
+ORDER BY s.name
 """
 
 
 def overview(conn, configured=None):
-    """[{name, job, when, catch_up, source, last_run, next_run, in_database, problem}] from the table plus
-    `configured` ({name: Schedule}, e.g. exekutor.schedules.active_schedules(...)), in name order. Times are the
-    database's.
+    """[{name, job, when, catch_up, source, last_run, next_run, in_database, problem, paused_at, last_job_id,
+    last_outcome}] from the table plus `configured` ({name: Schedule}, e.g. exekutor.schedules.active_schedules(...)),
+    in name order. Times are the database's.
 
     `problem` (else None) says on one line why a schedule is not run as listed: it cannot be computed (any row
     the table may hold is listed), or it names a job this process has not registered (checked when this process
@@ -49,9 +51,20 @@ def _overview_entry(name, schedule, row, now, registered):
         problem = shorten(f"cannot be computed, workers skip it: {problem}", 200)
     elif registered is not None and job not in registered:
         problem = f"job {shorten(repr(job))} is not registered here; a worker without it skips this schedule"
+    paused_at, last_job_id, status, cancel_requested_at = row[4:8] if row else (None, None, None, None)
     return {
         "name": name, "job": job if isinstance(job, str) else None,
         "when": schedule.when if schedule else "?", "catch_up": schedule.catch_up if schedule else None,
         "source": schedule.source if schedule else "database", "in_database": row is not None,
-        "last_run": last, "next_run": next_run, "problem": problem,
+        "last_run": last, "next_run": next_run, "problem": problem, "paused_at": paused_at,
+        "last_job_id": last_job_id, "last_outcome": _outcome(last_job_id, status, cancel_requested_at),
     }
+
+
+def _outcome(job_id, status, cancel_requested_at):
+    """The status of the last job (operations' names), "gone" once cleanup deleted it, None without one."""
+    if job_id is None:
+        return None
+    if status is None:
+        return "gone"
+    return status_name({"status": status, "cancel_requested_at": cancel_requested_at})

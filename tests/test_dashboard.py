@@ -27,6 +27,11 @@ CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' 
 
 @pytest.fixture
 def app(database_url):
+    return guarded_app()
+
+
+def guarded_app():
+    """A Flask app with the blueprint under PREFIX, behind a login (the header X-Test-User: admin)."""
     from exekutor.dashboard import blueprint
 
     app = flask.Flask(__name__)
@@ -115,7 +120,7 @@ def test_overview_counts_each_queue_and_charts_the_last_hour(client, db):
     row = re.search(r"<tr>\s*<td><a href=\"/admin/jobs/queues/mail\">mail</a></td>(.*?)</tr>", html, re.S).group(1)
     assert re.findall(r'<td class="num[^"]*">(?:<a[^>]*>)?([^<]+)', row)[:7] == ["2", "0", "1", "0", "2", "1", "0s"]
     assert row.count('<rect class="bar"') == 1  # all 7 finished jobs in the current minute
-    assert "<title>7 (1 min ago)</title>" in row
+    assert "<title>7 finished, 3 failed (1 min ago)</title>" in row and row.count('<rect class="bar failed"') == 1
 
 
 def test_a_big_backlog_shows_estimated_counts(client, db):

@@ -262,3 +262,79 @@ def test_three_workers_enqueue_each_tick_exactly_once(start_worker, schedules_ta
     assert finished <= ran and len(finished) >= len(ticks_enqueued) - 2
     assert workers[0].output().count("'ghost' names job 'tests.nobody'") == 1
     assert scalar(db, "SELECT count(*) FROM exekutor_jobs WHERE payload->>'job' = 'tests.nobody'") == 0
+
+
+# --- pause, resume and run now (the dashboard's Schedules page; migration 0013) ------------------------------------
+
+def schedule_jobs(db, name):
+    return query(db, "SELECT id::text, scheduled_at, queue, priority, payload FROM exekutor_jobs "
+                     "WHERE payload->'schedule'->>'name' = %s ORDER BY enqueued_at, scheduled_at", (name,))
+
+
+@pytest.mark.timeout(20)
+def test_a_paused_schedule_passes_its_ticks_without_jobs_and_run_now_leaves_the_next_tick(
+        database_url, schedules_table, hourly_job):
+    from exekutor.schedule_control import pause_schedule, resume_schedule, run_now
+
+    db = schedules_table
+    schedule = make_schedule("tests.hourly", "tests.recurring.hourly", every="1h", catch_up=True, pass_tick=True)
+    scheduler = in_process_scheduler(database_url, {"tests.hourly": schedule})
+    assert run_now(db, "tests.nothing") is None and not pause_schedule(db, "tests.nothing")
+    last_tick = scalar(db, "SELECT last_tick FROM exekutor_schedules")
+
+    job_id = run_now(db, "tests.hourly")  # enqueued as a tick would be: the job's queue, priority, the tick
+    [(found, _, queue, priority, payload)] = schedule_jobs(db, "tests.hourly")
+    assert (found, queue, priority) == (job_id, "reports", 7)
+    assert payload["schedule"]["run_now"] is True and set(payload["kwargs"]) == {"tick"}
+    assert scalar(db, "SELECT last_tick FROM exekutor_schedules") == last_tick  # the next tick is untouched
+    assert scalar(db, "SELECT last_job_id::text FROM exekutor_schedules") == job_id
+
+    assert pause_schedule(db, "tests.hourly") and not pause_schedule(db, "tests.hourly")
+    latest = schedule.latest_at(dt.datetime.now(UTC))
+    query(db, "UPDATE exekutor_schedules SET last_tick = %s", (latest - dt.timedelta(hours=3),))
+    scheduler._start_schedules()
+    assert scheduler.claim_due() == 1  # claimed (three ticks with catch_up), but paused: no job
+    assert len(schedule_jobs(db, "tests.hourly")) == 1
+    assert scalar(db, "SELECT last_tick FROM exekutor_schedules") == latest
+    assert scalar(db, "SELECT last_job_id::text FROM exekutor_schedules") == job_id
+
+    assert resume_schedule(db, "tests.hourly") and not resume_schedule(db, "tests.hourly")
+    query(db, "UPDATE exekutor_schedules SET last_tick = %s", (latest - dt.timedelta(hours=1),))
+    scheduler._start_schedules()
+    assert scheduler.claim_due() == 1
+    jobs = schedule_jobs(db, "tests.hourly")
+    assert [row[1] for row in jobs[1:]] == [latest]  # the one missed tick after the resume, not the paused ones
+    assert scalar(db, "SELECT last_job_id::text FROM exekutor_schedules") == jobs[-1][0]
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_honours_a_pause_and_runs_a_schedule_now(start_worker, schedules_table):
+    from exekutor.schedule_control import pause_schedule, resume_schedule, run_now
+    from tests.recurring_app import EVERY_SECOND, TICKS_DDL
+
+    db = schedules_table
+    query(db, TICKS_DDL)
+    query(db, "TRUNCATE recurring_ticks")
+    worker = start_worker(apps=("tests.recurring_app",))
+
+    def ticks_enqueued():
+        return [row[1] for row in schedule_jobs(db, EVERY_SECOND) if "run_now" not in row[4]["schedule"]]
+
+    wait_for(lambda: len(ticks_enqueued()) >= 2, 20, "the first ticks")
+    assert pause_schedule(db, EVERY_SECOND)
+    paused_at = scalar(db, "SELECT now()")
+    wait_for(lambda: scalar(db, "SELECT last_tick FROM exekutor_schedules WHERE name = %s", (EVERY_SECOND,))
+             > paused_at + dt.timedelta(seconds=3), 20, "three ticks while paused")
+    during = [tick for tick in ticks_enqueued() if tick > paused_at + dt.timedelta(seconds=1)]
+    assert during == [], "a paused schedule enqueued a job"
+    job_id = run_now(db, EVERY_SECOND)
+    wait_for(lambda: scalar(db, "SELECT status FROM exekutor_jobs WHERE id = %s", (job_id,)) == "c", 20,
+             "the job run now to complete")
+    assert scalar(db, "SELECT count(*) FROM recurring_ticks WHERE tick > %s", (paused_at,)) == 1
+    resumed = scalar(db, "SELECT now()")
+    assert resume_schedule(db, EVERY_SECOND)
+    wait_for(lambda: len([tick for tick in ticks_enqueued() if tick > resumed]) >= 2, 20, "ticks after the resume")
+    worker.stop()
+    ticks = [tick for tick in ticks_enqueued() if tick > resumed]
+    assert set(b - a for a, b in zip(ticks, ticks[1:])) == {dt.timedelta(seconds=1)}
+    assert min(ticks) - resumed < dt.timedelta(seconds=2)  # from the next tick on: the pause is not caught up

@@ -14,11 +14,13 @@ dashboard's own:
 """
 import collections
 import contextlib
+import dataclasses
 import heapq
 import logging
 import threading
 
 import psycopg2
+import psycopg2.errors
 
 from exekutor import config, info, operations
 from exekutor.db.pool import default_pool
@@ -33,6 +35,7 @@ from exekutor.queue_stats import (
     pending_queue_names,
     pending_totals,
 )
+from exekutor.queue_stats import _plan as plan_of
 
 logger = logging.getLogger("exekutor.dashboard")
 CHART_MINUTES = 60
@@ -48,16 +51,25 @@ PAGE_WORKERS = 50
 
 _NOW_MINUTE = "SELECT extract(epoch FROM date_trunc('minute', now()))::bigint AS minute"
 # One branch per status: each is a range scan of the finished-jobs index (status, finished_at, id); with
-# `status IN (...)` the planner scans the whole table instead, even for the last two minutes.
+# `status IN (...)` the planner scans the whole table instead, even for the last two minutes. Failed counts the
+# failed, discarded and cancelled jobs (the red part of the charts). Pickup latency (started_at - scheduled_at) is
+# counted in buckets (LATENCY_EDGES, seconds; a job cancelled before it started has none): percentiles of merged
+# buckets cost nothing per request, and a bucket's upper edge is what a page says ("p99 <= 50 ms").
+LATENCY_EDGES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
 _FINISHED_PER_MINUTE = """
-SELECT extract(epoch FROM date_trunc('minute', finished_at))::bigint AS minute, queue, count(*)::int AS count
-FROM (SELECT finished_at, queue FROM exekutor_jobs WHERE status = 'c' AND finished_at >= to_timestamp(%(since)s)
+SELECT extract(epoch FROM date_trunc('minute', finished_at))::bigint AS minute, queue,
+       width_bucket(extract(epoch FROM started_at - scheduled_at)::float8, %(edges)s::float8[]) AS bucket,
+       count(*)::int AS count, count(*) FILTER (WHERE failed)::int AS failed
+FROM (SELECT finished_at, queue, started_at, scheduled_at, false AS failed FROM exekutor_jobs
+      WHERE status = 'c' AND finished_at >= to_timestamp(%(since)s)
       UNION ALL
-      SELECT finished_at, queue FROM exekutor_jobs WHERE status = 'f' AND finished_at >= to_timestamp(%(since)s)
+      SELECT finished_at, queue, started_at, scheduled_at, true FROM exekutor_jobs
+      WHERE status = 'f' AND finished_at >= to_timestamp(%(since)s)
       UNION ALL
-      SELECT finished_at, queue FROM exekutor_jobs WHERE status = 'd' AND finished_at >= to_timestamp(%(since)s)
+      SELECT finished_at, queue, started_at, scheduled_at, true FROM exekutor_jobs
+      WHERE status = 'd' AND finished_at >= to_timestamp(%(since)s)
      ) AS finished
-GROUP BY 1, 2
+GROUP BY 1, 2, 3
 """
 
 
@@ -137,7 +149,9 @@ def queue_rows(conn, names, series, failures, executing):
                      "discarded": failed.get("discarded", 0) + failed.get("cancelled", 0),
                      "oldest_pending": waiting["overdue_for"],
                      "overdue": (waiting["overdue_for"] or 0) > overdue,
-                     "per_minute": series.of(name), **flow_fields(states.get(name), held.get(name))})
+                     "per_minute": series.of(name), "failed_per_minute": series.of(name, failed=True),
+                     "latency": series.latency(name),
+                     **flow_fields(states.get(name), held.get(name))})
     return rows
 
 
@@ -191,7 +205,7 @@ class _Minutes:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.final = {}  # minute (epoch seconds) -> {queue: jobs}
+        self.final = {}  # minute (epoch seconds) -> {queue: (jobs, failed jobs, pickup latency buckets)}
         self.final_until = None  # the minutes before this one are all in `final`
 
     def series(self, conn):
@@ -202,8 +216,13 @@ class _Minutes:
             settled = current - SETTLE_SECONDS
             since = max(first, self.final_until or first)
             fresh = {}
-            for row in _fetch(conn, _FINISHED_PER_MINUTE, {"since": since}):
-                fresh.setdefault(row["minute"], {})[row["queue"]] = row["count"]
+            for row in _fetch(conn, _FINISHED_PER_MINUTE, {"since": since, "edges": list(LATENCY_EDGES)}):
+                counts = fresh.setdefault(row["minute"], {})
+                jobs, failed, buckets = counts.get(row["queue"], (0, 0, (0,) * (len(LATENCY_EDGES) + 1)))
+                if row["bucket"] is not None:
+                    buckets = buckets[:row["bucket"]] + (buckets[row["bucket"]] + row["count"],) + \
+                        buckets[row["bucket"] + 1:]
+                counts[row["queue"]] = (jobs + row["count"], failed + row["failed"], buckets)
             for minute in range(since, settled, 60):
                 self.final[minute] = fresh.get(minute, {})
             self.final_until = max(settled, since)
@@ -213,26 +232,38 @@ class _Minutes:
 
 
 class Throughput:
-    """Jobs finished per minute and queue over the chart's hour: a page draws the charts of the queues it shows
-    only (with 20,000 queues, building every queue's series took longer than the page's budget)."""
+    """Jobs finished (and, of them, failed) per minute and queue over the chart's hour: a page draws the charts of
+    the queues it shows only (with 20,000 queues, building every queue's series took longer than the page's
+    budget)."""
 
     def __init__(self, first, minutes):
         self.first = first
-        self.minutes = minutes  # minute (epoch seconds) -> {queue: jobs}
+        self.minutes = minutes  # minute (epoch seconds) -> {queue: (jobs, failed jobs, pickup latency buckets)}
 
-    def of(self, queue):
-        """[jobs of `queue` finished per minute, oldest first]."""
-        return self._series(lambda counts: counts.get(queue, 0))
+    def of(self, queue, failed=False):
+        """[jobs of `queue` finished (or, with `failed`, failed) per minute, oldest first]."""
+        return self._series(lambda counts: counts.get(queue, (0, 0))[failed])
 
-    def total(self):
+    def total(self, failed=False):
         """The per-minute sums over every queue."""
-        return self._series(lambda counts: sum(counts.values()))
+        return self._series(lambda counts: sum(pair[failed] for pair in counts.values()))
+
+    def latency(self, queue=None):
+        """(p50, p99) of the pickup latency of the hour's finished jobs of `queue` (None: every queue), each the
+        upper edge of its bucket in seconds (inf: above the last edge); None without a job that started."""
+        merged = [0] * (len(LATENCY_EDGES) + 1)
+        for counts in self.minutes.values():
+            for name, (_, _, buckets) in counts.items():
+                if queue is None or name == queue:
+                    merged = [a + b for a, b in zip(merged, buckets)]
+        total = sum(merged)
+        return (_percentile(merged, total, 0.5), _percentile(merged, total, 0.99)) if total else None
 
     def finished(self):
         """{queue: jobs finished in the hour}."""
         jobs = collections.Counter()
         for counts in self.minutes.values():
-            jobs.update(counts)
+            jobs.update({queue: pair[0] for queue, pair in counts.items()})
         return jobs
 
     def _series(self, count):
@@ -242,6 +273,17 @@ class Throughput:
             if 0 <= index < CHART_MINUTES:
                 values[index] += count(counts)
         return values
+
+
+def _percentile(buckets, total, share):
+    """The upper edge of the bucket in which `share` of the `total` jobs are reached (width_bucket's bucket i holds
+    the values from edge i-1 to edge i; the last one, those above every edge)."""
+    seen = 0
+    for index, count in enumerate(buckets):
+        seen += count
+        if seen >= share * total:
+            return LATENCY_EDGES[index] if index < len(LATENCY_EDGES) else float("inf")
+    return float("inf")
 
 
 _minutes = _Minutes()
@@ -263,8 +305,10 @@ def overview(conn):
         others = pending_queue_names(cursor, limit=PAGE_QUEUES) if len(names) < PAGE_QUEUES else []
     names += [name for name in others if name not in names][:PAGE_QUEUES - len(names)]
     failures, newest = _failures(conn, names)
-    return {"queues": queue_rows(conn, names, series, failures, executing),
-            "totals": totals(conn, executing, failures), "total": series.total(), "newest": newest}
+    rows = queue_rows(conn, names, series, failures, executing)
+    return {"queues": rows, "warnings": warnings(conn, rows, waiting),
+            "totals": totals(conn, executing, failures), "total": series.total(),
+            "total_failed": series.total(failed=True), "latency": series.latency(), "newest": newest}
 
 
 def queue_list(conn, after=""):
@@ -283,10 +327,132 @@ def queue_list(conn, after=""):
             "next_after": names[-1] if more else None}
 
 
+# --- warnings ---------------------------------------------------------------------------------------------------
+
+# Queues among the named ones with due jobs that no live worker takes (a worker without a queue list takes every
+# queue; a stopping or crashed one, or one past worker_timeout, takes none).
+_UNSERVED = """
+WITH live AS (SELECT queues FROM exekutor_workers
+              WHERE status IN ('i', 'r') AND last_heartbeat_at > now() - %(dead)s * interval '1 second')
+SELECT q.name FROM unnest(%(names)s::text[]) AS q(name)
+WHERE NOT EXISTS (SELECT FROM live WHERE queues IS NULL)
+  AND NOT EXISTS (SELECT FROM live WHERE q.name = ANY(queues))
+ORDER BY q.name
+"""
+# Workers whose heartbeat is late (twice heartbeat_interval) but that are not yet presumed dead, and those past
+# worker_timeout that housekeeping has not removed yet; a few of their names.
+_LATE_WORKERS = """
+SELECT hostname || ':' || pid AS name, last_heartbeat_at <= now() - %(dead)s * interval '1 second' AS dead
+FROM exekutor_workers
+WHERE status <> 'c' AND last_heartbeat_at <= now() - %(late)s * interval '1 second'
+ORDER BY last_heartbeat_at
+"""
+WARNING_NAMES = 5  # names a warning lists (then "and N more")
+
+
+def warnings(conn, rows, waiting):
+    """What an operator must not miss, worst first: [{"kind", "text", "names": [(label, queue or None)],
+    "more"}]. `rows` are the overview's queues (their due jobs and paused state), `waiting` every queue's oldest
+    due wait (queue_stats.longest_waiting)."""
+    dead, late = config.get("worker_timeout"), 2 * config.get("heartbeat_interval")
+    overdue = config.get("polling_interval")
+    paused = {row["queue"] for row in rows if row["paused"]}
+    with conn.cursor() as cursor:
+        settings = queue_settings(cursor)
+    paused |= {name for name, state in settings.items() if state["paused"]}
+    due = [row["queue"] for row in rows if row["pending"] and row["queue"] not in paused]
+    unserved = [row["name"] for row in _fetch(conn, _UNSERVED, {"names": due, "dead": dead})] if due else []
+    workers = _fetch(conn, _LATE_WORKERS, {"late": late, "dead": dead})
+    waits = sorted(((wait, name) for name, wait in waiting.items()
+                    if wait is not None and wait > overdue and name not in paused), reverse=True)
+    found = [
+        ("alarm", "no live worker takes these queues, which have due jobs", [(name, name) for name in unserved]),
+        ("alarm", "presumed dead (no heartbeat for worker_timeout)",
+         [(row["name"], None) for row in workers if row["dead"]]),
+        ("warn", f"due jobs waited longer than polling_interval ({info.duration(overdue)})",
+         [(f"{name}: {info.duration(wait)}", name) for wait, name in waits]),
+        ("warn", "late heartbeat (more than twice heartbeat_interval)",
+         [(row["name"], None) for row in workers if not row["dead"]]),
+        ("warn", "paused (none of its jobs starts until it is resumed)", [(name, name) for name in sorted(paused)]),
+    ]
+    return [{"kind": kind, "text": text, "names": names[:WARNING_NAMES], "more": len(names) - WARNING_NAMES}
+            for kind, text, names in found if names]
+
+
+# --- counts per status ------------------------------------------------------------------------------------------
+
+STATUS_COUNT_EXACT = 1000
+# A count the planner expects to cost more than this (its cost units; a sequential scan of 1,000,000 jobs is
+# about 40,000) is not run: its estimate is shown. The timeout is the guard against a plan that was wrong.
+STATUS_COUNT_MAX_COST = 5000
+STATUS_COUNT_TIMEOUT_MS = 60
+
+
+def status_counts(conn, job_filter):
+    """{status: (jobs, estimated)} for each status of operations.STATUSES with the filter's other fields: exact up
+    to STATUS_COUNT_EXACT where counting is cheap, else PostgreSQL's estimate (`estimated` True, shown "~")."""
+    questions = {status: dataclasses.replace(job_filter, status=status).where() for status in operations.STATUSES}
+    counted = {}
+    with conn.cursor() as cursor:
+        planned = {status: plan_of(cursor, _bounded_count(condition), params)
+                   for status, (condition, params) in questions.items()}
+        cheap = [status for status, node in planned.items() if node["Total Cost"] <= STATUS_COUNT_MAX_COST]
+        if cheap:
+            counted = _exact_counts(cursor, {status: questions[status][0] for status in cheap},
+                                    questions[cheap[0]][1])
+    result = {}
+    for status in operations.STATUSES:
+        jobs = counted.get(status)
+        if jobs is not None and jobs <= STATUS_COUNT_EXACT:
+            result[status] = (jobs, False)
+        else:
+            estimate = _planned_jobs(planned[status])
+            result[status] = (max(estimate, STATUS_COUNT_EXACT + 1) if jobs is not None else estimate, True)
+    return result
+
+
+def _bounded_count(condition):
+    return (f"SELECT count(*) FROM (SELECT FROM exekutor_jobs WHERE {condition} "
+            f"LIMIT {STATUS_COUNT_EXACT + 1}) AS c")
+
+
+def _planned_jobs(node):
+    """The rows the planner expects below the count and its LIMIT: what the filter would match."""
+    while node.get("Plans") and node["Node Type"] in ("Aggregate", "Limit", "Subquery Scan"):
+        node = node["Plans"][0]
+    return int(node.get("Plan Rows", 0))
+
+
+def _exact_counts(cursor, conditions, params):
+    """The bounded counts of `conditions` in one statement, under a timeout; {} when it ran out."""
+    columns = ", ".join(f"({_bounded_count(condition)}) AS \"{status}\"" for status, condition in conditions.items())
+    try:
+        with time_limit(cursor.connection, STATUS_COUNT_TIMEOUT_MS):
+            cursor.execute(f"SELECT {columns}", params)
+            return dict(zip(conditions, cursor.fetchone()))
+    except psycopg2.errors.QueryCanceled:
+        return {}
+
+
+@contextlib.contextmanager
+def time_limit(conn, milliseconds):
+    """Reads on `conn` (autocommit) that PostgreSQL cancels after `milliseconds` each (QueryCanceled): a
+    transaction of their own, for SET LOCAL, rolled back after (they only read)."""
+    with conn.cursor() as cursor:
+        cursor.execute("BEGIN")
+        try:
+            cursor.execute("SET LOCAL statement_timeout = %s", (int(milliseconds),))
+            yield
+        finally:
+            if not conn.closed:
+                cursor.execute("ROLLBACK")
+
+
 def queue_page(conn, name, limit=10):
     """The counts of one queue, its chart, the next jobs to run, the running ones, the newest failures."""
     failures, _ = _failures(conn, [name], newest=1)  # its counts (the page lists its failures itself)
     row = queue_rows(conn, [name], throughput(conn), failures, _executing(conn))[0]
     lists = {status: operations.list_jobs(conn, operations.JobFilter(status=status, queue=name), limit=limit).jobs
              for status in ("pending", "executing", "failed")}
-    return {"row": row, "series": row["per_minute"], "lists": lists, "workers": worker_count(conn, name)}
+    return {"row": row, "series": row["per_minute"], "failed_series": row["failed_per_minute"], "lists": lists,
+            "workers": worker_count(conn, name)}

@@ -1,9 +1,9 @@
 """The dashboard's pages and actions: a Flask blueprint over exekutor.operations (DESIGN §10, §12).
 
-Read-only unless `dashboard_allow_actions` is on: then retry and cancel (one job, or every job of a filter) are
-a GET that shows what would be touched and a form, and a POST of that form with a CSRF token (see csrf.py); pause
-and resume of a queue are a button each, a POST with a CSRF token as well (no confirmation: each undoes the other,
-and neither touches a job).
+Read-only unless `dashboard_allow_actions` is on: then retry and cancel (one job, the jobs ticked on a list, or
+every job of a search) are a GET that shows what would be touched and a form, and a POST of that form with a CSRF
+token (see csrf.py); pause and resume of a queue or a schedule, and a schedule's run now, are a button each, a POST
+with a CSRF token as well (no confirmation: a pause and a resume undo each other, and a run now is one job).
 Every page can also be fetched as a fragment (`?fragment=1`, the content without the layout), which
 dashboard.js swaps in every few seconds.
 """
@@ -16,13 +16,15 @@ from flask import Blueprint, Flask, abort, redirect, render_template, request, u
 from werkzeug.exceptions import HTTPException
 
 from exekutor import config, operations, queue_control
-from exekutor.dashboard import csrf, data, hosts, rendering
+from exekutor.dashboard import csrf, data, hosts, rendering, search
 from exekutor.definitions import check_queue
 from exekutor.display import printable, redact
+from exekutor.serialization import text_problem
 
 blueprint = Blueprint("exekutor_dashboard", __name__, template_folder="templates", static_folder="static",
                       static_url_path="/static")
 PAGE_SIZE = 50
+MAX_SELECTED = PAGE_SIZE  # jobs one selection may name: the ticked rows of a page
 REFRESH_SECONDS = 5
 ACTIONS = {"retry": operations.RETRYABLE, "cancel": operations.CANCELLABLE}
 QUEUE_ACTIONS = {"pause": queue_control.pause_queue, "resume": queue_control.resume_queue}
@@ -31,6 +33,13 @@ QUEUE_NOTICES = {"paused": "Paused this queue: its running jobs finish, no other
                  "already-paused": "This queue was already paused.",
                  "resumed": "Resumed this queue: its held-back jobs start again.",
                  "not-paused": "This queue was not paused."}
+SCHEDULE_NOTICES = {"ran": "Enqueued one job of its schedule now; the schedule's next tick is unchanged.",
+                    "paused": "Paused the schedule: its ticks pass without a job until it is resumed.",
+                    "already-paused": "The schedule was already paused.",
+                    "resumed": "Resumed the schedule: it enqueues again from its next tick.",
+                    "not-paused": "The schedule was not paused.",
+                    "not-stored": "No worker has written this schedule to the database yet (start one that has it): "
+                                  "nothing was done."}
 rendering.install(blueprint)
 blueprint.before_request(hosts.check)
 logger = logging.getLogger("exekutor.dashboard")
@@ -52,6 +61,8 @@ def _notice():
     link cannot put words of its own on the page."""
     if request.args.get("queue_action") in QUEUE_NOTICES:
         return QUEUE_NOTICES[request.args["queue_action"]]
+    if request.args.get("schedule_action") in SCHEDULE_NOTICES:
+        return SCHEDULE_NOTICES[request.args["schedule_action"]]
     action, done = request.args.get("action"), request.args.get("done", "")
     # ASCII digits, and few: str.isdigit() takes "²", and int() refuses more than 4,300 digits.
     if action not in ACTIONS or not re.fullmatch(r"[0-9]{1,12}", done):
@@ -96,16 +107,34 @@ def workers():
 
 @blueprint.route("/jobs")
 def jobs():
-    args = _filter_args(request.args)
+    """The search: a page of the jobs that match, the count of each status with the other fields, the actions."""
+    args = search.filter_args(request.args)
     try:
-        job_filter = operations.JobFilter(**args)
+        job_filter = search.job_filter(args)
         with data.connection() as conn:
-            result = operations.list_jobs(conn, job_filter, limit=PAGE_SIZE, after=request.args.get("after") or None)
+            result = search.list_jobs(conn, job_filter, limit=PAGE_SIZE, after=request.args.get("after") or None)
+            counts = data.status_counts(conn, job_filter)
     except operations.OperationError as error:
         return _page("jobs.html", page="jobs", filters=args, error=str(error), jobs=[], next_cursor=None,
-                     status=400)
-    return _page("jobs.html", page="jobs", filters=args, error=None, jobs=result.jobs,
-                 next_cursor=result.next_cursor, bulk=_bulk_actions(job_filter))
+                     counts=None, status=400, refresh=False, **_search_context())
+    if result is None:  # the search ran out of time: the page says how to narrow it, and does not run it again
+        return _page("jobs.html", page="jobs", filters=args, error=None, stopped=search.TEXT_SEARCH_MS, jobs=[],
+                     next_cursor=None, counts=counts, refresh=False, exact_limit=data.STATUS_COUNT_EXACT,
+                     **_search_context())
+    return _page("jobs.html", page="jobs", filters=args, error=None, jobs=result.jobs, counts=counts,
+                 next_cursor=result.next_cursor, bulk=_bulk_actions(job_filter),
+                 selectable=_selectable(result.jobs), exact_limit=data.STATUS_COUNT_EXACT, **_search_context())
+
+
+def _search_context():
+    return {"statuses": operations.STATUSES, "arguments_searchable": search.arguments_searchable()}
+
+
+def _selectable(jobs):
+    """The actions a selection of this page's jobs may take (none when actions are off)."""
+    if not actions_enabled():
+        return []
+    return [action for action, statuses in ACTIONS.items() if any(job["status"] in statuses for job in jobs)]
 
 
 @blueprint.route("/jobs/<job_id>")
@@ -165,8 +194,8 @@ def queue_act(action):
         abort(403, "actions are disabled: this dashboard is read-only (dashboard_allow_actions)")
     csrf.check()
     try:
-        name = check_queue(bytes.fromhex(request.form.get("queue", "")).decode("utf-8"))
-    except ValueError as error:  # not hex, not UTF-8 (both ValueErrors), or not a queue name
+        name = check_queue(_form_name("queue"))
+    except ValueError as error:  # not a queue name
         abort(400, f"invalid queue: {error}")
     with data.connection() as conn:
         changed = QUEUE_ACTIONS[action](name, connection=conn)
@@ -175,15 +204,57 @@ def queue_act(action):
     return redirect(url_for(".queue", name=name, queue_action=outcome), code=303)
 
 
-def _target(action, source):
-    """{"ids": [one id] or None, "filter": JobFilter or None, "args": the filter's fields}; 400 on bad input."""
+@blueprint.route("/schedule-actions/<action>", methods=["POST"])
+def schedule_act(action):
+    """Run now, pause or resume the schedule named in the form (CSRF-checked): a job run now is shown, a pause or
+    resume goes back to the schedules, each saying what changed."""
+    from exekutor.schedule_control import pause_schedule, resume_schedule, run_now
+
+    if action not in ("run", "pause", "resume"):
+        abort(404)
+    if not actions_enabled():
+        abort(403, "actions are disabled: this dashboard is read-only (dashboard_allow_actions)")
+    csrf.check()
+    name = _form_name("schedule")
+    with data.connection() as conn:
+        if action == "run":
+            job_id = run_now(conn, name)
+            if job_id:
+                return redirect(url_for(".job", job_id=job_id, schedule_action="ran"), code=303)
+            return redirect(url_for(".schedules", schedule_action="not-stored"), code=303)
+        changed = (pause_schedule if action == "pause" else resume_schedule)(conn, name)
+    outcome = {("pause", True): "paused", ("pause", False): "already-paused", ("resume", True): "resumed",
+               ("resume", False): "not-paused"}[action, changed]
+    return redirect(url_for(".schedules", schedule_action=outcome), code=303)
+
+
+def _form_name(field):
+    """A name a form carries as hex of its UTF-8 (rendering.form_name); 400 when it is not."""
     try:
-        if source.get("id"):
-            return {"ids": [operations.check_job_id(source["id"])], "filter": None, "args": {}}
-        args = _filter_args(source)
+        name = bytes.fromhex(request.form.get(field, "")).decode("utf-8")
+    except ValueError as error:  # not hex, or not UTF-8 (both ValueErrors)
+        abort(400, f"invalid {field}: {error}")
+    if not name or text_problem(name):
+        abort(400, f"invalid {field}: empty, or not text a row can hold")
+    return name
+
+
+def _target(action, source):
+    """{"ids": the jobs chosen (one, or a selection from a list) or None, "filter": JobFilter or None, "args":
+    the list's search fields, "selection": whether it came from a list}; 400 on bad input."""
+    try:
+        ids = [job_id for job_id in source.getlist("id") if job_id]
+        if len(ids) > MAX_SELECTED:
+            abort(400, f"at most {MAX_SELECTED} jobs at once")
+        args = search.filter_args(source)
+        if ids:
+            return {"ids": list(dict.fromkeys(operations.check_job_id(job_id) for job_id in ids)), "filter": None,
+                    "args": args, "selection": bool(source.get("selection"))}
+        if source.get("selection"):
+            abort(400, "no job selected: tick the jobs to act on")
         if args["status"] not in ACTIONS[action]:
             abort(400, f"{action} by filter needs a status among {', '.join(ACTIONS[action])}")
-        return {"ids": None, "filter": operations.JobFilter(**args), "args": args}
+        return {"ids": None, "filter": search.job_filter(args), "args": args, "selection": False}
     except operations.OperationError as error:
         abort(400, str(error))
 
@@ -197,7 +268,7 @@ def _perform(conn, action, target):
 
 
 def _return_url(target, **extra):
-    if target["ids"]:
+    if target["ids"] and not target["selection"]:
         return url_for(".job", job_id=target["ids"][0], **extra)
     return url_for(".jobs", **{key: value for key, value in target["args"].items() if value}, **extra)
 
@@ -207,11 +278,6 @@ def _bulk_actions(job_filter):
     if not actions_enabled():
         return []
     return [action for action, statuses in ACTIONS.items() if job_filter.status in statuses]
-
-
-def _filter_args(source):
-    """status, queue and job from a query string or form; empty means any."""
-    return {key: (source.get(key) or None) for key in ("status", "queue", "job")}
 
 
 # --- errors and headers -----------------------------------------------------------------------------------------

@@ -335,29 +335,36 @@ SELECT name, last_tick, extract(epoch FROM now())::float8 FROM exekutor_schedule
 #   schedules); SKIP LOCKED, as a locked row is being claimed by another worker right now (the worker looks again
 #   shortly). Under READ COMMITTED a row another worker updated after this statement's snapshot is re-checked in its
 #   newest version before it is locked, so two workers can never both pass the comparison.
-# - `claimed` moves last_tick to the tick; `inserted` adds the jobs of the claimed schedules only; the jobs
+# - `claimed` moves last_tick to the tick and records the job of it (last_job_id); `inserted` adds the jobs of the
+#   claimed schedules that are not paused (migration 0013: a paused schedule's ticks pass without a job); the jobs
 #   table's statement trigger sends the usual notifications.
-# - The result: the claimed names, the jobs inserted, the last_tick of the others as this statement saw them, and
-#   the database's clock.
+# - The result: the claimed names, the jobs inserted, the last_tick of the others as this statement saw them, the
+#   database's clock, and the claimed names that were paused (their jobs were not inserted).
 CLAIM_TICKS = """
 WITH due AS MATERIALIZED (
-    SELECT s.name, d.tick FROM exekutor_schedules s
+    SELECT s.name, d.tick, s.paused_at IS NOT NULL AS paused FROM exekutor_schedules s
     JOIN unnest(%(names)s::text[], %(previous)s::timestamptz[], %(ticks)s::timestamptz[]) AS d(name, previous, tick)
         ON d.name = s.name
     WHERE s.last_tick IS NOT DISTINCT FROM d.previous AND d.tick <= now()
     ORDER BY s.name
     FOR UPDATE OF s SKIP LOCKED
+), jobs AS (
+    SELECT * FROM unnest(%(job_schedules)s::text[], %(ids)s::uuid[], %(queues)s::text[], %(priorities)s::smallint[],
+                         %(scheduled)s::timestamptz[], %(payloads)s::jsonb[], %(options)s::jsonb[])
+        AS j(schedule, id, queue, priority, scheduled_at, payload, options)
 ), claimed AS (
-    UPDATE exekutor_schedules s SET last_tick = due.tick, last_enqueued_at = now()
+    UPDATE exekutor_schedules s SET last_tick = due.tick,
+        last_enqueued_at = CASE WHEN due.paused THEN s.last_enqueued_at ELSE now() END,
+        last_job_id = CASE WHEN due.paused THEN s.last_job_id
+                           ELSE (SELECT j.id FROM jobs j WHERE j.schedule = s.name
+                                 ORDER BY j.scheduled_at DESC LIMIT 1) END
     FROM due WHERE s.name = due.name
-    RETURNING s.name
+    RETURNING s.name, due.paused
 ), inserted AS (
     INSERT INTO exekutor_jobs (id, queue, priority, scheduled_at, payload, options)
     SELECT j.id, j.queue, j.priority, j.scheduled_at, j.payload, j.options
-    FROM unnest(%(job_schedules)s::text[], %(ids)s::uuid[], %(queues)s::text[], %(priorities)s::smallint[],
-                %(scheduled)s::timestamptz[], %(payloads)s::jsonb[], %(options)s::jsonb[])
-        AS j(schedule, id, queue, priority, scheduled_at, payload, options)
-    WHERE j.schedule IN (SELECT name FROM claimed)
+    FROM jobs j
+    WHERE j.schedule IN (SELECT name FROM claimed WHERE NOT paused)
     RETURNING 1
 )
 SELECT ARRAY(SELECT name FROM claimed), (SELECT count(*) FROM inserted)::int,
@@ -365,5 +372,6 @@ SELECT ARRAY(SELECT name FROM claimed), (SELECT count(*) FROM inserted)::int,
              AND s.name NOT IN (SELECT name FROM claimed) ORDER BY s.name),
        ARRAY(SELECT s.last_tick FROM exekutor_schedules s WHERE s.name = ANY(%(names)s::text[])
              AND s.name NOT IN (SELECT name FROM claimed) ORDER BY s.name),
-       extract(epoch FROM now())::float8
+       extract(epoch FROM now())::float8,
+       ARRAY(SELECT name FROM claimed WHERE paused)
 """

@@ -144,10 +144,18 @@ class Scheduler(Component):
         names = sorted(schedules)
         with self.worker.db() as conn, conn.cursor() as cursor:
             self._timed(cursor, UPSERT_SCHEDULES, {"names": names,
-                                                   "definitions": [Json(schedules[n].definition()) for n in names]})
+                                                   "definitions": [Json(self._stored(schedules[n])) for n in names]})
             self._read(cursor, names)
         logger.info("exekutor scheduler: %d schedule(s): %s", len(names), ", ".join(names[:10]) +
                     (", ..." if len(names) > 10 else ""))
+
+    def _stored(self, schedule):
+        """What the table keeps of a schedule: its definition, and how its jobs are enqueued (queue, priority,
+        options: the job's own), so that the dashboard's "run now", which may not import the application,
+        enqueues the job a tick would (exekutor.schedule_control.run_now)."""
+        job = self._job(schedule, dt.datetime.now(UTC))
+        return {**schedule.definition(),
+                "enqueue": {"queue": job.queue, "priority": job.priority, "options": job.options or None}}
 
     def _read(self, cursor, names):
         sent = time.time()
@@ -168,10 +176,12 @@ class Scheduler(Component):
         jobs, params = self._claim_params(plan)
         with self.worker.db() as conn, conn.cursor() as cursor:
             row, sent, received = self._timed(cursor, CLAIM_TICKS, params)
-        claimed, inserted, other_names, other_ticks, database_epoch = row
+        claimed, inserted, other_names, other_ticks, database_epoch, paused = row
         self._observe_clock(database_epoch, sent, received)
         self._record(plan, set(claimed), dict(zip(other_names, other_ticks)))
-        enqueued = [job for name, job in jobs if name in set(claimed)]
+        enqueued = [job for name, job in jobs if name in set(claimed) - set(paused)]
+        if paused:
+            logger.info("exekutor scheduler: paused, no job enqueued for their ticks: %s", ", ".join(paused))
         if enqueued:
             logger.debug("exekutor scheduler: enqueued %d job(s) for %s", inserted, ", ".join(claimed))
             hooks.run_after("after_enqueue", enqueued)

@@ -22,6 +22,11 @@
       window.setTimeout(refresh, every);
       return;
     }
+    if (live.querySelector("input[type=checkbox]:checked")) {  // a swap would drop the operator's selection
+      show("paused · jobs selected", false);
+      window.setTimeout(refresh, every);
+      return;
+    }
     var url = new URL(window.location.href);
     url.searchParams.set("fragment", "1");
     fetch(url.toString(), {credentials: "same-origin", cache: "no-store"})
@@ -32,7 +37,14 @@
         return response.text();
       })
       .then(function (html) {
+        // Folds the operator opened stay open (by position: the same page has them in the same order).
+        var opened = Array.prototype.map.call(live.querySelectorAll("details"), function (fold) {
+          return fold.open;
+        });
         live.innerHTML = html;
+        live.querySelectorAll("details").forEach(function (fold, index) {
+          fold.open = fold.open || Boolean(opened[index]);
+        });
         show("live · updated " + new Date().toLocaleTimeString(), false);
       })
       .catch(function (error) {
