@@ -16,6 +16,8 @@ def _number(value, unit):
         return f"{value:.2f}" if unit == "ms" else f"{value:.1f}"
     if unit == "ratio":
         return f"{value:.2f}"
+    if unit == "s":
+        return f"{value:.3f}"
     return f"{value:g}"
 
 

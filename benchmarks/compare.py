@@ -1,0 +1,2 @@
+def scenario_peers(ctx):
+    raise NotImplementedError
