@@ -23,10 +23,11 @@ DEFAULT_THREADS = "25,50,100,200"
 class Context:
     """What the scenarios share: the database, the options, and the figures measured so far."""
 
-    def __init__(self, db, quick, runs, threads_candidates, profile_dir):
+    def __init__(self, db, quick, runs, threads_candidates, profile_dir, runs_given=False):
         self.db = db
         self.quick = quick
         self.runs = runs
+        self.runs_given = runs_given  # --runs was given (a scenario with a default of its own follows it then)
         self.threads_candidates = threads_candidates
         self.profile_dir = profile_dir
         self.profile_seq = 0
@@ -129,7 +130,7 @@ def main(argv=None):
     os.environ.pop("DATABASE_URL", None)
     print(f"creating {harness.BENCH_DATABASE} on {harness.masked(db.admin)} ...", flush=True)
     db.create()
-    ctx = Context(db, args.quick, runs, threads, args.profile)
+    ctx = Context(db, args.quick, runs, threads, args.profile, runs_given=args.runs is not None)
     try:
         postgres = db.server_info()
         for name in scenarios:

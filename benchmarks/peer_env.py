@@ -13,7 +13,9 @@ from benchmarks import harness
 
 VENV = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".peers-venv")
 PYTHON = os.path.join(VENV, "bin", "python")
-REQUIREMENTS = ("pgqueuer[asyncpg]>=1.6,<1.7", "uvloop")
+# typer < 0.20: with typer 0.29 PgQueuer 1.6.0's `pgq run` fails before it starts (its --log-level parser hands
+# the logging set-up a str where it expects its LogLevel enum); 0.19 works.
+REQUIREMENTS = ("pgqueuer[asyncpg]>=1.6,<1.7", "uvloop", "typer<0.20")
 PGQ_DATABASE = harness.BENCH_DATABASE + "_pgq"
 PGQ_TABLES = ("pgqueuer", "pgqueuer_log", "pgqueuer_statistics")
 
@@ -37,9 +39,12 @@ def ensure_venv(say):
 def _installed_version():
     if not os.path.exists(PYTHON):
         return None
-    probe = subprocess.run([PYTHON, "-c", "import asyncpg, uvloop, pgqueuer; print(pgqueuer.__version__)"],
-                           capture_output=True, text=True)
-    return probe.stdout.strip() if probe.returncode == 0 else None
+    probe = subprocess.run([PYTHON, "-c", "import asyncpg, uvloop, pgqueuer, typer; "
+                            "print(pgqueuer.__version__, typer.__version__)"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return None
+    version, typer = probe.stdout.split()
+    return version if tuple(int(p) for p in typer.split(".")[:2]) < (0, 20) else None
 
 
 def peer_env(url):
