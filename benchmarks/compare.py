@@ -24,7 +24,9 @@ PgQueuer's.
 - enqueue one at a time: exekutor `noop.perform_later(i)` in autocommit (this process, the pooled connection), and
   `noop.set(connection=conn).perform_later(i)` + `conn.commit()` on the application's own psycopg2 connection (one
   transaction per job); PgQueuer `Queries.enqueue("noop", payload)` on one asyncpg connection, autocommit and one
-  transaction per job. Each after three warm-up jobs.
+  transaction per job. Each after three warm-up jobs, in 6 rounds of a sixth of the jobs (2 with --quick) that
+  alternate between the two: the rate hangs on every round trip, so a burst of other work on the machine would
+  otherwise fall on one side only. The rate is all the jobs over the time of all the rounds.
 - bulk: exekutor `enqueue_many` of requests built with `noop.job(i)` (both timed) vs PgQueuer's batch
   `Queries.enqueue(entrypoints, payloads, priorities)` (building the lists and the call).
 """
@@ -256,6 +258,8 @@ ROWS = (
     ("bulk", "bulk enqueue of {bulk} (building + the call)", "jobs/s", "bulk", "rate", ("ratio", ">=", 1.3)),
 )
 WORKLOADS = ("noop", "sleep", "latency", "enqueue_one", "enqueue_tx", "bulk")
+ROUNDS_OF = ("enqueue_one", "enqueue_tx")  # measured in alternating rounds (_in_rounds)
+ENQUEUE_ROUNDS = 6
 
 
 def scenario_peers(ctx):
@@ -274,9 +278,14 @@ def scenario_peers(ctx):
         for repetition in range(runs):
             if repetition and not budget.allows(budget.spent() / repetition):
                 break
+            order = sides if repetition % 2 == 0 else sides[::-1]
             for workload in WORKLOADS:
-                for side in sides if repetition % 2 == 0 else sides[::-1]:
-                    results[workload][side.name].append(_run(ctx, side, workload, counts, budget))
+                if workload in ROUNDS_OF:
+                    records = _in_rounds(ctx, order, workload, counts, ctx.count(ENQUEUE_ROUNDS, 2), budget)
+                else:
+                    records = {side.name: _run(ctx, side, workload, counts, budget) for side in order}
+                for name, record in records.items():
+                    results[workload][name].append(record)
             ctx.say(f"  repetition {repetition + 1}: " + _progress(results))
     finally:
         pgq_db.drop()
@@ -316,6 +325,20 @@ def _run(ctx, side, workload, counts, budget):
     if workload == "bulk":
         return side.client("bulk", counts["bulk"], timeout=timeout)
     return side.client("one", counts["one"], *(["--transaction"] if transaction else []), timeout=timeout)
+
+
+def _in_rounds(ctx, order, workload, counts, rounds, budget):
+    """One-by-one enqueueing in `rounds` alternating rounds of a share of the jobs each: its rate hangs on every
+    round trip, so a burst of other work on the machine would otherwise fall on one side only. The record is the
+    total: jobs / the seconds of all its rounds."""
+    share = {**counts, "one": max(1, counts["one"] // rounds)}
+    parts = {side.name: [] for side in order}
+    for number in range(rounds):
+        for side in order if number % 2 == 0 else order[::-1]:
+            parts[side.name].append(_run(ctx, side, workload, share, budget))
+    return {name: {"jobs": sum(r["jobs"] for r in runs), "seconds": sum(r["seconds"] for r in runs),
+                   "rate": sum(r["jobs"] for r in runs) / sum(r["seconds"] for r in runs),
+                   "round_rates": [r["rate"] for r in runs]} for name, runs in parts.items()}
 
 
 def _progress(results):
