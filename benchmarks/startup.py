@@ -4,7 +4,8 @@
   moments, all in the server's clock (the exec moment is placed in it with one `clock_timestamp()` read just
   before, `harness.ServerClock`): *registered* = the worker row's `started_at` (its INSERT's `now()`), *ready* =
   the row's `last_heartbeat_at` when the driver, polling every 5 ms, first sees status `r` (the status update
-  stamps it; the first heartbeat comes 12 s later), *first job* = the pending job's `started_at` (the
+  stamps it; the first heartbeat comes 12 s later; the JSON's `ready_seen_s`, when the poll returned, bounds it
+  from above), *first job* = the pending job's `started_at` (the
   reservation's `now()`). The worker's CPU and RSS at ready are noted too.
 - CLI: `exekutor-gevent --help`, `info`, `jobs list` and `schedules` on the empty benchmark database, wall clock
   from exec to exit, the commands in turn round after round (so drift hits them alike). Run from an empty
@@ -47,7 +48,7 @@ def measure_worker_start(ctx, threads, interpreter_args=()):
     proc = harness.spawn([*interpreter_args, "-m", "exekutor", "start", "--app", "benchmarks.jobs", "--threads",
                           str(threads), "--poll-interval", "1", "--quiet"], db.url, f"startup-{threads}")
     exec_at = clock.at(exec_perf)
-    ready = job = registered = None
+    ready = ready_seen = job = registered = None
     cpu = rss = None
     deadline = time.monotonic() + 30
     while ready is None or job is None:
@@ -61,17 +62,19 @@ def measure_worker_start(ctx, threads, interpreter_args=()):
             "extract(epoch FROM w.last_heartbeat_at)::float8, "
             "(SELECT extract(epoch FROM min(started_at))::float8 FROM exekutor_jobs) "
             "FROM (SELECT 1) AS one LEFT JOIN exekutor_workers AS w ON TRUE")[0]
+        seen = clock.at(time.perf_counter()) - exec_at  # an upper bound on when what the row says happened
         status, registered_epoch, heartbeat_epoch, job_epoch = row
         if registered_epoch is not None:
             registered = registered_epoch - exec_at
         if ready is None and status == "r":
-            ready = heartbeat_epoch - exec_at
+            ready, ready_seen = heartbeat_epoch - exec_at, seen
             cpu, rss = harness.cpu_seconds(proc.pid), harness.rss_bytes(proc.pid)
         if job_epoch is not None:
             job = job_epoch - exec_at
         time.sleep(READY_POLL)
-    return proc, {"registered_s": registered, "ready_s": ready, "first_job_s": job, "cpu_at_ready_s": cpu,
-                  "rss_at_ready_mb": round((rss or 0) / 2**20, 1), "clock_uncertainty_ms": clock.uncertainty * 1e3}
+    return proc, {"registered_s": registered, "ready_s": ready, "ready_seen_s": ready_seen, "first_job_s": job,
+                  "cpu_at_ready_s": cpu, "rss_at_ready_mb": round((rss or 0) / 2**20, 1),
+                  "clock_uncertainty_ms": clock.uncertainty * 1e3}
 
 
 def _worker_runs(ctx, budget):
