@@ -240,6 +240,7 @@ ROWS = (
     ("noop", "no-op drain of {noop}, process start to last completion", "jobs/s", "noop", "rate_from_exec",
      ("ratio", ">=", 1.6)),
     ("noop_span", "  the same, first pickup to last completion", "jobs/s", "noop", "rate_from_first", None),
+    ("noop_start", "  of which: process exec to the first pickup", "s", "noop", "exec_to_first_pickup_s", None),
     ("noop_cpu", "no-op jobs per worker CPU-second (whole process)", "jobs/CPU-s", "noop", "jobs_per_cpu_s",
      ("ratio", ">=", 2.0)),
     ("noop_cpu_running", "  the same, after start-up (jobs and CPU from the first completion seen)", "jobs/CPU-s",
