@@ -90,13 +90,3 @@ class PgqDatabase(harness.BenchDatabase):
     def unfinished(self):
         # A finished job's row is deleted (its outcome goes to pgqueuer_log in the same statement).
         return self.scalar("SELECT count(*) FROM pgqueuer")
-
-    def drain_span(self, where="TRUE"):
-        """(successful jobs, seconds from the first pick to the last completion, others), from pgqueuer_log's
-        `created` (now() of the statement that picked or completed each job)."""
-        count, span, bad = self.execute(
-            "SELECT count(*) FILTER (WHERE status = 'successful'), "
-            "extract(epoch FROM max(created) FILTER (WHERE status = 'successful') "
-            "- min(created) FILTER (WHERE status = 'picked')), "
-            "count(*) FILTER (WHERE status NOT IN ('successful', 'picked', 'queued')) FROM pgqueuer_log")[0]
-        return count, float(span or 0.0), bad
