@@ -8,22 +8,26 @@ import traceback
 
 from benchmarks import harness, report
 
-ORDER = ("noop", "limit", "io", "latency", "enqueue", "notify", "bigtable", "dashboard", "scheduler", "flow")
+ORDER = ("startup", "noop", "limit", "io", "latency", "enqueue", "notify", "bigtable", "dashboard", "scheduler",
+         "flow", "peers")
+# Not part of `all`: named only (the peers' comparison installs PgQueuer into a virtualenv of its own).
+NOT_IN_ALL = ("peers",)
 ALIASES = {"memory": "io", "throughput": "noop", "bare": "limit", "notification": "notify", "big": "bigtable"}
 # Seconds each scenario may take (full mode); a scenario past its budget starts no further run, reports what
 # it got and the suite moves on. --quick scales them down.
-BUDGETS = {"noop": 120, "limit": 90, "io": 45, "latency": 60, "enqueue": 50, "notify": 30, "bigtable": 180,
-           "dashboard": 150, "scheduler": 160, "flow": 360}
+BUDGETS = {"startup": 90, "noop": 120, "limit": 90, "io": 45, "latency": 60, "enqueue": 50, "notify": 30,
+           "bigtable": 180, "dashboard": 150, "scheduler": 160, "flow": 360, "peers": 480}
 DEFAULT_THREADS = "25,50,100,200"
 
 
 class Context:
     """What the scenarios share: the database, the options, and the figures measured so far."""
 
-    def __init__(self, db, quick, runs, threads_candidates, profile_dir):
+    def __init__(self, db, quick, runs, threads_candidates, profile_dir, runs_given=False):
         self.db = db
         self.quick = quick
         self.runs = runs
+        self.runs_given = runs_given  # --runs was given (a scenario with a default of its own follows it then)
         self.threads_candidates = threads_candidates
         self.profile_dir = profile_dir
         self.profile_seq = 0
@@ -65,9 +69,10 @@ class Context:
 
 
 def _scenario(name):
-    from benchmarks import dashboard, enqueue, flow, latency, limit, scheduler, throughput
+    from benchmarks import compare, dashboard, enqueue, flow, latency, limit, scheduler, startup, throughput
 
-    return {"noop": throughput.scenario_noop, "io": throughput.scenario_io, "bigtable": throughput.scenario_bigtable,
+    return {"startup": startup.scenario_startup, "peers": compare.scenario_peers,
+            "noop": throughput.scenario_noop, "io": throughput.scenario_io, "bigtable": throughput.scenario_bigtable,
             "limit": limit.scenario_limit, "latency": latency.scenario_latency,
             "enqueue": enqueue.scenario_enqueue, "notify": enqueue.scenario_notify,
             "dashboard": dashboard.scenario_dashboard, "scheduler": scheduler.scenario_scheduler,
@@ -80,7 +85,8 @@ def parse_args(argv):
         description="exekutor benchmarks against a real PostgreSQL (EXEKUTOR_BENCH_DATABASE_URL, default "
                     f"{harness.ADMIN_URL_DEFAULT}); a database {harness.BENCH_DATABASE} is created and dropped.")
     parser.add_argument("scenarios", nargs="*", default=["all"], metavar="SCENARIO",
-                        help=f"all (default), or any of: {', '.join(ORDER)} (memory is measured with io)")
+                        help=f"all (default: every one but {', '.join(NOT_IN_ALL)}), or any of: {', '.join(ORDER)} "
+                             "(memory is measured with io)")
     parser.add_argument("--quick", action="store_true", help="one run each, smaller counts (for iterating)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 5; 1 with --quick)")
     parser.add_argument("--threads", default=DEFAULT_THREADS,
@@ -95,7 +101,7 @@ def parse_args(argv):
     for name in args.scenarios:
         name = ALIASES.get(name, name)
         if name == "all":
-            wanted.update(ORDER)
+            wanted.update(n for n in ORDER if n not in NOT_IN_ALL)
         elif name in ORDER:
             wanted.add(name)
         else:
@@ -124,7 +130,7 @@ def main(argv=None):
     os.environ.pop("DATABASE_URL", None)
     print(f"creating {harness.BENCH_DATABASE} on {harness.masked(db.admin)} ...", flush=True)
     db.create()
-    ctx = Context(db, args.quick, runs, threads, args.profile)
+    ctx = Context(db, args.quick, runs, threads, args.profile, runs_given=args.runs is not None)
     try:
         postgres = db.server_info()
         for name in scenarios:

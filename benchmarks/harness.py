@@ -190,10 +190,12 @@ def child_env(url):
     return env
 
 
-def spawn(args, url, log_name):
-    """Start `python args...` in the repository root with the benchmark database; output to a log file."""
+def spawn(args, url, log_name, python=None, extra_env=None):
+    """Start `python args...` in the repository root with the benchmark database; output to a log file.
+    `python`: another interpreter (the peers' virtualenv); `extra_env`: variables on top of child_env's."""
     log = tempfile.NamedTemporaryFile(prefix=f"exekutor-bench-{log_name}-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=child_env(url), stdout=log,
+    env = child_env(url) | (extra_env or {})
+    proc = subprocess.Popen([python or sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     proc.log_path = log.name
     log.close()
@@ -248,6 +250,23 @@ def wait_worker_listening(db, proc, timeout=30):
             return
         time.sleep(0.05)
     raise RuntimeError(f"the worker did not start listening within {timeout}s:\n{log_tail(proc)}")
+
+
+class ServerClock:
+    """The database server's clock read against this process's monotonic one, so that a moment taken here
+    (`time.perf_counter()` just before an exec) compares with timestamps the server wrote (`now()`): one
+    `clock_timestamp()` read, placed at the middle of its round trip (off by at most half of it)."""
+
+    def __init__(self, db):
+        before = time.perf_counter()
+        self.server = float(db.scalar("SELECT extract(epoch FROM clock_timestamp())::float8"))
+        after = time.perf_counter()
+        self.local = (before + after) / 2
+        self.uncertainty = (after - before) / 2
+
+    def at(self, perf):
+        """The server's epoch seconds at local `time.perf_counter()` value `perf`."""
+        return self.server + (perf - self.local)
 
 
 def cpu_seconds(pid):

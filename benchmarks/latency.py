@@ -19,14 +19,26 @@ def _one_run(ctx, threads, count, interval, budget):
     db = ctx.db
     db.reset()
     worker = harness.start_worker(db.url, threads)
-    out = tempfile.NamedTemporaryFile(prefix="exekutor-bench-latency-", suffix=".json", delete=False)
-    out.close()
     try:
         harness.wait_worker_listening(db, worker)
         time.sleep(0.5)  # let the start-up poll finish: measure an idle worker
         idle_rss = harness.rss_bytes(worker.pid)
-        producer = harness.spawn(["-m", "benchmarks.producer", str(count), str(interval), out.name], db.url,
-                                 "producer")
+        records = run_producer(["-m", "benchmarks.producer", str(count), str(interval)], db.url, budget)
+        wait_drained(db)
+    finally:
+        harness.stop_process(worker)
+    started = dict(db.execute("SELECT id::text, extract(epoch FROM started_at)::float8 FROM exekutor_jobs "
+                              "WHERE id = ANY(%s::uuid[])", ([r[0] for r in records],)))
+    return {"threads": threads, **latency_figures(records, started), "idle_rss_mb": round((idle_rss or 0) / 2**20, 1)}
+
+
+def run_producer(args, url, budget, python=None, extra_env=None):
+    """Runs a producer process (`args` + the output file it writes) to its end, within what is left of the
+    budget; returns its records: [job id, wall time before the enqueue call, wall time after it]."""
+    out = tempfile.NamedTemporaryFile(prefix="exekutor-bench-latency-", suffix=".json", delete=False)
+    out.close()
+    try:
+        producer = harness.spawn([*args, out.name], url, "producer", python=python, extra_env=extra_env)
         try:
             producer.wait(max(10.0, budget.remaining()))
         except subprocess.TimeoutExpired:
@@ -37,15 +49,20 @@ def _one_run(ctx, threads, count, interval, budget):
             raise RuntimeError(f"the producer failed or overran its budget:\n{tail}")
         harness.stop_process(producer)
         with open(out.name, encoding="utf-8") as handle:
-            records = json.load(handle)
-        deadline = time.monotonic() + 10
-        while db.unfinished() and time.monotonic() < deadline:
-            time.sleep(0.05)
+            return json.load(handle)
     finally:
-        harness.stop_process(worker)
         os.unlink(out.name)
-    started = dict(db.execute("SELECT id::text, extract(epoch FROM started_at)::float8 FROM exekutor_jobs "
-                              "WHERE id = ANY(%s::uuid[])", ([r[0] for r in records],)))
+
+
+def wait_drained(db, timeout=10):
+    """Until the worker has taken every job (at most `timeout` seconds: a missing start is reported)."""
+    deadline = time.monotonic() + timeout
+    while db.unfinished() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def latency_figures(records, started):
+    """Percentiles of a producer's records against each job's start (`started`: job id -> epoch seconds)."""
     latencies, calls, waits, missing = [], [], [], 0
     for job_id, before, after in records:
         calls.append((after - before) * 1000)
@@ -58,12 +75,11 @@ def _one_run(ctx, threads, count, interval, budget):
     calls.sort()
     waits.sort()
     pct = harness.percentile
-    return {"threads": threads, "jobs": len(records), "not_started": missing,
+    return {"jobs": len(records), "not_started": missing,
             "p50_ms": pct(latencies, 0.50), "p95_ms": pct(latencies, 0.95), "p99_ms": pct(latencies, 0.99),
             "max_ms": latencies[-1] if latencies else None, "min_ms": latencies[0] if latencies else None,
             "enqueue_call_p50_ms": pct(calls, 0.50), "enqueue_call_p99_ms": pct(calls, 0.99),
-            "after_call_p50_ms": pct(waits, 0.50), "after_call_p99_ms": pct(waits, 0.99),
-            "idle_rss_mb": round((idle_rss or 0) / 2**20, 1)}
+            "after_call_p50_ms": pct(waits, 0.50), "after_call_p99_ms": pct(waits, 0.99)}
 
 
 def scenario_latency(ctx):

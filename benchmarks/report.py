@@ -10,12 +10,14 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 def _number(value, unit):
     if value is None:
         return "-"
-    if unit == "jobs/s":
+    if unit in ("jobs/s", "jobs/CPU-s"):
         return f"{value:,.0f}"
     if unit in ("ms", "%", "MB"):
         return f"{value:.2f}" if unit == "ms" else f"{value:.1f}"
     if unit == "ratio":
         return f"{value:.2f}"
+    if unit == "s":
+        return f"{value:.3f}"
     return f"{value:g}"
 
 
@@ -94,11 +96,30 @@ def table(ctx, figures, meta):
     lines.append(fmt(header))
     lines.append("  ".join("-" * w for w in widths))
     lines.extend(fmt(r) for r in rows)
+    if ctx.results.get("peers", {}).get("comparison"):
+        lines.extend(peer_table(ctx.results["peers"]))
     if ctx.errors:
         lines.append("")
         for name, error in ctx.errors.items():
             lines.append(f"scenario {name} FAILED: {error.splitlines()[0] if error else ''}")
     return "\n".join(lines)
+
+
+def peer_table(peers):
+    """The side-by-side comparison of `python -m benchmarks peers` (medians; the ratio is exekutor / PgQueuer)."""
+    header = ("Figure", "PgQueuer", "exekutor", "ratio", "Goal", "Result")
+    rows = [(f"{row['label']} [{row['unit']}]", _number(row["pgqueuer"], row["unit"]),
+             _number(row["exekutor"], row["unit"]), f"{row['ratio']:.2f}x" if row["ratio"] else "-", row["goal"],
+             {True: "pass", False: "MISS", None: ""}[row["pass"]]) for row in peers["comparison"]]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+
+    def fmt(row):
+        return "  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:4], widths[1:4])]
+                         + [row[4].ljust(widths[4]), row[5]]).rstrip()
+
+    title = (f"PgQueuer {peers['pgqueuer_version']} vs exekutor, {peers['repetitions']} interleaved "
+             f"repetition(s), medians")
+    return ["", title, fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
 
 
 def save(data, stamp):
