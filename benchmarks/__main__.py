@@ -119,6 +119,7 @@ def parse_args(argv):
 def main(argv=None):
     args, scenarios, threads, runs = parse_args(sys.argv[1:] if argv is None else argv)
     harness.install_signal_handlers()
+    harness.compile_sources()
     stamp = report.timestamp()
     started_at = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     started = time.monotonic()
