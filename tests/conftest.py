@@ -98,7 +98,7 @@ def db(database_url):
     yield conn
     with conn.cursor() as cursor:
         cursor.execute("TRUNCATE exekutor_jobs, exekutor_workers, exekutor_job_errors, exekutor_queues, "
-                       "exekutor_limits CASCADE")
+                       "exekutor_limits, exekutor_schedules CASCADE")
         cursor.execute("DROP TABLE IF EXISTS test_executions, test_counters")
     conn.close()
 

@@ -138,3 +138,43 @@ def test_a_stopping_worker_starts_no_job_that_waits_in_its_queue():
     assert worker.started == ["running"] and [o.job_id for o in outcomes] == ["running"]
     assert executor.busy() == 0 and executor.held == {}
     executor.stop()
+
+
+@pytest.mark.timeout(30)
+def test_jobs_waiting_for_a_greenlet_are_not_started_once_a_component_lost_the_database():
+    """A job reserved ahead would try its own connection while the database is down, and a failed connect is the
+    job's failure: a component that lost the database makes the worker keep them for the reconciliation instead."""
+    import psycopg2
+
+    from exekutor import metrics
+    from exekutor.worker.component import Component
+    from exekutor.worker.worker import Worker
+
+    outcomes = []
+    worker = _Worker()
+    worker.metrics = metrics.DISABLED
+    worker.stopped_or_killed = lambda: False
+    executor = Executor(worker, min_threads=1, max_threads=1, idletime=10,
+                        on_outcome=lambda outcome, info: outcomes.append(outcome), on_free=lambda: None)
+    worker.executor = executor
+    worker.id = "stand-in"
+    worker.database_unreachable = lambda: Worker.database_unreachable(worker)
+    executor.start()
+    executor.submit(_info("running", 0.2))
+    executor.submit(_info("reserved-ahead", 0.01))
+    gevent.sleep(0.05)
+
+    class LosesTheDatabase(Component):
+        name = "provider"
+        runs = 0
+
+        def run(self):
+            self.runs += 1
+            if self.runs == 1:
+                raise psycopg2.OperationalError("server closed the connection unexpectedly")
+
+    LosesTheDatabase(worker).start().join(5)
+    _wait_outcomes(outcomes, 1)
+    gevent.sleep(0.1)
+    assert worker.started == ["running"] and set(executor.held) == set() and executor.busy() == 0
+    executor.stop()

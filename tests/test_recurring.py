@@ -201,7 +201,8 @@ def test_catch_up_after_downtime_exactly_once_between_workers(database_url, sche
     latest = schedule.latest_at(dt.datetime.now(UTC))
     # Downtime: the last claimed tick was five hours before the latest one.
     with db.cursor() as cursor:
-        cursor.execute("UPDATE exekutor_schedules SET last_tick = %s", (latest - dt.timedelta(hours=5),))
+        cursor.execute("UPDATE exekutor_schedules SET last_tick = %s WHERE name = 'tests.hourly'",
+                       (latest - dt.timedelta(hours=5),))
     second = in_process_scheduler(database_url, {"tests.hourly": schedule})  # both read the same last_tick
     first._start_schedules()
     assert second.claim_due() == 1
@@ -212,7 +213,7 @@ def test_catch_up_after_downtime_exactly_once_between_workers(database_url, sche
     assert [row[0] for row in rows] == [latest - dt.timedelta(hours=n) for n in range(expected_jobs - 1, -1, -1)]
     assert {(row[1], row[2]) for row in rows} == {("reports", 7)}
     assert rows[-1][3]["schedule"] == {"name": "tests.hourly", "tick": latest.isoformat()}
-    assert scalar(db, "SELECT last_tick FROM exekutor_schedules") == latest
+    assert scalar(db, "SELECT last_tick FROM exekutor_schedules WHERE name = 'tests.hourly'") == latest
 
 
 # --- real workers -----------------------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ def test_a_paused_schedule_passes_its_ticks_without_jobs_and_run_now_leaves_the_
     scheduler._start_schedules()
     assert scheduler.claim_due() == 1  # claimed (three ticks with catch_up), but paused: no job
     assert len(schedule_jobs(db, "tests.hourly")) == 1
-    assert scalar(db, "SELECT last_tick FROM exekutor_schedules") == latest
+    assert scalar(db, "SELECT last_tick FROM exekutor_schedules WHERE name = 'tests.hourly'") == latest
     assert scalar(db, "SELECT last_job_id::text FROM exekutor_schedules") == job_id
 
     assert resume_schedule(db, "tests.hourly") and not resume_schedule(db, "tests.hourly")

@@ -7,10 +7,14 @@ never busy-loops and never exits because the database was down for a while.
 import logging
 
 import gevent
+import psycopg2
 
 from exekutor import hooks
 
 logger = logging.getLogger("exekutor")
+
+# A component's own query failing with one of these: the database may be unreachable (see Worker.database_unreachable).
+_CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
 class Backoff:
@@ -85,6 +89,8 @@ class Component(ErrorStreak):
                 raise
             except Exception as error:  # noqa: BLE001 - a component never dies of an error
                 delay = self.failed(error)
+                if isinstance(error, _CONNECTION_ERRORS):
+                    self.worker.database_unreachable()
                 hooks.run_on("on_fatal_error", error)
                 if self.worker.stopped_or_killed():
                     return

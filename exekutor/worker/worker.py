@@ -130,6 +130,16 @@ class Worker:
     def ownership_confirmed(self):
         self.ownership.confirmed()
 
+    def database_unreachable(self):
+        """A component's query lost the database: the jobs reserved that no greenlet has taken up yet (reserved
+        ahead) are not started now, as their own connections would fail as the component's did (and a job whose
+        connect fails is the job's failure). They stay owned in the database until the reconciliation, once the
+        database answers again, releases them to pending."""
+        dropped = self.executor.drop_queued()
+        if dropped:
+            logger.warning("exekutor worker %s: the database is unreachable; %d reserved job(s) that had not started "
+                           "go back to pending once it answers again", self.id, dropped)
+
     def in_hub(self, fn, *args):
         """Run fn(*args) in the worker's hub at its next turn; callable from any thread (the liveness thread)."""
         if self._hub is not None:
