@@ -1,0 +1,167 @@
+"""Failover: the primary is stopped hard mid-load and its streaming standby promoted, as Patroni or a managed service
+does. Workers and the enqueuer are configured with a multi-host URL (`host=a,b target_session_attrs=read-write`).
+
+They must reach the new primary by themselves (same processes), LISTEN there again, and with synchronous
+replication lose no committed job and run none twice while its worker lived. The enqueuer retries an enqueue whose
+outcome it could not learn, with the job's tag as its unique key: the retry of a commit that did get in inserts
+nothing (docs/deployment.md, "Behind a failover"). With asynchronous replication the test measures what was lost.
+"""
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from exekutor.enqueue import enqueue_many
+from tests.conftest import WorkerProcess
+from tests.reliability import cluster as clusters
+from tests.reliability import jobs
+from tests.reliability.conftest import WORKER_ENV
+from tests.reliability.replication import Pair
+from tests.reliability.support import CONNECTION_ERRORS, log, query, reconcile, scalar, wait_for
+
+pytestmark = pytest.mark.slow
+
+THREADS = 10
+JOB_SECONDS = 0.05
+# worker_timeout longer than the failover: the worker's row must not look dead on the new primary.
+ENV = dict(WORKER_ENV, EXEKUTOR_WORKER_TIMEOUT="30", EXEKUTOR_HEARTBEAT_INTERVAL="2", EXEKUTOR_POLLING_INTERVAL="30")
+
+
+@pytest.fixture
+def make_pair():
+    made, workers = [], []
+
+    def make(synchronous):
+        reason = clusters.PostgresCluster.usable()
+        if reason:
+            pytest.skip(f"failover: cannot run PostgreSQL clusters of its own: {reason}")
+        pair = Pair(clusters.postgres_bindir()[0], synchronous)
+        made.append(pair)
+        return pair.start(), workers
+
+    yield make
+    for worker in workers:
+        worker.stop()
+        if worker.proc.returncode not in (0, None):
+            print(worker.output()[-5000:])
+    for pair in made:
+        pair.destroy()
+
+
+def admin(pair, timeout=60):
+    """A superuser connection to whichever server is the primary now."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = psycopg2.connect(pair.url(user=clusters.SUPERUSER), connect_timeout=3)
+            conn.autocommit = True
+            return conn
+        except psycopg2.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class Enqueuer:
+    """Enqueues rel.work jobs one by one, each in its own transaction, on a multi-host URL. An enqueue whose commit
+    it could not confirm is retried (after reconnecting) with the same tag as its unique key, as an application
+    that must not lose a job does."""
+
+    def __init__(self, url, prefix, unique=True):
+        self.url, self.prefix, self.unique = url, prefix, unique
+        self.acknowledged, self.retried = [], []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(60)
+
+    def _loop(self):
+        conn, sequence, tag = None, 0, None
+        while not self._stop.is_set():
+            if tag is None:
+                tag, sequence = f"{self.prefix}-{sequence}", sequence + 1
+            try:
+                if conn is None:
+                    conn = psycopg2.connect(self.url, connect_timeout=3, application_name="failover enqueuer")
+                job = jobs.work.set(unique_key=tag) if self.unique else jobs.work
+                enqueue_many([job.job(tag, sleep=JOB_SECONDS)], connection=conn)
+                conn.commit()
+                self.acknowledged.append(tag)
+                tag = None
+                self._stop.wait(0.005)
+            except psycopg2.Error:
+                self.errors += 1
+                self.retried.append(tag)  # the same tag again: its commit may have got in
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                self._stop.wait(0.1)
+
+
+def completed_since(conn, since):
+    return scalar(conn, "SELECT count(*) FROM rel_executions WHERE ok AND started_at >= to_timestamp(%s)", (since,))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("synchronous", [True, False], ids=["sync", "async"])
+def test_failover_mid_load(make_pair, synchronous):
+    pair, workers = make_pair(synchronous)
+    url = pair.url()
+    env = dict(ENV, RELIABILITY_RECORD_URL=url)
+    db = admin(pair)
+    worker = WorkerProcess(url, ["--threads", str(THREADS)], env=env, apps=("tests.reliability.jobs",))
+    workers.append(worker)
+    worker.wait_started(db, timeout=60)
+    worker_id = worker.worker_id(db)
+    enqueuer = Enqueuer(url, "fo").start()
+    try:
+        wait_for(lambda: completed_since(db, 0) >= 200, 60, "the worker to run jobs on the primary")
+        db.close()
+        log("stopping the primary (immediate), promoting the standby")
+        pair.primary.stop("immediate")
+        stopped = time.time()
+        pair.standby.promote()
+        promoted = time.time()
+        log(f"promoted {promoted - stopped:.1f}s after the stop")
+        db = admin(pair)
+        wait_for(lambda: completed_since(db, promoted) >= 100, 60, "the worker to run jobs on the new primary")
+        first_job = float(scalar(db, "SELECT min(extract(epoch FROM started_at)) FROM rel_executions "
+                                     "WHERE started_at >= to_timestamp(%s)", (promoted,)))
+        listening = wait_for(lambda: scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                                                "AND query ILIKE 'LISTEN%%'",
+                                            (f"exekutor {worker_id[:8]} listener",)), 30,
+                             "the listener to LISTEN on the new primary")
+    finally:
+        enqueuer.stop()
+    drained = wait_for(lambda: scalar(db, "SELECT count(*) FROM exekutor_jobs WHERE status IN ('p', 'e')") == 0,
+                       90, "every job to reach a final outcome")
+    all_done = time.time()
+    assert drained and listening
+    assert worker.proc.poll() is None, "the worker exited"
+    assert worker.worker_id(db) == worker_id, "the worker registered again: its row looked dead"
+    rows = query(db, "SELECT payload->'args'->>0 FROM exekutor_jobs GROUP BY 1 HAVING count(*) > 1")
+    lost = sorted(set(enqueuer.acknowledged) - {row[0] for row in query(
+        db, "SELECT payload->'args'->>0 FROM exekutor_jobs")})
+    log(f"failover ({'sync' if synchronous else 'async'}): {len(enqueuer.acknowledged)} acknowledged, "
+        f"{enqueuer.errors} enqueue errors, retried {len(enqueuer.retried)}, duplicate rows {len(rows)}, "
+        f"lost {len(lost)}; first job on the new primary {first_job - promoted:.2f}s after the promotion, "
+        f"all done {all_done - promoted:.1f}s after it")
+    assert not rows, f"tags with two rows despite their unique key: {rows[:5]}"
+    if synchronous:
+        result = reconcile(db, "failover (synchronous)", acknowledged=enqueuer.acknowledged)
+        # A job whose own connection (its execution record) died with the primary failed of that error: the
+        # application's job failed, not exekutor. Any other failure is one.
+        causes = query(db, "SELECT DISTINCT e.error->>'type' FROM exekutor_job_errors e JOIN exekutor_jobs j "
+                           "ON j.id = e.job_id WHERE j.status = 'f'")
+        assert {cause for (cause,) in causes} <= set(CONNECTION_ERRORS), causes
+        result.check(discarded=0)
+        assert first_job - promoted < 10
+    db.close()
