@@ -10,15 +10,17 @@ import threading
 import time
 
 import psycopg2
+import psycopg2.extensions
 import pytest
 
 from exekutor.enqueue import enqueue_many
 from tests.conftest import WorkerProcess
 from tests.reliability import cluster as clusters
-from tests.reliability import jobs
+from tests.reliability import jobs, netns
 from tests.reliability.conftest import WORKER_ENV
 from tests.reliability.replication import Pair
 from tests.reliability.support import CONNECTION_ERRORS, log, query, reconcile, scalar, wait_for
+from tests.tcpproxy import TCPProxy
 
 pytestmark = pytest.mark.slow
 
@@ -165,3 +167,126 @@ def test_failover_mid_load(make_pair, synchronous):
         result.check(discarded=0)
         assert first_job - promoted < 10
     db.close()
+
+
+@pytest.mark.timeout(120)
+def test_worker_leaves_a_primary_fenced_read_only(make_pair):
+    """The old primary stays up but read-only (fenced, as a failover manager may leave it), the standby is promoted.
+    Libpq accepts the worker's open connections to the old one as they are: its writes there fail with SQLSTATE
+    25006, which must count as a lost connection (pool and listener), so that connecting again finds the new
+    primary. A connection kept and retried on the fenced server would stall the worker for good."""
+    pair, workers = make_pair(False)
+    url = pair.url()
+    db = admin(pair)
+    worker = WorkerProcess(url, ["--threads", str(THREADS)], env=dict(ENV, RELIABILITY_RECORD_URL=url),
+                           apps=("tests.reliability.jobs",))
+    workers.append(worker)
+    worker.wait_started(db, timeout=60)
+    worker_id = worker.worker_id(db)
+    enqueuer = Enqueuer(url, "ro").start()
+    try:
+        wait_for(lambda: completed_since(db, 0) >= 100, 60, "the worker to run jobs on the primary")
+        db.close()
+        fence = pair.primary.connect(dbname="postgres")
+        with fence.cursor() as cursor:
+            cursor.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            cursor.execute("SELECT pg_reload_conf()")
+        fence.close()
+        pair.standby.promote()
+        promoted = time.time()
+        db = psycopg2.connect(pair.standby.url(user=clusters.SUPERUSER))
+        db.autocommit = True
+        wait_for(lambda: completed_since(db, promoted) >= 100, 60, "the worker to run jobs on the new primary")
+        # Its listener too: it pings a silent connection every 15 s and finds the fenced server read-only.
+        wait_for(lambda: scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                                    "AND query ILIKE 'LISTEN%%'", (f"exekutor {worker_id[:8]} listener",)), 40,
+                 "the listener to LISTEN on the new primary")
+    finally:
+        enqueuer.stop()
+    wait_for(lambda: scalar(db, "SELECT count(*) FROM exekutor_jobs WHERE status IN ('p', 'e')") == 0, 60,
+             "every job on the new primary to finish")
+    assert worker.proc.poll() is None and worker.worker_id(db) == worker_id
+    assert "SQLSTATE 25006" in worker.output() or "read-only" in worker.output()
+    db.close()
+
+
+@pytest.mark.timeout(120)
+def test_worker_skips_an_unreachable_first_host(pg_cluster):
+    """The first host of the URL answers nothing (an old primary's machine that is gone): each host gets
+    connect_timeout of its own, as libpq gives it, so the worker reaches the next one. Bounding the whole list
+    by connect_timeout spent it all on the first host, and the worker never connected."""
+    reason = netns.unavailable()
+    if reason:
+        pytest.skip(f"cannot make an unreachable address: {reason}")
+    with netns.blackhole() as address:
+        params = psycopg2.extensions.parse_dsn(pg_cluster.url())
+        url = psycopg2.extensions.make_dsn(**dict(params, host=f"{address},127.0.0.1",
+                                                  port=f"5432,{pg_cluster.port}", target_session_attrs="read-write"))
+        db = pg_cluster.connect()
+        worker = WorkerProcess(url, ["--threads", "2"], env=dict(ENV, EXEKUTOR_CONNECT_TIMEOUT="2",
+                                                                 RELIABILITY_RECORD_URL=pg_cluster.url()),
+                               apps=("tests.reliability.jobs",))
+        try:
+            started = time.monotonic()
+            worker.wait_started(db, timeout=60)
+            log(f"worker registered {time.monotonic() - started:.1f}s after its start, past an unreachable host")
+            with db.cursor() as cursor:
+                cursor.execute("TRUNCATE rel_executions")
+            enqueue_many([jobs.work.job("past-blackhole")], connection=db)
+            wait_for(lambda: scalar(db, "SELECT count(*) FROM rel_executions WHERE tag = 'past-blackhole'"), 30,
+                     "the job to run")
+        finally:
+            worker.stop()
+            if worker.proc.returncode:
+                print(worker.output()[-5000:])
+            db.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("unique", [False, True], ids=["plain", "unique_key"])
+def test_enqueue_whose_reply_was_lost(make_pair, unique):
+    """An enqueue commits on the primary (and, synchronously, on the standby), its reply is lost with the primary,
+    the caller retries on the promoted standby. Without a unique key the job is there twice: the commit did get in.
+    With the key, the retry is a duplicate of the job that holds it, and inserts nothing."""
+    pair, _workers = make_pair(True)
+    proxy = TCPProxy("127.0.0.1", pair.primary.port).start()
+    try:
+        url = psycopg2.extensions.make_dsn(host="127.0.0.1,127.0.0.1", port=f"{proxy.port},{pair.standby.port}",
+                                           user=clusters.APP_USER, dbname=clusters.DATABASE,
+                                           target_session_attrs="read-write")
+        job = jobs.work.set(unique_key="order-42") if unique else jobs.work
+        conn = psycopg2.connect(url, connect_timeout=3)
+        enqueue_many([job.job("order-42")], connection=conn)
+        proxy.hold_replies(None)  # what the server answers from now on never reaches the caller
+        outcome = []
+        committing = threading.Thread(target=lambda: _commit(conn, outcome), daemon=True)
+        committing.start()
+        primary = pair.primary.connect()
+        wait_for(lambda: scalar(primary, "SELECT count(*) FROM exekutor_jobs"), 20, "the commit on the primary")
+        primary.close()
+        proxy.cut()  # the reply is lost with the connection
+        proxy.stop()  # and the old primary's address refuses connections: the retry goes on to the next host
+        pair.primary.stop("immediate")
+        pair.standby.promote()
+        committing.join(20)
+        assert outcome and isinstance(outcome[0], psycopg2.Error), f"the commit did not fail: {outcome}"
+        retry = psycopg2.connect(url, connect_timeout=3)  # on the new primary: the proxy's upstream is gone
+        (request,) = enqueue_many([job.job("order-42")], connection=retry)
+        retry.commit()
+        rows = scalar(retry, "SELECT count(*) FROM exekutor_jobs")
+        retry.close()
+        log(f"enqueue retried after its reply was lost ({'unique key' if unique else 'no key'}): {rows} row(s), "
+            f"duplicate={getattr(request, 'duplicate', None)}")
+        assert rows == (1 if unique else 2)
+        if unique:
+            assert request.duplicate
+    finally:
+        proxy.stop()
+
+
+def _commit(conn, outcome):
+    try:
+        conn.commit()
+        outcome.append("committed")
+    except psycopg2.Error as error:
+        outcome.append(error)
