@@ -243,7 +243,8 @@ def wait_worker_listening(db, proc, timeout=30):
         ready = db.scalar(
             "SELECT EXISTS (SELECT 1 FROM exekutor_workers WHERE status = 'r') AND EXISTS ("
             "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name LIKE 'exekutor %listener' AND (query LIKE 'LISTEN%' OR query = 'SELECT 1'))")
+            "AND application_name LIKE 'exekutor %listener' AND (query LIKE 'LISTEN%' "
+            "OR query LIKE 'SELECT current_setting(''transaction_read_only'')%'))")
         if ready:
             return
         time.sleep(0.05)
