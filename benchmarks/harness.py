@@ -197,8 +197,13 @@ def spawn(args, url, log_name):
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     proc.log_path = log.name
     log.close()
-    _children[proc.pid] = proc
+    register_child(proc)
     return proc
+
+
+def register_child(proc):
+    """A process started elsewhere (benchmarks/hosts.py: in a network namespace) that the end stops too."""
+    _children[proc.pid] = proc
 
 
 def stop_process(proc, timeout=15):
