@@ -35,6 +35,8 @@ def parse_args(argv):
     parser.add_argument("--hosts", default="1,2,4,8", help="host counts to measure (default 1,2,4,8)")
     parser.add_argument("--latency", default="0,2,10", help="one-way latencies in ms (default 0,2,10)")
     parser.add_argument("--jobs", type=int, default=None, help="no-op jobs per run (default 5000; 1000 --quick)")
+    parser.add_argument("--sleep", type=float, default=0.0,
+                        help="jobs sleep this long (bench.sleep) instead of doing nothing (with --partition)")
     parser.add_argument("--threads", type=int, default=25, help="--threads of each worker (default 25)")
     parser.add_argument("--loss", type=float, default=0.0, help="packet loss %% on every link (default 0)")
     parser.add_argument("--clock-offsets", default="", help="faketime offsets per host, comma-separated ('+2s,-1s')")
@@ -159,7 +161,9 @@ class Bed:
         partition = self.args.partition and count > 1
         try:
             started = self.db_scalar("SELECT extract(epoch FROM clock_timestamp())::float")
-            enqueue_many([jobs.noop.job(i) for i in range(self.args.jobs)], connection=self.db)
+            requests = [jobs.sleep.job(self.args.sleep) if self.args.sleep else jobs.noop.job(i)
+                        for i in range(self.args.jobs)]
+            enqueue_many(requests, connection=self.db)
             cut = None
             if partition:
                 at, length = (float(part) for part in self.args.partition.split(":"))
@@ -252,12 +256,13 @@ def main(argv):
                 print(f"latency {latency:g} ms, {count} host(s): {run['jobs_per_second']:.0f} jobs/s "
                       f"({run['jobs']} in {run['seconds']:.1f}s); outcomes {run['outcomes']}"
                       f"{' with a partition' if run['partitioned'] else ''}", flush=True)
-            if latency == max(lat for lat in args.latency if f"{lat:g}ms" not in results["unavailable"]) \
-                    and args.pickup and time.monotonic() < bed.deadline:
-                run = dict(bed.pickup(max(args.hosts)), latency_ms=latency)
-                results["pickup"].append(run)
-                print(f"latency {latency:g} ms, {run['hosts']} host(s): pickup p50 {run['p50_ms']} ms, "
-                      f"p99 {run['p99_ms']} ms ({run['jobs']} jobs)", flush=True)
+        shaped = [lat for lat in args.latency if f"{lat:g}ms" not in results["unavailable"]]
+        if shaped and args.pickup and time.monotonic() < bed.deadline:
+            bed.shape(max(shaped))
+            run = dict(bed.pickup(max(args.hosts)), latency_ms=max(shaped))
+            results["pickup"].append(run)
+            print(f"latency {max(shaped):g} ms, {run['hosts']} host(s): pickup p50 {run['p50_ms']} ms, "
+                  f"p99 {run['p99_ms']} ms ({run['jobs']} jobs)", flush=True)
     finally:
         bed.cleanup()
     if args.json:
