@@ -38,6 +38,9 @@ def parse_args(argv):
     parser.add_argument("--sleep", type=float, default=0.0,
                         help="jobs sleep this long (bench.sleep) instead of doing nothing (with --partition)")
     parser.add_argument("--threads", type=int, default=25, help="--threads of each worker (default 25)")
+    parser.add_argument("--via-proxy", action="store_true",
+                        help="latency by a delaying TCP proxy per host (benchmarks/delay_proxy.py), 0 ms included, "
+                             "instead of tc netem (for kernels without sch_netem)")
     parser.add_argument("--loss", type=float, default=0.0, help="packet loss %% on every link (default 0)")
     parser.add_argument("--clock-offsets", default="", help="faketime offsets per host, comma-separated ('+2s,-1s')")
     parser.add_argument("--partition", default="", metavar="AT:FOR",
@@ -67,6 +70,8 @@ class Bed:
         self.hosts = [netns.Host(index) for index in range(max(args.hosts))]
         self.cluster = None
         self.workers = []
+        self.proxies = []
+        self.delay = None  # seconds of the delaying proxies (--via-proxy), None: workers connect directly
         self.deadline = time.monotonic() + args.budget
 
     # --- setup and cleanup ----------------------------------------------------------------------------------
@@ -93,9 +98,7 @@ class Bed:
         self.db = harness.connect(self.cluster.url())
 
     def cleanup(self):
-        for proc in self.workers:
-            harness.stop_process(proc, timeout=10)
-        self.workers = []
+        self.stop_workers()
         for host in self.hosts:
             host.destroy()
         if self.cluster is not None:
@@ -104,7 +107,11 @@ class Bed:
     # --- links ----------------------------------------------------------------------------------------------
 
     def shape(self, latency_ms):
-        """netem delay (and loss) on both ends of every host's link; False when the kernel has no netem."""
+        """netem delay (and loss) on both ends of every host's link, or with --via-proxy the proxies' delay; None,
+        or why it could not be set."""
+        if self.args.via_proxy:
+            self.delay = latency_ms / 1000.0
+            return None
         for host in self.hosts:
             for device, prefix in ((host.near, ()), (host.far, host.prefix)):
                 subprocess.run([*prefix, "tc", "qdisc", "del", "dev", device, "root"], capture_output=True)
@@ -124,6 +131,12 @@ class Bed:
         for index, host in enumerate(self.hosts[:count]):
             params = psycopg2.extensions.parse_dsn(self.cluster.url())
             url = psycopg2.extensions.make_dsn(**dict(params, host=host.gateway))
+            if self.delay is not None:
+                from benchmarks.delay_proxy import DelayProxy
+
+                proxy = DelayProxy(host.gateway, "127.0.0.1", self.cluster.port, self.delay).start()
+                self.proxies.append(proxy)
+                url = psycopg2.extensions.make_dsn(**dict(params, host=host.gateway, port=str(proxy.port)))
             env = {"EXEKUTOR_WORKER_TIMEOUT": str(self.args.worker_timeout),
                    "EXEKUTOR_HEARTBEAT_INTERVAL": str(max(0.5, self.args.worker_timeout / 6)),
                    "EXEKUTOR_CONNECT_TIMEOUT": "3"}
@@ -138,6 +151,9 @@ class Bed:
         for proc in self.workers:
             harness.stop_process(proc, timeout=10)
         self.workers = []
+        for proxy in self.proxies:
+            proxy.stop()
+        self.proxies = []
 
     def db_scalar(self, sql, params=None):
         with self.db.cursor() as cursor:
@@ -245,7 +261,8 @@ def main(argv):
             problem = bed.shape(latency)
             if problem:
                 results["unavailable"][f"{latency:g}ms"] = problem
-                print(f"latency {latency:g} ms: cannot shape the links ({problem}); skipped", flush=True)
+                print(f"latency {latency:g} ms: cannot shape the links ({problem}); skipped (--via-proxy sets latency "
+                      "with a delaying proxy instead)", flush=True)
                 continue
             for count in args.hosts:
                 if time.monotonic() > bed.deadline:
@@ -253,7 +270,8 @@ def main(argv):
                     break
                 run = dict(bed.throughput(count), latency_ms=latency)
                 results["throughput"].append(run)
-                print(f"latency {latency:g} ms, {count} host(s): {run['jobs_per_second']:.0f} jobs/s "
+                via = " (proxy)" if args.via_proxy else ""
+                print(f"latency {latency:g} ms{via}, {count} host(s): {run['jobs_per_second']:.0f} jobs/s "
                       f"({run['jobs']} in {run['seconds']:.1f}s); outcomes {run['outcomes']}"
                       f"{' with a partition' if run['partitioned'] else ''}", flush=True)
         shaped = [lat for lat in args.latency if f"{lat:g}ms" not in results["unavailable"]]
