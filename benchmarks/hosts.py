@@ -39,7 +39,7 @@ def parse_args(argv):
                         help="jobs sleep this long (bench.sleep) instead of doing nothing (with --partition)")
     parser.add_argument("--threads", type=int, default=25, help="--threads of each worker (default 25)")
     parser.add_argument("--via-proxy", action="store_true",
-                        help="latency by a delaying TCP proxy per host (benchmarks/delay_proxy.py), 0 ms included, "
+                        help="latency by a delaying TCP proxy per host (tests/delay_proxy.py), 0 ms included, "
                              "instead of tc netem (for kernels without sch_netem)")
     parser.add_argument("--loss", type=float, default=0.0, help="packet loss %% on every link (default 0)")
     parser.add_argument("--clock-offsets", default="", help="faketime offsets per host, comma-separated ('+2s,-1s')")
@@ -132,7 +132,7 @@ class Bed:
             params = psycopg2.extensions.parse_dsn(self.cluster.url())
             url = psycopg2.extensions.make_dsn(**dict(params, host=host.gateway))
             if self.delay is not None:
-                from benchmarks.delay_proxy import DelayProxy
+                from tests.delay_proxy import DelayProxy
 
                 proxy = DelayProxy(host.gateway, "127.0.0.1", self.cluster.port, self.delay).start()
                 self.proxies.append(proxy)

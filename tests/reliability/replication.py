@@ -30,10 +30,12 @@ class Standby(clusters.PostgresCluster):
 class Pair:
     """The primary and its standby; `url()` is the multi-host URL an application is configured with."""
 
-    def __init__(self, bindir, synchronous):
+    def __init__(self, bindir, synchronous, lag=0.0):
         self.primary = clusters.PostgresCluster(bindir)
         self.standby = Standby(bindir)
         self.synchronous = synchronous
+        self.lag = lag  # seconds the standby's replication stream is delayed, each way (a network between them)
+        self.proxy = None
 
     def start(self):
         primary = self.primary
@@ -46,7 +48,14 @@ class Pair:
 
         migrations.migrate(primary.url())
         self._execute(primary, EXECUTIONS_DDL, user=clusters.APP_USER)  # the jobs' own table, the app's
-        self.standby.clone(primary).start()
+        self.standby.clone(primary)
+        if self.lag:
+            from tests.delay_proxy import DelayProxy
+
+            self.proxy = DelayProxy("127.0.0.1", "127.0.0.1", primary.port, self.lag).start()
+            with open(os.path.join(self.standby.data, "postgresql.auto.conf"), "a", encoding="utf-8") as conf:
+                conf.write(f"primary_conninfo = 'host=127.0.0.1 port={self.proxy.port} user={clusters.SUPERUSER}'\n")
+        self.standby.start()
         if self.synchronous:
             # Only now: a synchronous primary without its standby waits for it on every commit.
             self._execute(primary, "ALTER SYSTEM SET synchronous_standby_names = '*'", "SELECT pg_reload_conf()")
@@ -82,3 +91,5 @@ class Pair:
             self.standby.destroy()
         finally:
             self.primary.destroy()
+            if self.proxy is not None:
+                self.proxy.stop()
