@@ -211,8 +211,13 @@ def spawn(args, url, log_name, python=None, extra_env=None):
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     proc.log_path = log.name
     log.close()
-    _children[proc.pid] = proc
+    register_child(proc)
     return proc
+
+
+def register_child(proc):
+    """A process started elsewhere (benchmarks/hosts.py: in a network namespace) that the end stops too."""
+    _children[proc.pid] = proc
 
 
 def stop_process(proc, timeout=15):
@@ -257,7 +262,8 @@ def wait_worker_listening(db, proc, timeout=30):
         ready = db.scalar(
             "SELECT EXISTS (SELECT 1 FROM exekutor_workers WHERE status = 'r') AND EXISTS ("
             "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name LIKE 'exekutor %listener' AND (query LIKE 'LISTEN%' OR query = 'SELECT 1'))")
+            "AND application_name LIKE 'exekutor %listener' AND (query LIKE 'LISTEN%' "
+            "OR query LIKE 'SELECT current_setting(''transaction_read_only'')%'))")
         if ready:
             return
         time.sleep(0.05)

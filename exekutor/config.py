@@ -344,7 +344,8 @@ OPTIONS = {option.name: option for option in [
            "in env/INI)."),
     Option("statement_timeout", DURATION, 30, "s", NON_NEGATIVE,
            "`statement_timeout` of the worker's own queries; 0 = none."),
-    Option("connect_timeout", DURATION, 10, "s", POSITIVE, "Timeout for opening a database connection."),
+    Option("connect_timeout", DURATION, 10, "s", POSITIVE,
+           "Timeout for opening a database connection, per host of a multi-host URL."),
     Option("enable_scheduler", BOOL, True, None, ANY,
            "Run the scheduler that enqueues recurring jobs (`schedules`, `@exekutor.periodic`) in this worker. "
            "Every worker may run it: each tick is enqueued once, decided in the database."),

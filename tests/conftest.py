@@ -194,12 +194,13 @@ def _reset_config():
 class WorkerProcess:
     """A real `exekutor-gevent start` process; stopped (and if need be killed) by the test's teardown."""
 
-    def __init__(self, url, args, env=None, apps=("tests.jobs_app",)):
+    def __init__(self, url, args, env=None, apps=("tests.jobs_app",), prefix=()):
         self.url = url
         environ = dict(os.environ, EXEKUTOR_DATABASE_URL=url, PYTHONUNBUFFERED="1", **(env or {}))
         self.log = tempfile.NamedTemporaryFile(prefix="exekutor-worker-", suffix=".log", delete=False)
         app_args = [arg for app in apps for arg in ("--app", app)]
-        self.proc = subprocess.Popen([sys.executable, "-m", "exekutor", "start", *app_args, *args],
+        # `prefix`: a command the worker runs under (`ip netns exec NAME`: a host of its own).
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "exekutor", "start", *app_args, *args],
                                      cwd=ROOT, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
 
     @property

@@ -4,6 +4,7 @@ The URL comes from the configuration (database_url, EXEKUTOR_DATABASE_URL, DATAB
 set) or, only when none is set and the `embedded` extra is installed, from an embedded PostgreSQL started in a
 local data directory (logged once, at INFO).
 """
+import random
 import threading
 
 import psycopg2
@@ -64,6 +65,21 @@ def connect(url=None, application_name=None, autocommit=False):
 
 
 def _green_connect(url, kwargs, timeout):
+    """Each host of a multi-host URL (`host=a,b`) in turn, each with `timeout` of its own, as libpq does when it
+    connects synchronously: one bound for the whole list would spend it all on a first host that does not answer
+    (an old primary whose machine is gone) and never try the next (the new primary)."""
+    errors = []
+    for single in per_host(url):
+        try:
+            return _green_connect_one(single, kwargs, timeout)
+        except psycopg2.OperationalError as error:
+            errors.append(str(error).strip())
+    if len(errors) == 1:
+        raise psycopg2.OperationalError(errors[0])
+    raise psycopg2.OperationalError("\n".join(errors))
+
+
+def _green_connect_one(url, kwargs, timeout):
     import gevent
 
     timer = gevent.Timeout(timeout)
@@ -79,11 +95,53 @@ def _green_connect(url, kwargs, timeout):
         timer.close()
 
 
+def per_host(url):
+    """`url` split into one connection string per host of its `host`/`hostaddr` lists, in order (their `port` list
+    paired, or one port for all), shuffled with `load_balance_hosts=random`. As it is: a single-host URL, lists that
+    do not pair (libpq says why), and `target_session_attrs=prefer-standby`, whose two passes need the whole list."""
+    try:
+        params = psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError:
+        return [url]  # libpq reports it
+    hosts = params.get("host", "").split(",")
+    addresses = params.get("hostaddr", "").split(",")
+    count = max(len(hosts), len(addresses))
+    if count == 1 or params.get("target_session_attrs") == "prefer-standby":
+        return [url]
+    ports = params.get("port", "").split(",")
+    if len(ports) == 1:
+        ports = ports * count
+    if any(len(values) not in (1, count) for values in (hosts, addresses)) or len(ports) != count:
+        return [url]
+    if len(hosts) == 1:
+        hosts = hosts * count
+    if len(addresses) == 1:
+        addresses = addresses * count
+    singles = []
+    for host, address, port in zip(hosts, addresses, ports):
+        one = dict(params, host=host, hostaddr=address, port=port)
+        singles.append(psycopg2.extensions.make_dsn(**{key: value for key, value in one.items() if value}))
+    if params.get("load_balance_hosts") == "random":
+        random.shuffle(singles)
+    return singles
+
+
 def is_usable(conn):
     """Whether a connection can be handed to the next user as it is."""
     if conn.closed:
         return False
     return conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+READ_ONLY_SQL_TRANSACTION = "25006"
+
+
+def on_read_only_server(error):
+    """Whether `error` says the server cannot write (a standby, a primary demoted or fenced read-only after a
+    failover): for exekutor's own connections, whose statements never ask for a read-only transaction, that is a
+    lost connection. The server that took over is found by connecting again (a multi-host URL with
+    `target_session_attrs=read-write` skips read-only servers), never by retrying on this one."""
+    return getattr(error, "pgcode", None) == READ_ONLY_SQL_TRANSACTION
 
 
 def close_quietly(conn):

@@ -24,7 +24,7 @@ from gevent import lock as green_lock
 from gevent import monkey
 
 from exekutor import config
-from exekutor.db.connection import cancel_backend, close_quietly, connect, is_usable
+from exekutor.db.connection import cancel_backend, close_quietly, connect, is_usable, on_read_only_server
 
 
 class ConnectionPool:
@@ -46,8 +46,11 @@ class ConnectionPool:
         conn = self._acquire()
         try:
             yield conn
-        except Exception:
-            self._release(conn, healthy=False)
+        except Exception as error:
+            if on_read_only_server(error):
+                self._discard(conn)  # as a lost connection: the next one may find the server that took over
+            else:
+                self._release(conn, healthy=False)
             raise
         except BaseException:
             # Interrupted mid-use: the protocol state is unknown, so the connection is closed, and a statement

@@ -77,11 +77,17 @@ class Listener(Component):
                     self._handle(notification.payload)
 
     def _ping(self):
-        """A silent connection may be half-open: a query that does not answer in time proves it."""
+        """A silent connection may be half-open: a query that does not answer in time proves it. One to a server
+        that turned read-only (a primary fenced after a failover) listens where no job is enqueued any more: it
+        counts as lost, and the reconnect finds the server that writes."""
         with gevent.Timeout(self.ping_timeout, ConnectionError(
                 f"listener connection did not answer a ping within {self.ping_timeout}s")):
             with self.conn.cursor() as cursor:
-                cursor.execute("SELECT 1")
+                cursor.execute("SELECT current_setting('transaction_read_only')")
+                read_only = cursor.fetchone()[0] == "on"
+        if read_only:
+            raise ConnectionError("the listener's server is read-only now (a standby, or a primary fenced after a "
+                                  "failover): connecting again")
 
     def _handle(self, payload):
         parsed = parse_notification(payload)

@@ -78,6 +78,19 @@ def work(tag, sleep=0.0, fail_rate=0.0):
     record(tag, started)
 
 
+@exekutor.job(name="rel.long")
+def long(tag, seconds):
+    """Records its start at once (`ok` false) and turns it into its end (`ok` true, `finished_at`) when it gets
+    there: a run that was stopped (its worker presumed dead, cut off) leaves its start only."""
+    with pool().connection() as conn, conn.cursor() as cursor:
+        cursor.execute("INSERT INTO rel_executions (tag, pid, ok, started_at, info) "
+                       "VALUES (%s, %s, false, clock_timestamp(), '{\"long\": true}')", (tag, os.getpid()))
+    gevent.sleep(seconds)
+    with pool().connection() as conn, conn.cursor() as cursor:
+        cursor.execute("UPDATE rel_executions SET ok = true, finished_at = clock_timestamp() "
+                       "WHERE tag = %s AND pid = %s AND NOT ok", (tag, os.getpid()))
+
+
 @exekutor.job(name="rel.strict")
 def strict(tag, count, label="x"):
     """A job with a contract: an int count and a str label; anything else is the caller's bug."""
