@@ -82,7 +82,9 @@ class Heartbeat(ErrorStreak):
                 delay = self.interval * (0.9 + 0.2 * random.random())
             except Exception as error:  # noqa: BLE001 - the heartbeat never dies of an error
                 delay = self.failed(error, longest=self.interval)
-                self.worker.in_hub(hooks.run_on, "on_fatal_error", error)  # hooks run where the application's do
+                # Hooks run where the application's do, in a greenlet of the worker's hub: a loop callback cannot wait
+                # (for a lock this thread holds, say), and a hook may (it logs, at least).
+                self.worker.in_hub(gevent.spawn, hooks.run_on, "on_fatal_error", error)
             gevent.sleep(delay)
 
     # --- beat -------------------------------------------------------------------------------------------
@@ -111,16 +113,22 @@ class Heartbeat(ErrorStreak):
         self.worker.in_hub(self._rejoin)
 
     def _rejoin(self):
-        """In the worker's hub: stop what the worker ran (the guard may have done it already), then register."""
-        stopped = self.worker.ownership.trip()
-        logger.warning("exekutor worker %s: its row was deleted: another worker presumed it dead (no heartbeat "
-                       "for worker_timeout, %gs) and released its jobs; stopped %d job(s) it still ran (they run "
-                       "again)%s", self.worker.id, self.worker_timeout, stopped,
-                       "" if self.worker.stopping else "; registering again")
-        gevent.spawn(self._register_again)
-
-    def _register_again(self):
+        """In the worker's hub, as a loop callback: stop what the worker ran at once (the guard may have done it
+        already); the log line and the registration in a greenlet. A callback cannot wait, and logging may: for the
+        log handler's lock while this thread writes a line (it raised BlockingSwitchOutError, and the worker never
+        registered again)."""
+        stopped = 0
         try:
+            stopped = self.worker.ownership.trip()
+        finally:
+            gevent.spawn(self._register_again, stopped)
+
+    def _register_again(self, stopped):
+        try:
+            logger.warning("exekutor worker %s: its row was deleted: another worker presumed it dead (no heartbeat "
+                           "for worker_timeout, %gs) and released its jobs; stopped %d job(s) it still ran (they run "
+                           "again)%s", self.worker.id, self.worker_timeout, stopped,
+                           "" if self.worker.stopping else "; registering again")
             if not self.worker.stopping:
                 self.worker.register()
         except Exception as error:  # noqa: BLE001 - the next beat finds no row and tries again

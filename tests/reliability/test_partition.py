@@ -106,7 +106,10 @@ def test_a_host_cut_off_for_twice_worker_timeout_stops_its_jobs_before_they_run_
         log(f"host rejoined; the other host completed {during} short jobs during the cut")
         wait_for(lambda: scalar(db, "SELECT count(*) FROM rel_executions WHERE tag LIKE 'long-%%' AND ok")
                  == LONG_JOBS, 60, "every long job to complete once")
-        rejoined_id = wait_for(lambda: cut_off.worker_id(db), 30, "the cut-off host to register again")
+        try:
+            rejoined_id = wait_for(lambda: cut_off.worker_id(db), 30, "the cut-off host to register again")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{cut_off.output()[-6000:]}") from None
         wait_for(lambda: scalar(db, "SELECT count(*) FROM rel_executions WHERE pid = %s AND ok "
                                     "AND started_at > to_timestamp(%s)", (cut_off.pid, joined)), 30,
                  "the cut-off host to run jobs again")
