@@ -41,7 +41,10 @@ def measure_housekeeping(ctx, database):
     ctx.say(f"  housekeeping: {due:,} due and {later:,} scheduled pending jobs in {time.monotonic() - started:.1f}s")
     conn = psycopg2.connect(database.url)
     conn.autocommit = True
-    every_queue = {"queues": None, "min_priority": 1, "max_priority": 32767}
+    # A worker of every queue asks about the queues it knows to have future jobs at each poll, and finds them all
+    # (queues NULL: the loose scan) only at its start and when it may have missed notifications.
+    every_queue = {"queues": list(QUEUES), "min_priority": 1, "max_priority": 32767}
+    discovery = dict(every_queue, queues=None)
     one_queue = dict(every_queue, queues=["mail"])
     estimates = EstimateCache()  # what /metrics keeps between scrapes
     try:
@@ -49,10 +52,12 @@ def measure_housekeeping(ctx, database):
             timings = {
                 "next_scheduled": _timed(lambda: cursor.execute(NEXT_SCHEDULED, every_queue)),
                 "next_scheduled_queue": _timed(lambda: cursor.execute(NEXT_SCHEDULED, one_queue)),
+                "next_scheduled_discovery": _timed(lambda: cursor.execute(NEXT_SCHEDULED, discovery)),
                 "queue_figures_first": _timed(lambda: pending_by_queue(cursor)),
                 "queue_figures": _timed(lambda: pending_by_queue(cursor, estimates=estimates)),
             }
-            for title, sql, params in (("NEXT_SCHEDULED (a worker of every queue)", NEXT_SCHEDULED, every_queue),
+            at_a_poll = "NEXT_SCHEDULED (a worker of every queue, at a poll)"
+            for title, sql, params in ((at_a_poll, NEXT_SCHEDULED, every_queue),
                                        ("queue_stats.PENDING_BY_QUEUE", PENDING_BY_QUEUE,
                                         {"limit": EXACT_COUNT_LIMIT + 1})):
                 cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + cursor.mogrify(sql, params).decode())
@@ -61,10 +66,12 @@ def measure_housekeeping(ctx, database):
         conn.close()
     ctx.record("housekeeping", {"due": due, "scheduled": later, **timings})
     backlog = f"{due:,} due + {later:,} scheduled"
-    ctx.figure("next_scheduled", f"next scheduled job (the timer), every queue, {backlog}", "ms",
+    ctx.figure("next_scheduled", f"next scheduled job (the timer at each poll), every queue, {backlog}", "ms",
                timings["next_scheduled"], target=("<=", 5))
     ctx.figure("next_scheduled_queue", "  the same, a worker of one queue", "ms", timings["next_scheduled_queue"],
                target=("<=", 5))
+    ctx.figure("next_scheduled_discovery", "  the same, finding the queues with future jobs (a worker of every queue, "
+               "at its start and after a reconnect)", "ms", timings["next_scheduled_discovery"])
     ctx.figure("queue_figures_first", f"per-queue figures with fresh estimates (info, dashboard, a /metrics scrape "
                f"every 30 s), {len(QUEUES)} queues", "ms", timings["queue_figures_first"], target=("<=", 5))
     ctx.figure("queue_figures", "  the other /metrics scrapes (the planner's estimates kept 30 s)", "ms",
