@@ -1,5 +1,6 @@
 """What a worker's start-up skips or defers must not change what it does."""
 import os
+import sys
 from importlib import metadata
 
 import pytest
@@ -83,3 +84,44 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50,
                             env=dict(os.environ, EXEKUTOR_DATABASE_URL=database_url), cwd=ROOT)
     assert result.stdout.strip().endswith("ok"), result.stdout + result.stderr
+
+
+def _fake_distribution(root, name, entry_points):
+    info = root / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points)
+
+
+def test_gevent_plugins_are_found_as_importlib_metadata_finds_them(tmp_path, monkeypatch):
+    found = process._gevent_plugins()
+    groups = {group for group in metadata.entry_points().groups if group.startswith("gevent.plugins")}
+    assert found == {group: [ep.value for ep in metadata.entry_points(group=group)] for group in groups}
+    assert "gevent.plugins.monkey.will_patch_all" in found  # gevent declares one of its own
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    _fake_distribution(first, "probe_plugin", "[gevent.plugins.monkey.did_patch_all]\nmine = probe_mod:seen [x]\n"
+                                              "[console_scripts]\nprobe = probe_mod:main\n")
+    _fake_distribution(second, "probe_plugin", "[gevent.plugins.monkey.did_patch_all]\ntwice = probe_mod:other\n")
+    monkeypatch.setattr(sys, "path", [str(first), str(second), *sys.path])
+    plugins = process._gevent_plugins()
+    assert plugins["gevent.plugins.monkey.did_patch_all"] == ["probe_mod:seen [x]"]  # the first of a name wins
+    assert plugins == {group: [ep.value for ep in metadata.entry_points(group=group)]
+                       for group in set(plugins) | groups}
+    archive = tmp_path / "packed.zip"
+    archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    monkeypatch.setattr(sys, "path", [str(archive), *sys.path])
+    assert process._gevent_plugins() is None  # left to importlib.metadata
+
+
+@pytest.mark.timeout(60)
+def test_patching_calls_the_plugins_without_importing_importlib_metadata(tmp_path):
+    import subprocess
+
+    _fake_distribution(tmp_path, "probe_plugin", "[gevent.plugins.monkey.did_patch_all]\nmine = probe_mod:seen\n")
+    (tmp_path / "probe_mod.py").write_text("CALLS = []\ndef seen(event):\n    CALLS.append(type(event).__name__)\n")
+    script = ("import sys\nfrom exekutor.worker import process\nprocess.patch()\nimport probe_mod\n"
+              "print(probe_mod.CALLS, 'importlib.metadata' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT])))
+    assert result.stdout.strip() == "['GeventDidPatchAllEvent'] False", result.stdout + result.stderr

@@ -6,6 +6,7 @@ terminal) stop it gracefully, also during start-up (see stop_on_signals); a seco
 title shows the worker (id, identifier, queues, threads, state), and under systemd (`Type=notify`) the worker
 reports READY=1 once it runs and STOPPING=1 when a signal stops it.
 """
+import configparser
 import contextlib
 import importlib
 import logging
@@ -50,7 +51,7 @@ def patch():
         from gevent import monkey
 
         if not monkey.is_module_patched("socket"):
-            with _entry_points_read_once():
+            with _plugins_looked_up_once():
                 monkey.patch_all()
         from exekutor.db.green import patch_psycopg
 
@@ -60,10 +61,93 @@ def patch():
 
 
 @contextlib.contextmanager
+def _plugins_looked_up_once():
+    """gevent's patch_all calls its plugins' entry points at each of its ~25 events (gevent declares one itself);
+    each lookup read the metadata of every installed distribution again (about 90 ms of a worker's start on a venv
+    with a hundred packages), and importing importlib.metadata alone takes 12 ms. Where every distribution is in a
+    directory of sys.path, their entry_points.txt files are read once, as importlib.metadata reads them; else each
+    group is read once through it. Either way the plugins called, and their order, are the same."""
+    plugins = _gevent_plugins()
+    if plugins is None:
+        with _entry_points_read_once():
+            yield
+        return
+    from gevent import events
+
+    def notify_and_call_entry_points(event):
+        events.notify(event)
+        for value in plugins.get(event.ENTRY_POINT_NAME, ()):
+            _load_entry_point(value)(event)
+
+    original = events.notify_and_call_entry_points
+    events.notify_and_call_entry_points = notify_and_call_entry_points
+    try:
+        yield
+    finally:
+        events.notify_and_call_entry_points = original
+
+
+def _gevent_plugins():
+    """{group: [entry point value]} of gevent's plugin groups, from the distributions in sys.path's directories
+    (the first of a name wins, as in importlib.metadata); None where that cannot be told without importlib.metadata
+    (a zip or an egg on sys.path, a finder with distributions of its own, a file it cannot parse)."""
+    from importlib.machinery import PathFinder
+
+    if any(hasattr(finder, "find_distributions") and finder is not PathFinder for finder in sys.meta_path):
+        return None
+    plugins, seen = {}, set()
+    for entry in sys.path:
+        path = entry or "."
+        if not os.path.isdir(path) or path.endswith(".egg"):
+            if os.path.exists(path):
+                return None
+            continue
+        try:
+            names = sorted(os.listdir(path))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith((".dist-info", ".egg-info")):
+                continue
+            distribution = name.rsplit(".", 1)[0].split("-")[0].lower().replace("_", "-").replace(".", "-")
+            if distribution in seen:
+                continue
+            seen.add(distribution)
+            try:
+                _read_gevent_plugins(os.path.join(path, name, "entry_points.txt"), plugins)
+            except (configparser.Error, UnicodeDecodeError):
+                return None
+    return plugins
+
+
+def _read_gevent_plugins(entry_points_file, plugins):
+    try:
+        with open(entry_points_file, encoding="utf-8") as file:
+            text = file.read()
+    except OSError:  # none (most distributions), or an .egg-info that is a file
+        return
+    if "gevent.plugins" not in text:
+        return
+    parser = configparser.ConfigParser(delimiters=("=",), interpolation=None, strict=False)
+    parser.optionxform = str
+    parser.read_string(text)
+    for group in parser.sections():
+        if group.startswith("gevent.plugins"):
+            plugins.setdefault(group, []).extend(value.strip() for value in parser[group].values())
+
+
+def _load_entry_point(value):
+    """What EntryPoint.load() gives for `module:attr.path [extras]`."""
+    module, _, attrs = value.split("[")[0].strip().partition(":")
+    target = importlib.import_module(module.strip())
+    for attr in filter(None, attrs.strip().split(".")):
+        target = getattr(target, attr)
+    return target
+
+
+@contextlib.contextmanager
 def _entry_points_read_once():
-    """gevent's patch_all looks up its plugins' entry points for each of its ~25 events, and each lookup reads the
-    metadata of every installed distribution again (about 90 ms of a worker's start on a venv with a hundred
-    packages). Within the patching, each group is read once: the plugins found, and called, are the same."""
+    """Within the patching, each entry-point group is read once: the plugins found, and called, are the same."""
     from importlib import metadata
 
     original, found = metadata.entry_points, {}
