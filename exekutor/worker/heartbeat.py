@@ -35,6 +35,7 @@ from exekutor.worker.component import ErrorStreak
 logger = logging.getLogger("exekutor")
 
 WORKER_LOST = type_name(WorkerLost)
+FIRST_BEAT_DELAY = 0.25  # seconds after the thread starts
 
 
 class Heartbeat(ErrorStreak):
@@ -72,6 +73,9 @@ class Heartbeat(ErrorStreak):
     # --- the loop (in the liveness thread) ----------------------------------------------------------------
 
     def run(self):
+        # Registration was a beat: the first of the loop comes once the worker's start is done, not among its
+        # statements (connecting this thread's pool there took the start's CPU).
+        gevent.sleep(min(self.interval, FIRST_BEAT_DELAY))
         while True:
             try:
                 if self.paused is None:
