@@ -199,9 +199,7 @@ def queue_act(action):
         abort(400, f"invalid queue: {error}")
     with data.connection() as conn:
         changed = QUEUE_ACTIONS[action](name, connection=conn)
-    outcome = {("pause", True): "paused", ("pause", False): "already-paused", ("resume", True): "resumed",
-               ("resume", False): "not-paused"}[action, changed]
-    return redirect(url_for(".queue", name=name, queue_action=outcome), code=303)
+    return redirect(url_for(".queue", name=name, queue_action=_PAUSE_OUTCOMES[action, changed]), code=303)
 
 
 @blueprint.route("/schedule-actions/<action>", methods=["POST"])
@@ -223,9 +221,12 @@ def schedule_act(action):
                 return redirect(url_for(".job", job_id=job_id, schedule_action="ran"), code=303)
             return redirect(url_for(".schedules", schedule_action="not-stored"), code=303)
         changed = (pause_schedule if action == "pause" else resume_schedule)(conn, name)
-    outcome = {("pause", True): "paused", ("pause", False): "already-paused", ("resume", True): "resumed",
-               ("resume", False): "not-paused"}[action, changed]
-    return redirect(url_for(".schedules", schedule_action=outcome), code=303)
+    return redirect(url_for(".schedules", schedule_action=_PAUSE_OUTCOMES[action, changed]), code=303)
+
+
+# What a pause or a resume of a queue or a schedule did (the page it returns to says it): (action, changed) -> word.
+_PAUSE_OUTCOMES = {("pause", True): "paused", ("pause", False): "already-paused", ("resume", True): "resumed",
+                   ("resume", False): "not-paused"}
 
 
 def _form_name(field):
