@@ -178,3 +178,29 @@ def test_jobs_waiting_for_a_greenlet_are_not_started_once_a_component_lost_the_d
     gevent.sleep(0.1)
     assert worker.started == ["running"] and set(executor.held) == set() and executor.busy() == 0
     executor.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_job_released_for_a_lost_connection_keeps_the_queued_jobs_from_starting():
+    """A running job's broken connection is often the first sign of an outage: its release, written before its
+    greenlet takes the next job, drops what waits in the queue (the reconciliation releases it later)."""
+    from exekutor import metrics
+    from exekutor.execution import RELEASE, Outcome
+    from exekutor.worker.worker import Worker
+
+    worker = _Worker()
+    worker.id = "stand-in"
+    worker.metrics = metrics.DISABLED
+    worker.completer = type("Completer", (), {"add": lambda self, outcome: None})()
+    executor = Executor(worker, min_threads=1, max_threads=1, idletime=10,
+                        on_outcome=lambda outcome, info: None, on_free=lambda: None)
+    worker.executor = executor
+    worker.database_unreachable = lambda: Worker.database_unreachable(worker)
+    executor.start()
+    executor.submit(_info("running", 0.2))
+    executor.submit(_info("reserved-ahead", 0.01))
+    gevent.sleep(0.05)
+    info = executor.held["running"]
+    Worker._job_finished(worker, Outcome("running", RELEASE, 0.05), info)
+    assert set(executor.held) == {"running"} and executor.busy() == 1
+    executor.stop()

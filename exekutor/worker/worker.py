@@ -19,7 +19,7 @@ from exekutor.db.pool import ConnectionPool
 from exekutor.db.queries import DELETE_WORKER, REGISTER_WORKER, SET_WORKER_STATUS, UNBLOCK
 from exekutor.definitions import MAX_PRIORITY, MIN_PRIORITY
 from exekutor.errors import ConfigError, DatabaseTimeout, SchemaError
-from exekutor.execution import COMPLETED, DISCARDED, FAILED
+from exekutor.execution import COMPLETED, DISCARDED, FAILED, RELEASE
 from exekutor.serialization import json_backend
 from exekutor.worker.cancellation import Cancellation
 from exekutor.worker.completer import Completer
@@ -131,8 +131,8 @@ class Worker:
         self.ownership.confirmed()
 
     def database_unreachable(self):
-        """A component's query lost the database: the jobs reserved that no greenlet has taken up yet (reserved
-        ahead) are not started now, as their own connections would fail as the component's did (and a job whose
+        """A component's query, or a job's connection, lost the database: the jobs reserved that no greenlet has
+        taken up yet (reserved ahead) are not started now, as their own connections would fail too (and a job whose
         connect fails is the job's failure). They stay owned in the database until the reconciliation, once the
         database answers again, releases them to pending."""
         dropped = self.executor.drop_queued()
@@ -313,6 +313,10 @@ class Worker:
         self.completer.add(outcome)
         log.job_finished(outcome, info)
         self.metrics.job_finished(outcome, info)
+        if outcome.status == RELEASE:
+            # The job lost its connection to the worker's own database: the first sign of an outage, often before
+            # any component's query meets it. Called before this greenlet takes the next job.
+            self.database_unreachable()
 
     def capacity_freed(self):
         """A job finished or outcomes were written: the provider may reserve again."""
