@@ -76,13 +76,7 @@ class BenchDatabase:
     def create(self):
         from exekutor.db.migrations import migrate
 
-        admin_conn = connect(self.admin)
-        try:
-            with admin_conn.cursor() as cursor:
-                cursor.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-                cursor.execute(f"CREATE DATABASE {self.name}")
-        finally:
-            admin_conn.close()
+        recreate_database(self.admin, self.name)
         migrate(self.url)
         return self
 
@@ -193,6 +187,17 @@ def child_env(url):
     env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def recreate_database(admin_url, name):
+    """Drop the database `name` (whoever is connected to it) and create it empty, on the server of `admin_url`."""
+    admin_conn = connect(admin_url)
+    try:
+        with admin_conn.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            cursor.execute(f"CREATE DATABASE {name}")
+    finally:
+        admin_conn.close()
 
 
 def compile_sources():

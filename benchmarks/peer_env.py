@@ -59,13 +59,7 @@ class PgqDatabase(harness.BenchDatabase):
         super().__init__(admin, PGQ_DATABASE)
 
     def create(self):
-        admin_conn = harness.connect(self.admin)
-        try:
-            with admin_conn.cursor() as cursor:
-                cursor.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-                cursor.execute(f"CREATE DATABASE {self.name}")
-        finally:
-            admin_conn.close()
+        harness.recreate_database(self.admin, self.name)
         result = subprocess.run([PYTHON, "-m", "pgqueuer", "install"], env=harness.child_env(self.url)
                                 | peer_env(self.url), cwd=harness.REPO_ROOT, capture_output=True, text=True)
         if result.returncode != 0:

@@ -97,10 +97,6 @@ class Executor:
             self._spawn()
 
     def submit(self, info):
-        if self.worker.stopping:
-            # Reserved by a reservation that was in flight when the stop came: not started; it goes back to
-            # pending with the worker's row (or sooner, by its reconciliation).
-            return
         held = self.held.get(info["id"])  # until its greenlet has ended, a stopped job is still held
         if held is not None:
             # Reserved again while still running here: the job was released (this worker's row was deleted:
@@ -110,6 +106,10 @@ class Executor:
             self.adopted += 1
             logger.warning("exekutor job %s was reserved again while this worker still ran it (its row had been "
                            "released); the running copy carries on as attempt %s", info["id"], info["attempts"])
+            return
+        if self.worker.stopping:
+            # Newly reserved by a reservation that was in flight when the stop came: not started; it goes back to
+            # pending with the worker's row (or sooner, by its reconciliation).
             return
         self.held[info["id"]] = info
         self._outstanding += 1

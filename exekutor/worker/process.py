@@ -66,7 +66,7 @@ def _plugins_looked_up_once():
     each lookup read the metadata of every installed distribution again (about 90 ms of a worker's start on a venv
     with a hundred packages), and importing importlib.metadata alone takes 12 ms. Where every distribution is in a
     directory of sys.path, their entry_points.txt files are read once, as importlib.metadata reads them; else each
-    group is read once through it. Either way the plugins called, and their order, are the same."""
+    group is read once through it. Either way the plugins called are the same."""
     plugins = _gevent_plugins()
     if plugins is None:
         with _entry_points_read_once():
